@@ -1,0 +1,149 @@
+//! Durable queues with SQS semantics: the [`Queue`] trait every backend implements.
+//!
+//! Semantics (shared by the embedded SQLite queue and SQS, checked by one contract suite):
+//! a received message is leased for a visibility timeout; it becomes visible again unless
+//! deleted; every receive increments its receive count; a message received more than the
+//! queue's `max_receive` times is moved to the queue's dead-letter queue instead of being
+//! delivered again. Receives return at most 10 messages and may long-poll up to `wait`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::Result;
+
+/// Most messages one receive or send call handles (SQS's batch limit).
+pub const MAX_BATCH: usize = 10;
+
+/// Longest long poll, as in SQS.
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+
+/// A queue to create: its name and how many receives a message gets before it is dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub max_receive: u32,
+}
+
+/// A message to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutgoingMessage {
+    pub body: Vec<u8>,
+    pub attributes: Vec<(String, String)>,
+    /// Delivery delay (at most 15 minutes, as in SQS).
+    pub delay: Duration,
+}
+
+impl OutgoingMessage {
+    /// A message with this body, no attributes and no delay.
+    pub fn new(body: impl Into<Vec<u8>>) -> Self {
+        Self { body: body.into(), ..Self::default() }
+    }
+}
+
+/// A message leased to a consumer by [`Queue::receive`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    pub id: String,
+    /// Handle for this lease; use it to delete, retry or extend. Invalid once the lease expires
+    /// and the message is received again.
+    pub receipt: String,
+    pub body: Vec<u8>,
+    pub attributes: Vec<(String, String)>,
+    /// 1 on first delivery.
+    pub receive_count: u32,
+    /// When the message was first sent, in ms since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// The reason given by the last [`Queue::retry_later`], where the backend keeps it.
+    pub last_error: Option<String>,
+}
+
+/// How to receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiveOptions {
+    /// 1 to [`MAX_BATCH`].
+    pub max_messages: usize,
+    /// How long received messages stay invisible to other consumers.
+    pub visibility: Duration,
+    /// Long-poll duration when the queue is empty (0 returns at once), at most [`MAX_WAIT`].
+    pub wait: Duration,
+}
+
+/// A point-in-time view of one queue, for `levee status` and the scaler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct QueueStats {
+    /// Messages ready to be received.
+    pub visible: u64,
+    /// Messages leased to a consumer.
+    pub in_flight: u64,
+    /// Messages waiting for their delay or backoff to end.
+    pub delayed: u64,
+    /// Messages in the dead-letter queue.
+    pub dlq: u64,
+    /// Age of the oldest message not yet deleted, in ms.
+    pub oldest_age_ms: Option<u64>,
+    /// Messages completed successfully (a running total).
+    pub processed: u64,
+    /// Messages moved to the dead-letter queue (a running total).
+    pub failed: u64,
+    /// Attempts that failed and were scheduled for another try (a running total).
+    pub retried: u64,
+}
+
+/// A message in a dead-letter queue, with why it got there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub body: Vec<u8>,
+    pub attributes: Vec<(String, String)>,
+    pub reason: String,
+    pub receive_count: u32,
+    /// When it was dead-lettered, in ms since the Unix epoch.
+    pub dead_at_ms: u64,
+}
+
+/// A message a handler emitted, sent when its source message completes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    /// The target function's queue.
+    pub queue: String,
+    pub message: OutgoingMessage,
+}
+
+/// A durable queue service holding many named queues, each with its dead-letter queue.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Creates the queue and its dead-letter queue if missing; updates `max_receive`. Idempotent.
+    async fn ensure(&self, spec: &QueueSpec) -> Result<()>;
+
+    /// Durably enqueues up to [`MAX_BATCH`] messages; returns their ids once persisted.
+    async fn send(&self, queue: &str, messages: Vec<OutgoingMessage>) -> Result<Vec<String>>;
+
+    /// Leases up to `max_messages` visible messages, long-polling up to `wait`.
+    async fn receive(&self, queue: &str, opts: ReceiveOptions) -> Result<Vec<ReceivedMessage>>;
+
+    /// Outbox completion: sends every emitted message, and only then deletes the source message.
+    /// Counts the message as processed. Atomic where the backend allows it.
+    async fn complete(&self, queue: &str, receipt: &str, emitted: Vec<Emitted>) -> Result<()>;
+
+    /// Deletes messages by receipt without counting them as processed.
+    async fn delete(&self, queue: &str, receipts: &[String]) -> Result<()>;
+
+    /// Makes a leased message visible again after `delay`, recording why it failed.
+    async fn retry_later(&self, queue: &str, receipt: &str, delay: Duration, reason: &str) -> Result<()>;
+
+    /// Extends the lease of a message still being handled.
+    async fn extend_lease(&self, queue: &str, receipt: &str, visibility: Duration) -> Result<()>;
+
+    /// Moves a leased message to the dead-letter queue with the reason attached.
+    async fn dead_letter(&self, queue: &str, message: &ReceivedMessage, reason: &str) -> Result<()>;
+
+    /// Depths, age of the oldest message and running totals.
+    async fn stats(&self, queue: &str) -> Result<QueueStats>;
+
+    /// Up to `max` messages of the dead-letter queue, oldest first, without removing them.
+    async fn dlq_list(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>>;
+
+    /// Moves every dead letter back to the queue with a fresh receive count; returns how many.
+    async fn dlq_redrive(&self, queue: &str) -> Result<u64>;
+}

@@ -1,0 +1,1 @@
+//! Levee scaler.

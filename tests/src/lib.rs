@@ -1,0 +1,1 @@
+//! Test support for Levee end-to-end tests.
