@@ -2,9 +2,18 @@
 //! SQLite backend by default and SQS/DynamoDB/S3 in the cloud.
 
 mod error;
+pub mod backends;
 pub mod blobs;
+pub mod cli;
+pub mod embedded;
+pub mod client;
+pub mod manifest;
+pub mod platform;
+pub mod ingress;
 pub mod queue;
+pub mod runtime;
 pub mod store;
+pub mod worker;
 
 pub use error::{Error, Result};
 pub use blobs::Blobs;

@@ -1,1 +1,150 @@
-fn main() {}
+//! The `levee` binary: parses the command line and runs it.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use hyper::Method;
+use levee::cli::{Cli, Command, DlqCommand, KvCommand, read_message};
+use levee::client::{call, encode_segment};
+use levee::manifest::Manifest;
+use levee::platform::{Platform, StartOptions};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Up { .. }));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Up { manifest, listen, data_dir, backend } => up(manifest, listen, data_dir, backend).await,
+        Command::Send { function, message, addr } => {
+            let body = read_message(&message).map_err(anyhow::Error::msg)?;
+            let path = format!("/v1/functions/{}/messages", encode_segment(&function));
+            let v = call(&addr.addr, Method::POST, &path, body).await?.json()?;
+            println!("{}", v["id"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invoke { function, message, addr } => {
+            let body = read_message(&message).map_err(anyhow::Error::msg)?;
+            let path = format!("/v1/functions/{}/invoke", encode_segment(&function));
+            let v = call(&addr.addr, Method::POST, &path, body).await?.json()?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(if v["outcome"] == "ok" { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Command::Status { json, addr } => {
+            let v = call(&addr.addr, Method::GET, "/v1/status", vec![]).await?.json()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kv { command: KvCommand::Get { function, key, addr } } => {
+            let path = format!("/v1/functions/{}/kv/{}", encode_segment(&function), encode_segment(&key));
+            let a = call(&addr.addr, Method::GET, &path, vec![]).await?;
+            if a.status.is_success() {
+                println!("{}", String::from_utf8_lossy(&a.body));
+                Ok(ExitCode::SUCCESS)
+            } else {
+                a.json()?;
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Dlq { command: DlqCommand::List { function, addr } } => {
+            let path = format!("/v1/functions/{}/dlq", encode_segment(&function));
+            let v = call(&addr.addr, Method::GET, &path, vec![]).await?.json()?;
+            let msgs = v["messages"].as_array().cloned().unwrap_or_default();
+            if msgs.is_empty() {
+                println!("no dead letters for {function}");
+            }
+            for m in msgs {
+                println!("{}  receives={}  reason: {}", m["id"].as_str().unwrap_or(""), m["receive_count"], m["reason"].as_str().unwrap_or(""));
+                println!("    body: {}", m["body"].as_str().unwrap_or(""));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command: DlqCommand::Redrive { function, addr } } => {
+            let path = format!("/v1/functions/{}/dlq/redrive", encode_segment(&function));
+            let v = call(&addr.addr, Method::POST, &path, vec![]).await?.json()?;
+            println!("redrove {} message(s) of {function}", v["redriven"]);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn up(
+    manifest_path: std::path::PathBuf,
+    listen: Option<String>,
+    data_dir: Option<std::path::PathBuf>,
+    backend: Option<levee::manifest::Backend>,
+) -> Result<ExitCode> {
+    let manifest = Manifest::load(&manifest_path)?;
+    let listen = listen.unwrap_or_else(|| manifest.listen());
+    let (listener, addr) = levee::ingress::bind(&listen).await?;
+    let opts = StartOptions { data_dir, backend, run_workers: true };
+    let platform: Arc<Platform> = Platform::start(manifest, opts).await.context("starting the platform")?;
+    println!("levee listening on http://{addr}");
+    println!("data directory: {}", platform.data_dir().display());
+    for (name, spec) in &platform.manifest().functions {
+        println!(
+            "  {name:<14} workers {:<3} emits_to [{}]",
+            spec.concurrency,
+            spec.emits_to.join(", ")
+        );
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(levee::ingress::serve(listener, platform.clone(), stop_rx));
+    wait_for_signal().await;
+    eprintln!("stopping: finishing in-flight messages…");
+    let _ = stop_tx.send(true);
+    platform.shutdown().await;
+    let _ = server.await;
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn print_status(v: &serde_json::Value) {
+    println!(
+        "{:<16} {:>8} {:>9} {:>6} {:>8} {:>10} {:>7}",
+        "FUNCTION", "VISIBLE", "IN_FLIGHT", "DLQ", "WORKERS", "PROCESSED", "FAILED"
+    );
+    for f in v["functions"].as_array().into_iter().flatten() {
+        println!(
+            "{:<16} {:>8} {:>9} {:>6} {:>8} {:>10} {:>7}",
+            f["name"].as_str().unwrap_or(""),
+            f["visible"],
+            f["in_flight"],
+            f["dlq"],
+            f["workers"],
+            f["processed"],
+            f["failed"]
+        );
+    }
+}

@@ -1,1 +1,6 @@
-//! Test support for Levee end-to-end tests.
+//! Test support for Levee's end-to-end tests: builds the guest components from `functions/`,
+//! writes manifests, runs the platform in process or as a `levee` child process.
+
+pub mod support;
+
+pub use support::*;

@@ -1,0 +1,128 @@
+//! The `levee` command line: `up` runs the platform; the other commands talk to a running
+//! platform over its HTTP API.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::manifest::Backend;
+
+/// Default address the client commands talk to (`levee up` listens there by default).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+/// Levee runs WebAssembly capability functions fed by durable queues, on one machine or on AWS.
+#[derive(Debug, Parser)]
+#[command(name = "levee", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the platform: every function in the manifest, with its queue, workers and the HTTP API.
+    Up {
+        /// The platform manifest.
+        #[arg(long, short = 'm', default_value = "levee.toml", env = "LEVEE_MANIFEST")]
+        manifest: PathBuf,
+        /// HTTP listen address (default: the manifest's, else 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory for the embedded backend and compiled modules (default: the manifest's, else .levee).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Backend: embedded (one SQLite file) or aws (SQS, DynamoDB, S3 from the AWS configuration).
+        #[arg(long, value_parser = parse_backend)]
+        backend: Option<Backend>,
+    },
+    /// Queue a message for a function; prints the message id.
+    Send {
+        /// The function to send to.
+        function: String,
+        /// The message: JSON text, or @FILE to read it from a file.
+        message: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Run a function's handler once, synchronously, and print the outcome (emitted messages are
+    /// shown, not sent; kv writes are real).
+    Invoke {
+        /// The function to run.
+        function: String,
+        /// The message: JSON text, or @FILE to read it from a file.
+        message: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Show every function's queue depths, dead letters, workers and totals.
+    Status {
+        /// Print the JSON of GET /v1/status instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Read a function's key-value namespace.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+    /// Inspect or redrive a function's dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Print the value under KEY in FUNCTION's namespace.
+    Get {
+        function: String,
+        key: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List the dead letters of FUNCTION with the reason each one failed.
+    List {
+        function: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Move FUNCTION's dead letters back to its queue.
+    Redrive {
+        function: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+}
+
+/// Where the running platform listens.
+#[derive(Debug, clap::Args)]
+pub struct AddrArg {
+    /// Address of the running `levee up`.
+    #[arg(long, default_value = DEFAULT_ADDR, env = "LEVEE_ADDR")]
+    pub addr: String,
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    s.parse().map_err(|e: crate::Error| e.to_string())
+}
+
+/// Reads a message argument: `@FILE` or inline JSON, which must parse.
+pub fn read_message(arg: &str) -> Result<Vec<u8>, String> {
+    let (text, from) = match arg.strip_prefix('@') {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read message file {path}: {e}"))?,
+            format!("file {path}"),
+        ),
+        None => (arg.to_string(), "the message argument".to_string()),
+    };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| format!("{from} is not valid JSON ({e}); pass JSON text or @FILE"))?;
+    Ok(text.into_bytes())
+}

@@ -1,0 +1,69 @@
+//! A small HTTP client for the CLI commands that talk to a running `levee up`.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::{Error, Result};
+
+/// An answer of the API: status and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON, or the API's `{"error": ...}` reason as an error for non-2xx answers.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_slice(&self.body).map_err(|e| {
+            Error::Invalid(format!("the server answered {} with non-JSON: {e}", self.status))
+        })?;
+        if !self.status.is_success() {
+            let reason = v.get("error").and_then(|e| e.as_str()).unwrap_or("unknown error");
+            return Err(Error::Invalid(format!("{reason} (HTTP {})", self.status.as_u16())));
+        }
+        Ok(v)
+    }
+}
+
+/// Sends one request to `addr` (HOST:PORT).
+pub async fn call(addr: &str, method: Method, path: &str, body: Vec<u8>) -> Result<Answer> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| Error::Unavailable {
+        service: format!("levee at {addr}"),
+        message: format!("{e}; is `levee up` running? (pass --addr or set LEVEE_ADDR for another address)"),
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unavailable(addr, e))?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| Error::Invalid(format!("bad request: {e}")))?;
+    let resp = sender.send_request(req).await.map_err(|e| unavailable(addr, e))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| unavailable(addr, e))?.to_bytes();
+    Ok(Answer { status, body })
+}
+
+fn unavailable(addr: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable { service: format!("levee at {addr}"), message: e.to_string() }
+}
+
+/// Percent-encodes a path segment (function names are plain; kv keys may hold `/`).
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,373 @@
+//! The platform manifest (`levee.toml`): typed, validated on parse, errors name the field.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Default HTTP listen address of `levee up`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default data directory, relative to the manifest's directory.
+pub const DEFAULT_DATA_DIR: &str = ".levee";
+/// Default workers per function.
+pub const DEFAULT_CONCURRENCY: u32 = 2;
+/// Default per-invocation deadline.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// Default per-invocation linear memory cap.
+pub const DEFAULT_MEMORY_MB: u32 = 64;
+/// Default receives before a message is dead-lettered.
+pub const DEFAULT_MAX_RECEIVE: u32 = 5;
+/// Default first retry delay.
+pub const DEFAULT_BACKOFF_MS: u64 = 1_000;
+/// Longest allowed first retry delay.
+pub const MAX_BACKOFF_MS: u64 = 300_000;
+/// Largest allowed per-function concurrency (one machine).
+pub const MAX_CONCURRENCY: u32 = 256;
+/// Largest allowed per-invocation memory.
+pub const MAX_MEMORY_MB: u32 = 4096;
+/// Longest allowed per-invocation deadline (the SQS visibility timeout is 12 h; we stay far below).
+pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
+/// Which backend family runs the queues, store and blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One SQLite file under the data directory.
+    #[default]
+    Embedded,
+    /// SQS, DynamoDB and S3 from the standard AWS configuration.
+    Aws,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "embedded" => Ok(Backend::Embedded),
+            "aws" => Ok(Backend::Aws),
+            other => Err(Error::Invalid(format!(
+                "backend must be one of embedded, aws; got `{other}`"
+            ))),
+        }
+    }
+}
+
+/// `[platform]`: settings of the whole host.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Platform {
+    /// HTTP listen address (default `127.0.0.1:8080`).
+    pub listen: Option<String>,
+    /// Data directory for the embedded backend and compiled modules (default `.levee`).
+    pub data_dir: Option<PathBuf>,
+    /// `embedded` (default) or `aws`.
+    #[serde(default)]
+    pub backend: Backend,
+}
+
+/// `[functions.NAME]`: one capability function.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// Path of the component (`.wasm`), relative to the manifest.
+    pub module: PathBuf,
+    /// Functions this one may emit to.
+    #[serde(default)]
+    pub emits_to: Vec<String>,
+    /// Workers consuming the function's queue.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Per-invocation deadline in ms.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Per-invocation linear memory cap in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+    /// Receives before the message is dead-lettered.
+    #[serde(default = "default_max_receive")]
+    pub max_receive: u32,
+    /// Upper bound of workers the scaler may run (default: `concurrency`).
+    pub max_workers: Option<u32>,
+    /// Lease (visibility timeout) of a received message in ms, renewed while the handler runs
+    /// (default: `timeout_ms` + 30 s).
+    pub visibility_timeout_ms: Option<u64>,
+    /// First retry delay in ms; doubles per attempt up to 5 minutes.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+}
+
+fn default_backoff_ms() -> u64 {
+    DEFAULT_BACKOFF_MS
+}
+
+fn default_concurrency() -> u32 {
+    DEFAULT_CONCURRENCY
+}
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_memory_mb() -> u32 {
+    DEFAULT_MEMORY_MB
+}
+fn default_max_receive() -> u32 {
+    DEFAULT_MAX_RECEIVE
+}
+
+impl FunctionSpec {
+    /// The per-invocation deadline.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+    /// Most workers this function may run.
+    pub fn max_workers(&self) -> u32 {
+        self.max_workers.unwrap_or(self.concurrency).max(self.concurrency)
+    }
+    /// How long a received message stays leased before it is renewed or redelivered.
+    pub fn visibility_timeout(&self) -> Duration {
+        Duration::from_millis(self.visibility_timeout_ms.unwrap_or(self.timeout_ms + 30_000))
+    }
+    /// The per-invocation memory cap in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_mb as usize * 1024 * 1024
+    }
+}
+
+/// A parsed and validated manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub platform: Platform,
+    /// Functions by name, in name order.
+    pub functions: BTreeMap<String, FunctionSpec>,
+    /// Directory the manifest was read from; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+impl Manifest {
+    /// Reads and validates a manifest file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Manifest(format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &base)
+            .map_err(|e| Error::Manifest(format!("{}: {}", path.display(), strip(e))))
+    }
+
+    /// Parses and validates manifest text; relative paths resolve against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self> {
+        let mut m: Manifest = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let field = e
+                .span()
+                .map(|s| field_at(text, s.start))
+                .filter(|f| !f.is_empty())
+                .map(|f| format!(" (at `{f}`)"))
+                .unwrap_or_default();
+            Error::Manifest(format!("{msg}{field}"))
+        })?;
+        m.base_dir = base_dir.to_path_buf();
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |field: String, why: String| Err(Error::Manifest(format!("`{field}`: {why}")));
+        if self.functions.is_empty() {
+            return bad("functions".into(), "declare at least one [functions.NAME] table".into());
+        }
+        if let Some(listen) = &self.platform.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(
+                "platform.listen".into(),
+                format!("expected HOST:PORT like 127.0.0.1:8080, got `{listen}`"),
+            );
+        }
+        for (name, f) in &self.functions {
+            let field = |k: &str| format!("functions.{name}.{k}");
+            if !valid_name(name) {
+                return bad(
+                    format!("functions.{name}"),
+                    "a function name is 1-64 characters of a-z, 0-9 and '-', starting with a letter"
+                        .into(),
+                );
+            }
+            if f.module.as_os_str().is_empty() {
+                return bad(field("module"), "path of the component (.wasm) is empty".into());
+            }
+            let mut seen = BTreeSet::new();
+            for target in &f.emits_to {
+                if !self.functions.contains_key(target) {
+                    let known: Vec<_> = self.functions.keys().map(String::as_str).collect();
+                    return bad(
+                        field("emits_to"),
+                        format!("unknown function `{target}`; declared: {}", known.join(", ")),
+                    );
+                }
+                if !seen.insert(target) {
+                    return bad(field("emits_to"), format!("`{target}` is listed twice"));
+                }
+            }
+            if !(1..=MAX_CONCURRENCY).contains(&f.concurrency) {
+                return bad(
+                    field("concurrency"),
+                    format!("must be 1 to {MAX_CONCURRENCY}, got {}", f.concurrency),
+                );
+            }
+            if !(1..=MAX_TIMEOUT_MS).contains(&f.timeout_ms) {
+                return bad(
+                    field("timeout_ms"),
+                    format!("must be 1 to {MAX_TIMEOUT_MS}, got {}", f.timeout_ms),
+                );
+            }
+            if !(1..=MAX_MEMORY_MB).contains(&f.memory_mb) {
+                return bad(
+                    field("memory_mb"),
+                    format!("must be 1 to {MAX_MEMORY_MB}, got {}", f.memory_mb),
+                );
+            }
+            if let Some(max) = f.max_workers
+                && !(f.concurrency..=MAX_CONCURRENCY).contains(&max)
+            {
+                return bad(
+                    field("max_workers"),
+                    format!("must be {} (concurrency) to {MAX_CONCURRENCY}, got {max}", f.concurrency),
+                );
+            }
+            if let Some(v) = f.visibility_timeout_ms
+                && !(1000..=12 * 3600 * 1000).contains(&v)
+            {
+                return bad(
+                    field("visibility_timeout_ms"),
+                    format!("must be 1000 (1 s) to 43200000 (12 h), got {v}"),
+                );
+            }
+            if !(1..=MAX_BACKOFF_MS).contains(&f.backoff_ms) {
+                return bad(field("backoff_ms"), format!("must be 1 to {MAX_BACKOFF_MS}, got {}", f.backoff_ms));
+            }
+            if !(1..=1000).contains(&f.max_receive) {
+                return bad(field("max_receive"), format!("must be 1 to 1000, got {}", f.max_receive));
+            }
+        }
+        Ok(())
+    }
+
+    /// The module path of a function, resolved against the manifest's directory.
+    pub fn module_path(&self, f: &FunctionSpec) -> PathBuf {
+        self.base_dir.join(&f.module)
+    }
+
+    /// The data directory, resolved against the manifest's directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.base_dir.join(
+            self.platform.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        )
+    }
+
+    /// The listen address.
+    pub fn listen(&self) -> String {
+        self.platform.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.to_string())
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The dotted key path in effect at a byte offset of TOML text (best effort, for messages).
+fn field_at(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let table = before
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let t = l.trim();
+            t.strip_prefix('[').and_then(|r| r.strip_suffix(']')).map(str::to_string)
+        })
+        .unwrap_or_default();
+    let line = before.rsplit('\n').next().unwrap_or("").trim();
+    let key = text[before.len() - line.len()..]
+        .split('\n')
+        .next()
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().to_string())
+        .unwrap_or_default();
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+fn strip(e: Error) -> String {
+    match e {
+        Error::Manifest(m) => m,
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[platform]
+listen = "127.0.0.1:9000"
+
+[functions.inbound]
+module = "inbound.wasm"
+emits_to = ["routing"]
+concurrency = 4
+
+[functions.routing]
+module = "routing.wasm"
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let m = Manifest::parse(GOOD, Path::new("/x")).unwrap();
+        assert_eq!(m.listen(), "127.0.0.1:9000");
+        let r = &m.functions["routing"];
+        assert_eq!(r.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(r.max_receive, DEFAULT_MAX_RECEIVE);
+        assert_eq!(m.module_path(r), Path::new("/x/routing.wasm"));
+        assert_eq!(m.data_dir(), Path::new("/x/.levee"));
+        assert_eq!(m.platform.backend, Backend::Embedded);
+    }
+
+    fn err(text: &str) -> String {
+        Manifest::parse(text, Path::new(".")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = err("[functions.a]\nmodule = \"a.wasm\"\nconcurency = 3\n");
+        assert!(e.contains("concurency"), "{e}");
+        assert!(e.contains("concurrency"), "lists the allowed fields: {e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let e = err("[functions.a]\nmodule = \"a.wasm\"\nconcurrency = 0\n");
+        assert!(e.contains("functions.a.concurrency") && e.contains("1 to"), "{e}");
+        let e = err("[functions.a]\nmodule = \"a.wasm\"\nemits_to = [\"nope\"]\n");
+        assert!(e.contains("functions.a.emits_to") && e.contains("nope"), "{e}");
+        let e = err("[functions.a]\nmodule = \"a.wasm\"\nmemory_mb = \"lots\"\n");
+        assert!(e.contains("memory_mb"), "{e}");
+        let e = err("[platform]\nbackend = \"gcp\"\n[functions.a]\nmodule = \"a.wasm\"\n");
+        assert!(e.contains("embedded") && e.contains("aws"), "{e}");
+        let e = err("[functions.Bad_Name]\nmodule = \"a.wasm\"\n");
+        assert!(e.contains("functions.Bad_Name"), "{e}");
+        let e = err("[platform]\nlisten = \"nowhere\"\n[functions.a]\nmodule = \"a.wasm\"\n");
+        assert!(e.contains("platform.listen"), "{e}");
+        let e = err("[functions.a]\nemits_to = []\n");
+        assert!(e.contains("module"), "{e}");
+    }
+}

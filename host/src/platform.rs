@@ -1,0 +1,328 @@
+//! The running platform: backends, runtime, one worker pool per function, and the operations the
+//! HTTP API and the CLI expose (send, invoke, status, kv, dead letters).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::manifest::{Backend, Manifest};
+use crate::queue::{DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, ReceivedMessage};
+use crate::runtime::{Failure, Function, FunctionDef, Limits, Runtime, RuntimeConfig};
+use crate::store::Store;
+use crate::worker::{Backoff, PoolConfig, PoolStats, WorkerPool};
+use crate::{Error, Result, backends};
+
+/// Largest message body accepted by `send` (larger bodies need the blob offload of the AWS issue).
+pub const MAX_BODY_BYTES: usize = 10 << 20;
+/// Longest retry backoff.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Overrides of the manifest's `[platform]` settings, from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    pub data_dir: Option<PathBuf>,
+    pub backend: Option<Backend>,
+    /// Start worker pools (false: an API-only host, e.g. for `invoke` tests).
+    pub run_workers: bool,
+}
+
+/// One function's line in `levee status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FunctionStatus {
+    pub name: String,
+    pub visible: u64,
+    pub in_flight: u64,
+    pub dlq: u64,
+    pub workers: u32,
+    pub processed: u64,
+    pub failed: u64,
+    pub delayed: u64,
+    pub retried: u64,
+    pub oldest_age_ms: Option<u64>,
+    pub max_workers: u32,
+    pub invocations: u64,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Status {
+    pub functions: Vec<FunctionStatus>,
+}
+
+/// The outcome of a synchronous `invoke`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvokeResult {
+    /// "ok" or "failed".
+    pub outcome: &'static str,
+    /// For failures: retryable, permanent, trap, timeout or memory-cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Messages the handler emitted (not sent: `invoke` is a dry run for the outbox).
+    pub emitted: Vec<EmittedView>,
+    pub elapsed_us: u64,
+}
+
+/// An emitted message, with its body as text when it is UTF-8.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmittedView {
+    pub function: String,
+    pub body: String,
+}
+
+/// The platform: what `levee up` runs.
+pub struct Platform {
+    manifest: Manifest,
+    queue: Arc<dyn Queue>,
+    store: Arc<dyn Store>,
+    functions: BTreeMap<String, Arc<Function>>,
+    pools: BTreeMap<String, Arc<WorkerPool>>,
+    stop: watch::Sender<bool>,
+    data_dir: PathBuf,
+    _runtime: Runtime,
+}
+
+impl Platform {
+    /// Opens the backends, loads every function and (optionally) starts the worker pools.
+    pub async fn start(mut manifest: Manifest, opts: StartOptions) -> Result<Arc<Self>> {
+        if let Some(b) = opts.backend {
+            manifest.platform.backend = b;
+        }
+        let data_dir = opts.data_dir.clone().unwrap_or_else(|| manifest.data_dir());
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| Error::io(format!("creating data directory {}", data_dir.display()), e))?;
+        let backends = backends::open(&manifest, &data_dir).await?;
+        let max_workers: u32 = manifest.functions.values().map(|f| f.max_workers()).sum();
+        let runtime = Runtime::new(RuntimeConfig {
+            max_instances: max_workers * 2 + 16,
+            max_memory_bytes: manifest.functions.values().map(|f| f.memory_bytes()).max().unwrap_or(64 << 20),
+            cache_dir: Some(data_dir.join("compiled")),
+        })?;
+        let mut functions = BTreeMap::new();
+        for (name, spec) in &manifest.functions {
+            backends
+                .queue
+                .ensure(&QueueSpec { name: name.clone(), max_receive: spec.max_receive })
+                .await?;
+            let module = manifest.module_path(spec);
+            let f = runtime
+                .load(FunctionDef {
+                    name: name.clone(),
+                    module: module.clone(),
+                    limits: Limits { memory_bytes: spec.memory_bytes(), timeout: spec.timeout() },
+                    emits_to: spec.emits_to.clone(),
+                    store: backends.store.clone(),
+                })
+                .map_err(|e| Error::Manifest(format!("functions.{name}.module: {e}")))?;
+            functions.insert(name.clone(), f);
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let mut pools = BTreeMap::new();
+        if opts.run_workers {
+            for (name, spec) in &manifest.functions {
+                let cfg = PoolConfig {
+                    workers: spec.concurrency,
+                    max_workers: spec.max_workers(),
+                    lease: spec.visibility_timeout(),
+                    max_receive: spec.max_receive,
+                    backoff: Backoff { base: Duration::from_millis(spec.backoff_ms), max: MAX_BACKOFF },
+                    poll_wait: Duration::from_secs(1),
+                };
+                let pool = WorkerPool::start(functions[name].clone(), backends.queue.clone(), cfg, stop_rx.clone());
+                pools.insert(name.clone(), pool);
+            }
+        }
+        Ok(Arc::new(Self {
+            manifest,
+            queue: backends.queue,
+            store: backends.store,
+            functions,
+            pools,
+            stop,
+            data_dir,
+            _runtime: runtime,
+        }))
+    }
+
+    /// The manifest the platform runs.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The data directory in use.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// The worker pools, by function name.
+    pub fn pools(&self) -> &BTreeMap<String, Arc<WorkerPool>> {
+        &self.pools
+    }
+
+    /// The queue backend.
+    pub fn queue(&self) -> &Arc<dyn Queue> {
+        &self.queue
+    }
+
+    /// The store backend.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn function(&self, name: &str) -> Result<&Arc<Function>> {
+        self.functions.get(name).ok_or_else(|| {
+            let known: Vec<_> = self.functions.keys().map(String::as_str).collect();
+            Error::Invalid(format!("unknown function `{name}`; this platform runs: {}", known.join(", ")))
+        })
+    }
+
+    /// Durably queues a message for `function`; returns its id.
+    pub async fn send(&self, function: &str, body: Vec<u8>) -> Result<String> {
+        self.function(function)?;
+        check_body(&body)?;
+        let ids = self.queue.send(function, vec![OutgoingMessage::new(body)]).await?;
+        ids.into_iter().next().ok_or_else(|| Error::Unavailable {
+            service: "queue".into(),
+            message: "send returned no id".into(),
+        })
+    }
+
+    /// Runs `function` once on `body`, synchronously, with its real kv namespace; emitted
+    /// messages are returned, not sent.
+    pub async fn invoke(&self, function: &str, body: Vec<u8>) -> Result<InvokeResult> {
+        let f = self.function(function)?.clone();
+        check_body(&body)?;
+        let msg = ReceivedMessage {
+            id: format!("invoke-{:016x}", rand::random::<u64>()),
+            receipt: String::new(),
+            body,
+            attributes: vec![],
+            receive_count: 1,
+            sent_at_ms: now_ms(),
+            last_error: None,
+        };
+        let rt = tokio::runtime::Handle::current();
+        let inv = tokio::task::spawn_blocking(move || f.invoke(&msg, &rt))
+            .await
+            .map_err(|e| Error::Runtime(format!("invocation panicked: {e}")))?;
+        let elapsed_us = inv.elapsed.as_micros() as u64;
+        Ok(match inv.outcome {
+            Ok(emitted) => InvokeResult {
+                outcome: "ok",
+                kind: None,
+                reason: None,
+                emitted: emitted.iter().map(view).collect(),
+                elapsed_us,
+            },
+            Err(f) => InvokeResult {
+                outcome: "failed",
+                kind: Some(failure_kind(&f)),
+                reason: Some(f.to_string()),
+                emitted: vec![],
+                elapsed_us,
+            },
+        })
+    }
+
+    /// Per-function queue depths, totals and workers.
+    pub async fn status(&self) -> Result<Status> {
+        let mut functions = Vec::with_capacity(self.functions.len());
+        for (name, spec) in &self.manifest.functions {
+            let q = self.queue.stats(name).await?;
+            let p = self.pools.get(name).map(|p| p.stats()).unwrap_or(PoolStats {
+                workers: 0,
+                max_workers: spec.max_workers(),
+                invocations: 0,
+                succeeded: 0,
+                failed_attempts: 0,
+                busy_micros: 0,
+            });
+            functions.push(FunctionStatus {
+                name: name.clone(),
+                visible: q.visible,
+                in_flight: q.in_flight,
+                dlq: q.dlq,
+                workers: p.workers,
+                processed: q.processed,
+                failed: q.failed,
+                delayed: q.delayed,
+                retried: q.retried,
+                oldest_age_ms: q.oldest_age_ms,
+                max_workers: p.max_workers,
+                invocations: p.invocations,
+            });
+        }
+        Ok(Status { functions })
+    }
+
+    /// A value of a function's kv namespace.
+    pub async fn kv_get(&self, function: &str, key: &str) -> Result<Option<Bytes>> {
+        self.function(function)?;
+        crate::store::validate(key, None)?;
+        self.store.get(function, key).await
+    }
+
+    /// Dead letters of a function.
+    pub async fn dlq_list(&self, function: &str, max: usize) -> Result<Vec<DeadLetter>> {
+        self.function(function)?;
+        self.queue.dlq_list(function, max).await
+    }
+
+    /// Moves a function's dead letters back to its queue.
+    pub async fn dlq_redrive(&self, function: &str) -> Result<u64> {
+        self.function(function)?;
+        self.queue.dlq_redrive(function).await
+    }
+
+    /// Stops receiving, lets in-flight messages finish, and returns when every pool is idle.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        for pool in self.pools.values() {
+            pool.join().await;
+        }
+    }
+}
+
+fn check_body(body: &[u8]) -> Result<()> {
+    if body.is_empty() {
+        return Err(Error::Invalid("message body is empty".into()));
+    }
+    if body.len() > MAX_BODY_BYTES {
+        return Err(Error::Invalid(format!(
+            "message body is {} bytes; the limit is {MAX_BODY_BYTES}",
+            body.len()
+        )));
+    }
+    Ok(())
+}
+
+fn view(e: &Emitted) -> EmittedView {
+    EmittedView {
+        function: e.queue.clone(),
+        body: String::from_utf8_lossy(&e.message.body).into_owned(),
+    }
+}
+
+fn failure_kind(f: &Failure) -> &'static str {
+    match f {
+        Failure::Retryable(_) => "retryable",
+        Failure::Permanent(_) => "permanent",
+        Failure::Trap(_) => "trap",
+        Failure::Timeout(_) => "timeout",
+        Failure::MemoryCap { .. } => "memory-cap",
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

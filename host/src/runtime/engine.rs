@@ -1,0 +1,89 @@
+//! Engine configuration: pooling allocator tuned for a fresh instance per message, and the epoch
+//! ticker that turns per-invocation deadlines into traps.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::{Error, Result};
+
+/// How often the epoch advances; deadlines are rounded up to this.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Memory kept mapped in a pool slot between instances: re-zeroing beats re-faulting pages.
+const KEEP_RESIDENT: usize = 4 << 20;
+
+/// Sizing of the engine's instance pool.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Most instances alive at once (sum of all workers, plus invocations from the API).
+    pub max_instances: u32,
+    /// Largest per-function memory cap; every pool slot is this size.
+    pub max_memory_bytes: usize,
+    /// Where compiled artifacts are cached (None: compile every time).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { max_instances: 128, max_memory_bytes: 64 << 20, cache_dir: None }
+    }
+}
+
+pub(super) fn build(cfg: &RuntimeConfig) -> Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    let n = cfg.max_instances.max(1);
+    // A wasip2 Rust component holds a few core instances (the program plus adapter shims).
+    pool.total_component_instances(n)
+        .total_core_instances(n * 8)
+        .max_core_instances_per_component(16)
+        .total_memories(n * 2)
+        .max_memories_per_component(4)
+        .total_tables(n * 4)
+        .max_tables_per_component(8)
+        .max_memory_size(cfg.max_memory_bytes)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| Error::Runtime(format!("creating the wasmtime engine: {e:#}")))
+}
+
+/// Epoch ticks for a deadline (at least one full tick).
+pub(super) fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
+}
+
+/// A thread advancing the engine's epoch every [`EPOCH_TICK`]; stops when dropped.
+pub(super) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    pub(super) fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("levee-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        Self { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

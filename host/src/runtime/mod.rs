@@ -1,0 +1,245 @@
+//! The Wasm runtime: one wasmtime engine with a tuned pooling allocator, one `InstancePre` per
+//! function, a fresh instance per message, with a memory cap and an epoch deadline per invocation.
+
+mod artifact;
+mod engine;
+mod guest_log;
+mod host;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Store as WasmStore, Trap};
+
+use crate::queue::{Emitted, ReceivedMessage};
+use crate::store::Store;
+use crate::{Error, Result};
+
+pub use engine::{EPOCH_TICK, RuntimeConfig};
+use host::HostState;
+
+/// Bindings generated from the WIT contract in `functions/wit/`.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../functions/wit",
+        world: "capability",
+    });
+}
+
+use bindings::levee::function::types;
+use bindings::{Capability, CapabilityPre};
+
+/// Limits applied to every invocation of one function.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear memory cap in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock deadline, enforced by epoch interruption.
+    pub timeout: Duration,
+}
+
+/// Why an invocation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The handler asked to be retried later.
+    Retryable(String),
+    /// The handler said the message can never succeed.
+    Permanent(String),
+    /// The guest trapped (panic, unreachable, stack overflow, ...).
+    Trap(String),
+    /// The guest ran past its deadline and was interrupted.
+    Timeout(Duration),
+    /// The guest tried to grow its memory past the cap.
+    MemoryCap { cap_bytes: usize },
+}
+
+impl Failure {
+    /// Permanent failures go to the DLQ at once; the rest are retried with backoff.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Failure::Permanent(_))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Retryable(m) => write!(f, "retryable error: {m}"),
+            Failure::Permanent(m) => write!(f, "permanent error: {m}"),
+            Failure::Trap(m) => write!(f, "trap: {m}"),
+            Failure::Timeout(d) => write!(f, "timeout: handler ran past its {} ms deadline", d.as_millis()),
+            Failure::MemoryCap { cap_bytes } => write!(
+                f,
+                "memory cap: handler tried to grow its memory past {} MiB",
+                cap_bytes / (1024 * 1024)
+            ),
+        }
+    }
+}
+
+/// The result of one invocation: what it emitted if it succeeded, and how long it took.
+#[derive(Debug)]
+pub struct Invocation {
+    pub outcome: std::result::Result<Vec<Emitted>, Failure>,
+    pub elapsed: Duration,
+}
+
+/// The engine and linker shared by every function.
+pub struct Runtime {
+    engine: wasmtime::Engine,
+    linker: Linker<HostState>,
+    config: RuntimeConfig,
+    _ticker: engine::EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator sized by `config`) and links WASI (granting nothing)
+    /// and Levee's `kv` and `emit` imports.
+    pub fn new(config: RuntimeConfig) -> Result<Self> {
+        let engine = engine::build(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(rt_err)?;
+        Capability::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(rt_err)?;
+        let ticker = engine::EpochTicker::start(engine.clone());
+        Ok(Self { engine, linker, config, _ticker: ticker })
+    }
+
+    /// Compiles (or loads the cached artifact of) a component and pre-links it.
+    pub fn load(&self, spec: FunctionDef) -> Result<Arc<Function>> {
+        if spec.limits.memory_bytes > self.config.max_memory_bytes {
+            return Err(Error::Runtime(format!(
+                "function `{}` asks for {} MiB but the runtime's pool allows {} MiB",
+                spec.name,
+                spec.limits.memory_bytes >> 20,
+                self.config.max_memory_bytes >> 20
+            )));
+        }
+        let component =
+            artifact::load(&self.engine, &spec.module, self.config.cache_dir.as_deref())?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            Error::Runtime(format!(
+                "function `{}`: {} does not fit the levee:function/capability world: {e:#}",
+                spec.name,
+                spec.module.display()
+            ))
+        })?;
+        let pre = CapabilityPre::new(pre).map_err(|e| {
+            Error::Runtime(format!(
+                "function `{}`: {} does not export `handle`: {e:#}",
+                spec.name,
+                spec.module.display()
+            ))
+        })?;
+        Ok(Arc::new(Function {
+            name: spec.name.clone(),
+            ns: spec.name.into(),
+            pre,
+            limits: spec.limits,
+            emits_to: Arc::new(spec.emits_to.into_iter().collect()),
+            store: spec.store,
+            engine: self.engine.clone(),
+        }))
+    }
+
+    /// The engine (for benchmarks and tests).
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+}
+
+/// What the runtime needs to load one function.
+pub struct FunctionDef {
+    pub name: String,
+    pub module: std::path::PathBuf,
+    pub limits: Limits,
+    pub emits_to: Vec<String>,
+    /// The store behind the function's kv namespace (its name).
+    pub store: Arc<dyn Store>,
+}
+
+/// A loaded function, ready to be instantiated once per message.
+pub struct Function {
+    name: String,
+    ns: Arc<str>,
+    pre: CapabilityPre<HostState>,
+    limits: Limits,
+    emits_to: Arc<HashSet<String>>,
+    store: Arc<dyn Store>,
+    engine: wasmtime::Engine,
+}
+
+impl Function {
+    /// The function's name (also its queue and kv namespace).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The limits of each invocation.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Instantiates the component and runs `handle` once. Blocking: run it on a blocking
+    /// thread. `rt` serves the async kv calls the guest makes.
+    pub fn invoke(&self, msg: &ReceivedMessage, rt: &tokio::runtime::Handle) -> Invocation {
+        let start = Instant::now();
+        let state = HostState::new(
+            &self.name,
+            self.ns.clone(),
+            self.store.clone(),
+            self.emits_to.clone(),
+            rt.clone(),
+            self.limits.memory_bytes,
+        );
+        let mut store = WasmStore::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(engine::deadline_ticks(self.limits.timeout));
+        let message = types::Message {
+            id: msg.id.clone(),
+            body: msg.body.clone(),
+            attributes: msg.attributes.clone(),
+            receive_count: msg.receive_count,
+        };
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|inst| inst.call_handle(&mut store, &message));
+        store.data_mut().flush_logs();
+        let state = store.into_data();
+        let outcome = match result {
+            Ok(Ok(())) => Ok(state.emitted),
+            Ok(Err(types::Error::Retryable(m))) => Err(Failure::Retryable(m)),
+            Ok(Err(types::Error::Permanent(m))) => Err(Failure::Permanent(m)),
+            Err(e) => Err(classify_trap(e, &state, &self.limits)),
+        };
+        Invocation { outcome, elapsed: start.elapsed() }
+    }
+}
+
+fn classify_trap(e: wasmtime::Error, state: &HostState, limits: &Limits) -> Failure {
+    if state.limiter.memory_denied {
+        return Failure::MemoryCap { cap_bytes: limits.memory_bytes };
+    }
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return Failure::Timeout(limits.timeout);
+    }
+    // The root cause is the trap code; the backtrace context is long and rarely helps authors.
+    let root = e.root_cause().to_string();
+    Failure::Trap(root)
+}
+
+fn rt_err(e: wasmtime::Error) -> Error {
+    Error::Runtime(format!("{e:#}"))
+}
+
+/// Checks that `path` looks like a component before handing it to the compiler, for a clear error.
+pub fn check_module_file(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(Error::Runtime(format!("{} is not a WebAssembly file", path.display())));
+    }
+    Ok(())
+}

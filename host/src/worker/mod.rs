@@ -1,0 +1,276 @@
+//! Worker pools: per function, fetchers lease batches of messages from the queue and run each in a
+//! fresh Wasm instance, at most `workers` at a time. On success the handler's emitted messages are
+//! sent before the source is deleted (outbox order); failures are retried with exponential backoff
+//! or dead-lettered with their reason. The worker count can be changed at run time (the scaler).
+
+mod backoff;
+mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::queue::{MAX_BATCH, Queue, ReceiveOptions, ReceivedMessage};
+use crate::runtime::{Failure, Function, Invocation};
+
+pub use backoff::Backoff;
+pub use stats::{PoolStats, WorkerCounters};
+
+/// How a pool leases and retries.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Initial number of workers (concurrent invocations).
+    pub workers: u32,
+    /// Upper bound the scaler may raise `workers` to.
+    pub max_workers: u32,
+    /// Visibility timeout of a leased message; renewed while its handler runs.
+    pub lease: Duration,
+    /// Receives before a failing message is dead-lettered.
+    pub max_receive: u32,
+    /// Retry backoff.
+    pub backoff: Backoff,
+    /// Long-poll wait of each receive.
+    pub poll_wait: Duration,
+}
+
+/// The running pool of one function.
+pub struct WorkerPool {
+    shared: Arc<Shared>,
+    tasks: tokio::sync::Mutex<JoinSet<()>>,
+}
+
+struct Shared {
+    function: Arc<Function>,
+    queue: Arc<dyn Queue>,
+    cfg: PoolConfig,
+    rt: tokio::runtime::Handle,
+    /// Execution slots: one permit per worker.
+    workers: Arc<Semaphore>,
+    /// Permits to retire as handlers finish, when the pool shrinks while busy.
+    retire: AtomicUsize,
+    /// The current worker count (what the semaphore will hold once retirements settle).
+    target: AtomicU32,
+    counters: WorkerCounters,
+    stop: watch::Receiver<bool>,
+}
+
+impl WorkerPool {
+    /// Starts fetching and handling messages of `function` from `queue`.
+    pub fn start(
+        function: Arc<Function>,
+        queue: Arc<dyn Queue>,
+        cfg: PoolConfig,
+        stop: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let workers = cfg.workers.min(cfg.max_workers);
+        let shared = Arc::new(Shared {
+            function,
+            queue,
+            rt: tokio::runtime::Handle::current(),
+            workers: Arc::new(Semaphore::new(workers as usize)),
+            retire: AtomicUsize::new(0),
+            target: AtomicU32::new(workers),
+            counters: WorkerCounters::default(),
+            stop,
+            cfg,
+        });
+        let mut tasks = JoinSet::new();
+        // Enough fetchers that batches of 10 keep the largest pool busy even on a slow queue.
+        let fetchers = shared.cfg.max_workers.div_ceil(MAX_BATCH as u32 * 2).max(1);
+        for _ in 0..fetchers {
+            tasks.spawn(fetch_loop(shared.clone()));
+        }
+        Arc::new(Self { shared, tasks: tokio::sync::Mutex::new(tasks) })
+    }
+
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        self.shared.function.name()
+    }
+
+    /// Sets the number of workers (clamped to 0..=max_workers). Shrinking lets running handlers
+    /// finish; growing takes effect at once.
+    pub fn set_workers(&self, n: u32) {
+        let n = n.min(self.shared.cfg.max_workers);
+        let old = self.shared.target.swap(n, Ordering::SeqCst);
+        if n > old {
+            let mut add = (n - old) as usize;
+            // Cancel pending retirements first.
+            while add > 0 {
+                let r = self.shared.retire.load(Ordering::SeqCst);
+                if r == 0 {
+                    break;
+                }
+                let take = r.min(add);
+                if self
+                    .shared
+                    .retire
+                    .compare_exchange(r, r - take, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    add -= take;
+                }
+            }
+            self.shared.workers.add_permits(add);
+        } else if n < old {
+            let remove = (old - n) as usize;
+            let forgotten = self.shared.workers.forget_permits(remove);
+            self.shared.retire.fetch_add(remove - forgotten, Ordering::SeqCst);
+        }
+    }
+
+    /// The current worker count.
+    pub fn workers(&self) -> u32 {
+        self.shared.target.load(Ordering::SeqCst)
+    }
+
+    /// Live counters of this pool.
+    pub fn stats(&self) -> PoolStats {
+        self.shared.counters.snapshot(self.workers(), self.shared.cfg.max_workers)
+    }
+
+    /// Waits for the fetchers and every in-flight handler to finish (after `stop` was set).
+    pub async fn join(&self) {
+        let mut tasks = self.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn fetch_loop(shared: Arc<Shared>) {
+    let mut stop = shared.stop.clone();
+    let mut handlers = JoinSet::new();
+    let mut errors = 0u32;
+    // Leased-but-not-started messages are bounded by one batch per fetcher.
+    let prefetch = Arc::new(Semaphore::new(MAX_BATCH));
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        while handlers.try_join_next().is_some() {}
+        // Wait until at least one worker is free, so an idle pool holds no leases.
+        let free = tokio::select! {
+            p = shared.workers.clone().acquire_owned() => p,
+            _ = stop.changed() => break,
+        };
+        drop(free);
+        let Ok(first) = prefetch.clone().acquire_owned().await else { break };
+        let mut slots = vec![first];
+        while slots.len() < MAX_BATCH {
+            match prefetch.clone().try_acquire_owned() {
+                Ok(p) => slots.push(p),
+                Err(_) => break,
+            }
+        }
+        let opts = ReceiveOptions {
+            max_messages: slots.len(),
+            visibility: shared.cfg.lease,
+            wait: shared.cfg.poll_wait,
+        };
+        let name = shared.function.name().to_string();
+        let received = tokio::select! {
+            r = shared.queue.receive(&name, opts) => r,
+            _ = stop.changed() => break,
+        };
+        match received {
+            Ok(msgs) => {
+                errors = 0;
+                for (msg, slot) in msgs.into_iter().zip(slots.drain(..)) {
+                    let s = shared.clone();
+                    handlers.spawn(async move {
+                        let worker = acquire_worker(&s).await;
+                        drop(slot);
+                        handle(&s, msg).await;
+                        release_worker(&s, worker);
+                    });
+                }
+            }
+            Err(e) => {
+                // A consumer loop never ends on a transient error: log, back off, go on.
+                errors += 1;
+                let pause = Duration::from_millis(100 * 2u64.pow(errors.min(6)));
+                tracing::warn!(function = %name, "receive failed (retrying in {pause:?}): {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        }
+    }
+    // Let in-flight handlers finish before reporting done.
+    while handlers.join_next().await.is_some() {}
+}
+
+async fn acquire_worker(s: &Shared) -> tokio::sync::OwnedSemaphorePermit {
+    s.workers.clone().acquire_owned().await.expect("the worker semaphore is never closed")
+}
+
+fn release_worker(s: &Shared, permit: tokio::sync::OwnedSemaphorePermit) {
+    // Retire this slot instead of returning it if the pool shrank while it was busy.
+    let retired = s
+        .retire
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
+        .is_ok();
+    if retired {
+        permit.forget();
+    }
+}
+
+async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
+    let name = s.function.name();
+    let invocation = run_keeping_lease(s, &msg).await;
+    s.counters.record(&invocation);
+    let result = match invocation.outcome {
+        Ok(emitted) => s.queue.complete(name, &msg.receipt, emitted).await,
+        Err(failure) => settle_failure(s, &msg, failure).await,
+    };
+    if let Err(e) = result {
+        // The lease will expire and the message will be delivered again: at least once.
+        tracing::warn!(function = %name, id = %msg.id, "settling message failed, it will be redelivered: {e}");
+    }
+}
+
+async fn settle_failure(s: &Shared, msg: &ReceivedMessage, failure: Failure) -> crate::Result<()> {
+    let name = s.function.name();
+    if failure.is_permanent() {
+        tracing::info!(function = %name, id = %msg.id, "dead-lettered: {failure}");
+        return s.queue.dead_letter(name, msg, &failure.to_string()).await;
+    }
+    if msg.receive_count >= s.cfg.max_receive {
+        let reason = format!(
+            "gave up after {} attempts (max_receive {}): {failure}",
+            msg.receive_count, s.cfg.max_receive
+        );
+        tracing::info!(function = %name, id = %msg.id, "dead-lettered: {reason}");
+        return s.queue.dead_letter(name, msg, &reason).await;
+    }
+    let delay = s.cfg.backoff.delay(msg.receive_count);
+    tracing::debug!(function = %name, id = %msg.id, "retry in {delay:?}: {failure}");
+    s.queue.retry_later(name, &msg.receipt, delay, &failure.to_string()).await
+}
+
+/// Runs the invocation on a blocking thread, renewing the message's lease while it runs.
+async fn run_keeping_lease(s: &Arc<Shared>, msg: &ReceivedMessage) -> Invocation {
+    let function = s.function.clone();
+    let rt = s.rt.clone();
+    let m = msg.clone();
+    let mut job = tokio::task::spawn_blocking(move || function.invoke(&m, &rt));
+    let renew_every = s.cfg.lease / 2;
+    loop {
+        tokio::select! {
+            r = &mut job => {
+                return r.unwrap_or_else(|e| Invocation {
+                    outcome: Err(Failure::Trap(format!("host worker panicked: {e}"))),
+                    elapsed: Duration::ZERO,
+                });
+            }
+            _ = tokio::time::sleep(renew_every) => {
+                if let Err(e) = s.queue.extend_lease(s.function.name(), &msg.receipt, s.cfg.lease).await {
+                    tracing::warn!(function = %s.function.name(), id = %msg.id, "could not renew lease: {e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: guest unit tests, host unit tests, end-to-end tests on the embedded
+# backend and, against an AWS emulator (moto, started by localstack/start.sh), the emulator suite.
+# With CI=true a missing emulator is a failure, not a skip.
+source "$(dirname "$0")/common.sh"
+ensure_toolchain
+
+echo "==> format and lints"
+cargo fmt --all -- --check
+(cd functions && cargo fmt --all -- --check)
+
+echo "==> guest unit tests (native)"
+(cd functions && CARGO_TARGET_DIR="$ROOT/functions/target" cargo test --workspace)
+build_guests
+
+if [ -x localstack/start.sh ]; then
+  echo "==> starting the AWS emulator"
+  if eval "$(localstack/start.sh --env)"; then
+    export LEVEE_TEST_AWS_ENDPOINT="${AWS_ENDPOINT_URL:-}"
+  elif [ "${CI:-}" = "true" ]; then
+    echo "error: the AWS emulator could not start (required when CI=true)" >&2
+    exit 1
+  else
+    echo "warning: the AWS emulator could not start; emulator tests will report SKIPPED" >&2
+  fi
+fi
+
+echo "==> host and end-to-end tests"
+cargo build --workspace --all-targets
+cargo test --workspace --no-fail-fast

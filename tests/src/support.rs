@@ -1,0 +1,185 @@
+//! Guest builds, manifests, in-process platforms and `levee` child processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use levee::manifest::Manifest;
+use levee::platform::{Platform, StartOptions};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Builds every guest component once per test process (cargo serialises concurrent builds) and
+/// returns the directory holding the `.wasm` files.
+pub fn guests() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = repo_root().join("functions");
+        let target = root.join("target");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--workspace"])
+            .current_dir(&root)
+            // The outer build's target dir and flags must not leak into the guest build.
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("running cargo to build the guest components");
+        assert!(status.success(), "building functions/ for wasm32-wasip2 failed");
+        target.join("wasm32-wasip2").join("release")
+    })
+}
+
+/// Path of a built guest component, e.g. `guest("search-index")`.
+pub fn guest(name: &str) -> PathBuf {
+    guests().join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// One `[functions.NAME]` entry of a test manifest.
+#[derive(Debug, Clone)]
+pub struct Fn {
+    pub name: String,
+    pub module: String,
+    pub extra: String,
+}
+
+impl Fn {
+    /// A function named `name` running the guest `module` with manifest lines `extra`.
+    pub fn new(name: &str, module: &str, extra: &str) -> Self {
+        Self { name: name.into(), module: module.into(), extra: extra.into() }
+    }
+}
+
+/// Writes a manifest for `fns` into `dir` and returns its path.
+pub fn write_manifest(dir: &Path, fns: &[Fn]) -> PathBuf {
+    let mut text = String::from("[platform]\ndata_dir = \"data\"\n\n");
+    for f in fns {
+        text.push_str(&format!(
+            "[functions.{}]\nmodule = \"{}\"\n{}\n\n",
+            f.name,
+            guest(&f.module).display(),
+            f.extra
+        ));
+    }
+    let path = dir.join("levee.toml");
+    std::fs::write(&path, text).expect("writing the test manifest");
+    path
+}
+
+/// The sample pipeline (inbound → routing → notify, inbound → search-index).
+pub fn pipeline_fns(concurrency: u32) -> Vec<Fn> {
+    let c = format!("concurrency = {concurrency}\nbackoff_ms = 50");
+    vec![
+        Fn::new("inbound", "inbound", &format!("emits_to = [\"routing\", \"search-index\"]\n{c}")),
+        Fn::new("routing", "routing", &format!("emits_to = [\"notify\"]\n{c}")),
+        Fn::new("search-index", "search-index", &c),
+        Fn::new("notify", "notify", &c),
+    ]
+}
+
+/// Starts a platform in this process with workers running.
+pub async fn start(manifest: &Path) -> Arc<Platform> {
+    let m = Manifest::load(manifest).expect("test manifest is valid");
+    Platform::start(m, StartOptions { run_workers: true, ..Default::default() })
+        .await
+        .expect("platform starts")
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond().await
+}
+
+/// Path of the `levee` binary next to the test binaries, built if missing.
+pub fn levee_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> → target/<profile>/levee
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+        let bin = profile_dir.join("levee");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "levee", "--bin", "levee"])
+            .current_dir(repo_root())
+            .status()
+            .expect("running cargo to build the levee binary");
+        assert!(status.success(), "building the levee binary failed");
+        assert!(bin.exists(), "levee binary not found at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// A `levee up` child process, killed on drop.
+pub struct LeveeProcess {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl LeveeProcess {
+    /// Runs `levee up --manifest M --listen 127.0.0.1:PORT` and waits for /healthz.
+    pub fn up(manifest: &Path, port: u16) -> Self {
+        let addr = format!("127.0.0.1:{port}");
+        let log = manifest.with_file_name(format!("levee-{port}.log"));
+        let child = Command::new(levee_bin())
+            .args(["up", "--manifest"])
+            .arg(manifest)
+            .args(["--listen", &addr])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawning levee up");
+        let p = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(&p.addr).is_ok() {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("levee up did not listen on {} within 60 s; log: {}", p.addr, std::fs::read_to_string(&log).unwrap_or_default());
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LeveeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the `levee` CLI with `args`; returns (exit code, stdout, stderr).
+pub fn levee(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(levee_bin()).args(args).output().expect("running levee");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

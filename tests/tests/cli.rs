@@ -1,0 +1,106 @@
+//! The CLI and HTTP API from a user's side: clear errors for bad manifests and bad input,
+//! and every client command against a running `levee up`.
+
+use levee_tests::{Fn, LeveeProcess, free_port, levee, write_manifest};
+
+fn write(dir: &std::path::Path, text: &str) -> String {
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn bad_manifests_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[functions.a]\nmodule = \"a.wasm\"\nconcurency = 2\n", "concurency"),
+        ("[functions.a]\nmodule = \"a.wasm\"\nconcurrency = 0\n", "functions.a.concurrency"),
+        ("[functions.a]\nmodule = \"a.wasm\"\nemits_to = [\"b\"]\n", "functions.a.emits_to"),
+        ("[functions.a]\nmodule = \"missing.wasm\"\n", "functions.a.module"),
+        ("[platform]\nbackend = \"azure\"\n[functions.a]\nmodule = \"a.wasm\"\n", "embedded, aws"),
+        ("not toml at all", "levee.toml"),
+    ];
+    for (text, expect) in cases {
+        let path = write(dir.path(), text);
+        let (code, _out, err) = levee(&["up", "--manifest", &path, "--listen", "127.0.0.1:0"]);
+        assert_ne!(code, 0, "{text:?} must fail");
+        let expect = if expect == "levee.toml" { "bad.toml" } else { expect };
+        assert!(err.contains(expect), "error for {text:?} names `{expect}`: {err}");
+    }
+    let (code, _, err) = levee(&["up", "--manifest", "/nonexistent/levee.toml"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot read /nonexistent/levee.toml"), "{err}");
+}
+
+#[test]
+fn client_commands_work_against_a_running_platform() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(
+        dir.path(),
+        &[Fn::new("faulty", "faulty", "max_receive = 1\nbackoff_ms = 10")],
+    );
+    let up = LeveeProcess::up(&manifest, free_port());
+    let addr = ["--addr", up.addr.as_str()];
+    let with = |args: &[&str]| {
+        let mut v = args.to_vec();
+        v.extend_from_slice(&addr);
+        levee(&v)
+    };
+
+    let (code, out, err) = with(&["send", "faulty", r#"{"action":"ok"}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.trim().is_empty(), "prints the message id");
+
+    let (code, _, err) = with(&["send", "faulty", "{not json"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not valid JSON"), "{err}");
+
+    let (code, _, err) = with(&["send", "nosuch", "{}"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown function `nosuch`") && err.contains("404"), "{err}");
+
+    let (code, _, err) = with(&["send", "faulty", "@/nonexistent.json"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot read message file"), "{err}");
+
+    let (code, out, err) = with(&["invoke", "faulty", r#"{"action":"permanent"}"#]);
+    assert_eq!(code, 2, "a failed invocation exits 2: {out} {err}");
+    assert!(out.contains("\"permanent\""), "{out}");
+
+    let (code, _, err) = with(&["send", "faulty", r#"{"action":"permanent"}"#]);
+    assert_eq!(code, 0, "{err}");
+    let mut dead = String::new();
+    for _ in 0..100 {
+        dead = with(&["dlq", "list", "faulty"]).1;
+        if dead.contains("permanent") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(dead.contains("reason: permanent error"), "{dead}");
+
+    let (code, out, _) = with(&["status", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let f = &v["functions"][0];
+    for k in ["name", "visible", "in_flight", "dlq", "workers", "processed", "failed"] {
+        assert!(!f[k].is_null(), "status JSON has `{k}`: {out}");
+    }
+    assert_eq!(f["failed"], 1, "{out}");
+    let (code, out, _) = with(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("FUNCTION") && out.contains("faulty"), "{out}");
+
+    let (code, out, _) = with(&["dlq", "redrive", "faulty"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("redrove 1"), "{out}");
+
+    let (code, _, err) = with(&["kv", "get", "faulty", "missing-key"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no key `missing-key`"), "{err}");
+
+    drop(up);
+    let (code, _, err) = levee(&["status", "--addr", "127.0.0.1:1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is `levee up` running?"), "{err}");
+}

@@ -1,0 +1,87 @@
+//! Fault isolation on the embedded backend: traps are retried then dead-lettered with their reason,
+//! infinite loops stop at their deadline, memory hogs hit their cap, and other messages keep flowing.
+
+use std::time::Duration;
+
+use levee_tests::{Fn, eventually, start, write_manifest};
+
+fn faulty(extra: &str) -> Vec<Fn> {
+    vec![Fn::new(
+        "faulty",
+        "faulty",
+        &format!("concurrency = 4\nmax_receive = 3\nbackoff_ms = 20\ntimeout_ms = 300\nmemory_mb = 16\n{extra}"),
+    )]
+}
+
+async fn send(p: &levee::platform::Platform, body: &str) -> String {
+    p.send("faulty", body.as_bytes().to_vec()).await.expect("send")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_with_reasons_while_others_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(&write_manifest(dir.path(), &faulty(""))).await;
+
+    let trap = send(&p, r#"{"action":"trap"}"#).await;
+    let spin = send(&p, r#"{"action":"spin"}"#).await;
+    let hog = send(&p, r#"{"action":"hog","mb":64}"#).await;
+    let permanent = send(&p, r#"{"action":"permanent"}"#).await;
+    for _ in 0..50 {
+        send(&p, r#"{"action":"ok"}"#).await;
+    }
+
+    let settled = eventually(Duration::from_secs(60), || async {
+        let s = p.status().await.unwrap();
+        let f = &s.functions[0];
+        f.processed == 50 && f.dlq == 4 && f.visible == 0 && f.in_flight == 0 && f.delayed == 0
+    })
+    .await;
+    let status = p.status().await.unwrap();
+    assert!(settled, "50 ok processed and 4 dead-lettered; got {status:?}");
+    assert_eq!(status.functions[0].failed, 4);
+
+    let dead = p.dlq_list("faulty", 10).await.unwrap();
+    let reason = |id: &str| dead.iter().find(|d| d.id == id).map(|d| d.reason.clone()).unwrap_or_default();
+    let r = reason(&trap);
+    assert!(r.contains("trap") && r.contains("3 attempts"), "trap retried to max_receive: {r}");
+    let r = reason(&spin);
+    assert!(r.contains("timeout") && r.contains("300 ms"), "spin stopped at its deadline: {r}");
+    let r = reason(&hog);
+    assert!(r.contains("memory cap") && r.contains("16 MiB"), "hog hit its memory cap: {r}");
+    let r = reason(&permanent);
+    assert!(r.contains("permanent"), "permanent error dead-lettered at once: {r}");
+    let perm = dead.iter().find(|d| d.id == permanent).unwrap();
+    assert_eq!(perm.receive_count, 1, "a permanent error is not retried");
+
+    // Redrive puts them back; they fail again and return to the DLQ.
+    assert_eq!(p.dlq_redrive("faulty").await.unwrap(), 4);
+    let back = eventually(Duration::from_secs(60), || async {
+        p.status().await.unwrap().functions[0].dlq == 4
+    })
+    .await;
+    assert!(back, "redriven poison returns to the DLQ");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_reports_each_failure_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(&write_manifest(dir.path(), &faulty(""))).await;
+    let cases = [
+        (r#"{"action":"ok"}"#, "ok", None),
+        (r#"{"action":"trap"}"#, "failed", Some("trap")),
+        (r#"{"action":"spin"}"#, "failed", Some("timeout")),
+        (r#"{"action":"hog","mb":64}"#, "failed", Some("memory-cap")),
+        (r#"{"action":"retryable"}"#, "failed", Some("retryable")),
+        (r#"{"action":"permanent"}"#, "failed", Some("permanent")),
+    ];
+    for (body, outcome, kind) in cases {
+        let r = p.invoke("faulty", body.as_bytes().to_vec()).await.unwrap();
+        assert_eq!(r.outcome, outcome, "{body}: {r:?}");
+        assert_eq!(r.kind, kind, "{body}: {r:?}");
+    }
+    // A hog within its cap succeeds: the cap is per invocation, not a leak across instances.
+    let r = p.invoke("faulty", br#"{"action":"hog","mb":4}"#.to_vec()).await.unwrap();
+    assert_eq!(r.outcome, "ok", "{r:?}");
+    p.shutdown().await;
+}
