@@ -100,6 +100,21 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A required string (trimmed) usable as one segment of a kv key such as
+    /// `conv/{org}/{conversation}`: 1 to `max_chars` characters, no '/' and no control
+    /// characters, so one tenant's value cannot address another's keys.
+    pub fn key_segment(&self, name: &str, max_chars: usize) -> Result<&'a str, Error> {
+        let s = self.str(name)?;
+        if s.chars().count() > max_chars || s.chars().any(|c| c == '/' || c.is_control()) {
+            return Err(self.invalid(
+                name,
+                &format!("1 to {max_chars} characters without '/' or control characters"),
+                quote(s),
+            ));
+        }
+        Ok(s)
+    }
+
     /// An optional unsigned integer.
     pub fn opt_u64(&self, name: &str) -> Result<Option<u64>, Error> {
         match self.get(name) {
@@ -198,6 +213,19 @@ mod tests {
             f.array("s").unwrap_err().message(),
             r#"field "s": expected an array, got "x""#
         );
+    }
+
+    #[test]
+    fn key_segments_reject_slashes_and_overlong_values() {
+        let m = obj(json!({"org": " acme ", "bad": "a/b", "long": "xxxx"}));
+        let f = Fields::new(&m);
+        assert_eq!(f.key_segment("org", 10).unwrap(), "acme");
+        assert_eq!(
+            f.key_segment("bad", 10).unwrap_err().message(),
+            r#"field "bad": expected 1 to 10 characters without '/' or control characters, got "a/b""#
+        );
+        assert!(f.key_segment("long", 3).is_err());
+        assert!(f.key_segment("missing", 3).is_err());
     }
 
     #[test]
