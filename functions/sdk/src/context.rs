@@ -8,7 +8,7 @@ use crate::Error;
 /// The capabilities the host grants a handler: its own kv namespace and `emit`.
 ///
 /// Handlers take `&mut dyn Context`, so the same code runs against the host imports
-/// ([`WasmContext`](crate::WasmContext), on wasm32) and against [`MemoryContext`](crate::MemoryContext)
+/// (`WasmContext`, on wasm32) and against [`MemoryContext`](crate::MemoryContext)
 /// (unit tests, native benchmarks). The JSON helpers (`get_json`, `put_json`, `emit_json`, ...)
 /// are methods of `dyn Context`.
 pub trait Context {
