@@ -1,0 +1,221 @@
+//! `faulty`: a test fixture that misbehaves on request, for the host's fault tests.
+//!
+//! Body: `{"action": "ok" | "trap" | "spin" | "hog" | "retryable" | "permanent", "mb": N}`.
+//! - `ok`: prints a line to stdout and succeeds.
+//! - `trap`: prints to stderr and panics (a Wasm trap under `panic = "abort"`).
+//! - `spin`: loops forever, so only the host's deadline ends it.
+//! - `hog`: allocates and touches `mb` MiB, then succeeds; beyond the memory cap the
+//!   allocation fails and the guest traps.
+//! - `retryable` / `permanent`: returns that error.
+
+use std::hint::black_box;
+
+use levee_sdk::{Context, Error, Fields, Message, quote};
+
+/// Largest `mb` a hog request may ask for (beyond any sane per-invocation memory cap).
+pub const MAX_HOG_MB: u64 = 4096;
+/// Bytes between touched bytes: one per Wasm page would do, one per OS page is sure to commit.
+const TOUCH_STRIDE: usize = 4096;
+
+/// What the message asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Succeed.
+    Ok,
+    /// Trap.
+    Trap,
+    /// Never return.
+    Spin,
+    /// Allocate and touch this many MiB.
+    Hog {
+        /// MiB to allocate.
+        mb: u64,
+    },
+    /// Fail with a retryable error.
+    Retryable,
+    /// Fail with a permanent error.
+    Permanent,
+}
+
+const ACTIONS: &str = "one of ok, trap, spin, hog, retryable, permanent";
+
+/// Reads the action from a message body.
+pub fn parse(msg: &Message) -> Result<Action, Error> {
+    let body = msg.json_object()?;
+    let f = Fields::new(&body);
+    f.deny_unknown(&["action", "mb"])?;
+    let mb = f.opt_u64("mb")?;
+    let action = match f.str("action")? {
+        "ok" => Action::Ok,
+        "trap" => Action::Trap,
+        "spin" => Action::Spin,
+        "retryable" => Action::Retryable,
+        "permanent" => Action::Permanent,
+        "hog" => match mb {
+            Some(mb) if mb <= MAX_HOG_MB => Action::Hog { mb },
+            Some(mb) => return Err(f.invalid("mb", &format!("at most {MAX_HOG_MB}"), mb)),
+            None => {
+                return Err(f.invalid(
+                    "mb",
+                    "MiB to allocate for action \"hog\"",
+                    "nothing (missing)",
+                ));
+            }
+        },
+        other => return Err(f.invalid("action", ACTIONS, quote(other))),
+    };
+    Ok(action)
+}
+
+/// Does what the message asks.
+pub fn handle(msg: &Message, _ctx: &mut dyn Context) -> Result<(), Error> {
+    match parse(msg)? {
+        Action::Ok => {
+            println!(
+                "faulty: ok for message {} (delivery {})",
+                msg.id, msg.receive_count
+            );
+            Ok(())
+        }
+        Action::Trap => {
+            eprintln!("faulty: trapping for message {}", msg.id);
+            panic!("faulty: trap requested by message {}", msg.id);
+        }
+        Action::Spin => {
+            eprintln!("faulty: spinning for message {}", msg.id);
+            spin()
+        }
+        Action::Hog { mb } => {
+            let sum = hog(mb);
+            println!(
+                "faulty: touched {mb} MiB for message {} ({sum} pages)",
+                msg.id
+            );
+            Ok(())
+        }
+        Action::Retryable => Err(Error::retryable(format!(
+            "faulty: retryable failure requested (delivery {})",
+            msg.receive_count
+        ))),
+        Action::Permanent => Err(Error::permanent("faulty: permanent failure requested")),
+    }
+}
+
+levee_sdk::export!(handle);
+
+/// Loops forever; `black_box` keeps the optimiser from proving the loop does nothing.
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// Allocates `mb` MiB and writes one byte per page so the memory is really committed; returns
+/// the number of pages touched. A failed allocation traps with a message saying how much.
+pub fn hog(mb: u64) -> u64 {
+    let bytes = usize::try_from(mb)
+        .ok()
+        .and_then(|mb| mb.checked_mul(1 << 20));
+    let mut buf: Vec<u8> = Vec::new();
+    if bytes.is_none_or(|bytes| buf.try_reserve_exact(bytes).is_err()) {
+        eprintln!("faulty: could not allocate {mb} MiB");
+        panic!("faulty: could not allocate {mb} MiB");
+    }
+    buf.resize(bytes.unwrap_or_default(), 0);
+    let mut pages = 0;
+    for i in (0..buf.len()).step_by(TOUCH_STRIDE) {
+        buf[i] = black_box(1);
+        pages += 1;
+    }
+    black_box(&buf);
+    pages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use levee_sdk::MemoryContext;
+    use levee_sdk::serde_json::json;
+
+    fn run(body: levee_sdk::serde_json::Value) -> Result<(), Error> {
+        handle(&Message::from_json("m1", &body), &mut MemoryContext::new())
+    }
+
+    #[test]
+    fn parses_every_action() {
+        let action = |body| parse(&Message::from_json("m", &body)).unwrap();
+        assert_eq!(action(json!({"action": "ok"})), Action::Ok);
+        assert_eq!(action(json!({"action": "trap"})), Action::Trap);
+        assert_eq!(action(json!({"action": "spin"})), Action::Spin);
+        assert_eq!(
+            action(json!({"action": "hog", "mb": 64})),
+            Action::Hog { mb: 64 }
+        );
+        assert_eq!(action(json!({"action": "retryable"})), Action::Retryable);
+        assert_eq!(
+            action(json!({"action": "permanent", "mb": 1})),
+            Action::Permanent
+        );
+    }
+
+    #[test]
+    fn ok_and_errors_do_what_they_say() {
+        run(json!({"action": "ok"})).unwrap();
+        assert!(
+            run(json!({"action": "retryable"}))
+                .unwrap_err()
+                .is_retryable()
+        );
+        let e = run(json!({"action": "permanent"})).unwrap_err();
+        assert_eq!(e, Error::permanent("faulty: permanent failure requested"));
+    }
+
+    #[test]
+    fn hog_touches_every_page() {
+        assert_eq!(hog(2), 2 * (1 << 20) / TOUCH_STRIDE as u64);
+        assert_eq!(hog(0), 0);
+        run(json!({"action": "hog", "mb": 1})).unwrap();
+    }
+
+    #[test]
+    #[should_panic(expected = "faulty: trap requested by message m1")]
+    fn trap_panics() {
+        let _ = run(json!({"action": "trap"}));
+    }
+
+    #[test]
+    fn bad_requests_are_permanent_and_named() {
+        let cases = [
+            (
+                json!({"action": "explode"}),
+                r#"field "action": expected one of ok, trap, spin, hog, retryable, permanent, got "explode""#,
+            ),
+            (
+                json!({"action": "hog"}),
+                r#"field "mb": expected MiB to allocate for action "hog", got nothing (missing)"#,
+            ),
+            (
+                json!({"action": "hog", "mb": 5000}),
+                r#"field "mb": expected at most 4096, got 5000"#,
+            ),
+            (
+                json!({"action": "hog", "mb": -1}),
+                r#"field "mb": expected a non-negative integer, got -1"#,
+            ),
+            (
+                json!({"mb": 1}),
+                r#"field "action": expected a non-empty string, got nothing (missing)"#,
+            ),
+            (
+                json!({"action": "ok", "delay": 1}),
+                r#"field "delay": unknown, expected only action, mb"#,
+            ),
+        ];
+        for (body, expected) in cases {
+            let e = run(body).unwrap_err();
+            assert!(!e.is_retryable());
+            assert_eq!(e.message(), expected);
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! `inbound`: the entry point for customer messages from every channel.
+//!
+//! Validates a message (`{"org", "conversation", "channel", "from", "text"}`), normalises it,
+//! appends it to the conversation record `conv/{org}/{conversation}` at most once per message
+//! id, then hands it to `routing` (team assignment) and `search-index` (full-text index).
+//!
+//! Redelivery: the record keeps the ids of the messages it holds, so a retried delivery does
+//! not append twice; it still emits, because the host only sends emits of a successful run and
+//! the earlier attempt's emits may never have left. Both receivers are idempotent.
+//! The kv has no compare-and-swap, so two messages of one conversation handled at the same
+//! instant can race on the record (last writer wins); per-id idempotency still holds.
+
+use levee_sdk::{Context, Error, Fields, Message, quote};
+use serde::{Deserialize, Serialize};
+
+/// Where routed messages go.
+pub const ROUTING: &str = "routing";
+/// Where messages are indexed.
+pub const SEARCH_INDEX: &str = "search-index";
+/// The channels a message can arrive on.
+pub const CHANNELS: [&str; 4] = ["chat", "email", "sms", "whatsapp"];
+/// Longest message text accepted, in characters after normalisation.
+pub const MAX_TEXT_CHARS: usize = 4000;
+/// Longest org name.
+pub const MAX_ORG_CHARS: usize = 64;
+/// Longest conversation id.
+pub const MAX_CONVERSATION_CHARS: usize = 128;
+/// Longest sender (email addresses are at most 254 characters).
+pub const MAX_FROM_CHARS: usize = 254;
+/// How many recent messages a conversation record keeps (bounds the record's size).
+pub const RECENT_LIMIT: usize = 10;
+/// How many message ids a record remembers for deduplication; far more than any redelivery
+/// window, since a message is retried at most `max_receive` times before it is dead-lettered.
+pub const SEEN_LIMIT: usize = 200;
+
+const FIELDS: [&str; 5] = ["org", "conversation", "channel", "from", "text"];
+
+/// A validated, normalised customer message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inbound {
+    /// Lowercase tenant name.
+    pub org: String,
+    /// Conversation id, as sent.
+    pub conversation: String,
+    /// One of [`CHANNELS`].
+    pub channel: String,
+    /// Sender: a lowercase email address, a `+digits` phone number, or a chat handle.
+    pub from: String,
+    /// Text with whitespace collapsed to single spaces.
+    pub text: String,
+}
+
+/// One stored message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The queue message id it arrived with.
+    pub id: String,
+    /// Channel it arrived on.
+    pub channel: String,
+    /// Its sender.
+    pub from: String,
+    /// Its text.
+    pub text: String,
+}
+
+/// The conversation record at `conv/{org}/{conversation}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// Tenant.
+    pub org: String,
+    /// Conversation id.
+    pub conversation: String,
+    /// Channel of the latest message.
+    pub channel: String,
+    /// Sender of the latest message.
+    pub from: String,
+    /// Messages appended so far (not bounded by `recent`).
+    pub message_count: u64,
+    /// The latest [`RECENT_LIMIT`] messages, oldest first.
+    pub recent: Vec<Entry>,
+    /// Ids of the latest [`SEEN_LIMIT`] messages, oldest first.
+    pub seen_ids: Vec<String>,
+}
+
+impl Conversation {
+    fn new(msg: &Inbound) -> Self {
+        Self {
+            org: msg.org.clone(),
+            conversation: msg.conversation.clone(),
+            channel: msg.channel.clone(),
+            from: msg.from.clone(),
+            message_count: 0,
+            recent: Vec::new(),
+            seen_ids: Vec::new(),
+        }
+    }
+
+    /// Appends the message unless its id was already recorded; returns whether it did.
+    pub fn append(&mut self, id: &str, msg: &Inbound) -> bool {
+        if self.seen_ids.iter().any(|seen| seen == id) {
+            return false;
+        }
+        self.channel.clone_from(&msg.channel);
+        self.from.clone_from(&msg.from);
+        self.message_count += 1;
+        self.recent.push(Entry {
+            id: id.to_string(),
+            channel: msg.channel.clone(),
+            from: msg.from.clone(),
+            text: msg.text.clone(),
+        });
+        if self.recent.len() > RECENT_LIMIT {
+            self.recent.drain(..self.recent.len() - RECENT_LIMIT);
+        }
+        self.seen_ids.push(id.to_string());
+        if self.seen_ids.len() > SEEN_LIMIT {
+            self.seen_ids.drain(..self.seen_ids.len() - SEEN_LIMIT);
+        }
+        true
+    }
+}
+
+/// What `routing` receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingMessage {
+    /// Always `"message"` (routing also accepts `"set-rules"`).
+    pub kind: String,
+    /// The inbound message id, carried downstream for idempotency.
+    pub id: String,
+    /// The normalised message.
+    #[serde(flatten)]
+    pub message: Inbound,
+}
+
+/// What `search-index` receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexMessage {
+    /// The inbound message id.
+    pub id: String,
+    /// Tenant.
+    pub org: String,
+    /// Conversation to index the text under.
+    pub conversation: String,
+    /// Normalised text.
+    pub text: String,
+}
+
+/// The kv key of a conversation record.
+pub fn conversation_key(org: &str, conversation: &str) -> String {
+    format!("conv/{org}/{conversation}")
+}
+
+/// Handles one inbound message.
+pub fn handle(msg: &Message, ctx: &mut dyn Context) -> Result<(), Error> {
+    let inbound = parse(&msg.json_object()?)?;
+    let key = conversation_key(&inbound.org, &inbound.conversation);
+    let mut record = ctx
+        .get_json::<Conversation>(&key)?
+        .unwrap_or_else(|| Conversation::new(&inbound));
+    if record.append(&msg.id, &inbound) {
+        ctx.put_json(&key, &record)?;
+    }
+    ctx.emit_json(
+        SEARCH_INDEX,
+        &IndexMessage {
+            id: msg.id.clone(),
+            org: inbound.org.clone(),
+            conversation: inbound.conversation.clone(),
+            text: inbound.text.clone(),
+        },
+    )?;
+    ctx.emit_json(
+        ROUTING,
+        &RoutingMessage {
+            kind: "message".to_string(),
+            id: msg.id.clone(),
+            message: inbound,
+        },
+    )
+}
+
+levee_sdk::export!(handle);
+
+/// Validates and normalises a message body; errors name the field and what is allowed.
+pub fn parse(body: &serde_json::Map<String, serde_json::Value>) -> Result<Inbound, Error> {
+    let f = Fields::new(body);
+    f.deny_unknown(&FIELDS)?;
+
+    let org = f.str("org")?.to_lowercase();
+    if org.chars().count() > MAX_ORG_CHARS
+        || !org
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(f.invalid(
+            "org",
+            &format!("1 to {MAX_ORG_CHARS} characters of a-z, 0-9, '-', '_'"),
+            quote(&org),
+        ));
+    }
+
+    let conversation = f.str("conversation")?;
+    if conversation.chars().count() > MAX_CONVERSATION_CHARS
+        || !conversation
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
+        return Err(f.invalid(
+            "conversation",
+            &format!(
+                "1 to {MAX_CONVERSATION_CHARS} characters of A-Z, a-z, 0-9, '-', '_', '.', ':'"
+            ),
+            quote(conversation),
+        ));
+    }
+
+    let channel = f.str("channel")?.to_lowercase();
+    if !CHANNELS.contains(&channel.as_str()) {
+        return Err(f.invalid(
+            "channel",
+            &format!("one of {}", CHANNELS.join(", ")),
+            quote(&channel),
+        ));
+    }
+
+    let raw_from = f.str("from")?;
+    let from = normalise_from(&channel, raw_from).ok_or_else(|| {
+        let expected = match channel.as_str() {
+            "email" => "an email address like ann@example.com".to_string(),
+            "chat" => format!("a sender name of at most {MAX_FROM_CHARS} printable characters"),
+            _ => "a phone number like +4412345 ('+' and 6 to 15 digits)".to_string(),
+        };
+        f.invalid(
+            "from",
+            &format!("{expected} for channel \"{channel}\""),
+            quote(raw_from),
+        )
+    })?;
+
+    let text = normalise_text(f.str("text")?);
+    let chars = text.chars().count();
+    if chars == 0 {
+        return Err(f.invalid("text", "visible text", "only control characters"));
+    }
+    if chars > MAX_TEXT_CHARS {
+        return Err(f.invalid(
+            "text",
+            &format!("at most {MAX_TEXT_CHARS} characters"),
+            format!("{chars} characters"),
+        ));
+    }
+
+    Ok(Inbound {
+        org,
+        conversation: conversation.to_string(),
+        channel,
+        from,
+        text,
+    })
+}
+
+/// The sender in canonical form for its channel, or `None` if it does not fit the channel.
+fn normalise_from(channel: &str, from: &str) -> Option<String> {
+    match channel {
+        "email" => {
+            let addr = from.to_lowercase();
+            let (local, domain) = addr.split_once('@')?;
+            let valid = addr.len() <= MAX_FROM_CHARS
+                && !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !addr.chars().any(|c| c.is_whitespace() || c.is_control());
+            valid.then_some(addr)
+        }
+        "sms" | "whatsapp" => {
+            // People write numbers with spaces, dashes and brackets; the canonical form drops them.
+            let compact: String = from
+                .chars()
+                .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
+                .collect();
+            let digits = compact.strip_prefix('+')?;
+            let valid =
+                (6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+            valid.then_some(compact)
+        }
+        _ => {
+            let valid =
+                from.chars().count() <= MAX_FROM_CHARS && !from.chars().any(char::is_control);
+            valid.then(|| from.to_string())
+        }
+    }
+}
+
+/// Collapses every run of whitespace to one space and drops other control characters, so the
+/// stored text and its index do not depend on how the client wrapped lines.
+pub fn normalise_text(text: &str) -> String {
+    text.split_whitespace()
+        .map(|word| word.chars().filter(|c| !c.is_control()).collect::<String>())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use levee_sdk::MemoryContext;
+    use serde_json::{Value, json};
+
+    fn valid() -> Value {
+        json!({"org": "acme", "conversation": "c-42", "channel": "chat",
+               "from": "ann@example.com", "text": "my order has not arrived"})
+    }
+
+    fn with(field: &str, value: Value) -> Value {
+        let mut v = valid();
+        v[field] = value;
+        v
+    }
+
+    fn without(field: &str) -> Value {
+        let mut v = valid();
+        v.as_object_mut().unwrap().remove(field);
+        v
+    }
+
+    fn ctx() -> MemoryContext {
+        MemoryContext::new().with_emits_to([ROUTING, SEARCH_INDEX])
+    }
+
+    fn run(ctx: &mut MemoryContext, id: &str, body: &Value) -> Result<(), Error> {
+        handle(&Message::from_json(id, body), ctx)
+    }
+
+    fn rejection(body: Value) -> String {
+        let mut ctx = ctx();
+        let e = run(&mut ctx, "m1", &body).unwrap_err();
+        assert!(!e.is_retryable(), "{e}");
+        assert_eq!(ctx.writes(), 0, "a rejected message must not be stored");
+        assert!(
+            ctx.emitted().is_empty(),
+            "a rejected message must not be emitted"
+        );
+        e.message().to_string()
+    }
+
+    #[test]
+    fn stores_the_conversation_and_emits_to_routing_and_search() {
+        let mut ctx = ctx();
+        run(&mut ctx, "m1", &valid()).unwrap();
+
+        let conv: Conversation = ctx.read_json("conv/acme/c-42").unwrap().unwrap();
+        assert_eq!(conv.message_count, 1);
+        assert_eq!(conv.channel, "chat");
+        assert_eq!(conv.recent[0].text, "my order has not arrived");
+        assert_eq!(conv.seen_ids, vec!["m1"]);
+
+        let routed: Value = ctx.emitted_to(ROUTING).next().unwrap().json().unwrap();
+        assert_eq!(
+            routed,
+            json!({"kind": "message", "id": "m1", "org": "acme", "conversation": "c-42",
+                   "channel": "chat", "from": "ann@example.com", "text": "my order has not arrived"})
+        );
+        let indexed: Value = ctx.emitted_to(SEARCH_INDEX).next().unwrap().json().unwrap();
+        assert_eq!(
+            indexed,
+            json!({"id": "m1", "org": "acme", "conversation": "c-42", "text": "my order has not arrived"})
+        );
+    }
+
+    #[test]
+    fn normalises_org_email_whitespace_and_phone_numbers() {
+        let mut ctx = ctx();
+        let body = json!({"org": "  ACME ", "conversation": "c-1", "channel": "Email",
+                          "from": " Ann@Example.COM ", "text": "  where\n\n is   my\trefund? "});
+        run(&mut ctx, "m1", &body).unwrap();
+        let conv: Conversation = ctx.read_json("conv/acme/c-1").unwrap().unwrap();
+        assert_eq!(conv.from, "ann@example.com");
+        assert_eq!(conv.channel, "email");
+        assert_eq!(conv.recent[0].text, "where is my refund?");
+
+        let sms = parse_value(
+            json!({"org": "acme", "conversation": "c-2", "channel": "sms",
+                                     "from": "+44 (20) 7946-0018", "text": "hi"}),
+        );
+        assert_eq!(sms.unwrap().from, "+442079460018");
+    }
+
+    fn parse_value(v: Value) -> Result<Inbound, Error> {
+        parse(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn redelivery_does_not_append_twice_but_emits_again() {
+        let mut ctx = ctx();
+        run(&mut ctx, "m1", &valid()).unwrap();
+        let writes = ctx.writes();
+        let retry = Message::from_json("m1", &valid()).with_receive_count(2);
+        handle(&retry, &mut ctx).unwrap();
+        assert_eq!(
+            ctx.writes(),
+            writes,
+            "a duplicate must not rewrite the record"
+        );
+        let conv: Conversation = ctx.read_json("conv/acme/c-42").unwrap().unwrap();
+        assert_eq!(conv.message_count, 1);
+        assert_eq!(conv.recent.len(), 1);
+        assert_eq!(ctx.emitted_to(ROUTING).count(), 2);
+        assert_eq!(ctx.emitted_to(SEARCH_INDEX).count(), 2);
+    }
+
+    #[test]
+    fn recent_messages_and_seen_ids_are_bounded() {
+        let mut ctx = ctx();
+        for i in 0..(SEEN_LIMIT + 5) {
+            run(
+                &mut ctx,
+                &format!("m{i}"),
+                &with("text", json!(format!("message {i}"))),
+            )
+            .unwrap();
+        }
+        let conv: Conversation = ctx.read_json("conv/acme/c-42").unwrap().unwrap();
+        assert_eq!(conv.message_count, (SEEN_LIMIT + 5) as u64);
+        assert_eq!(conv.recent.len(), RECENT_LIMIT);
+        assert_eq!(
+            conv.recent.last().unwrap().text,
+            format!("message {}", SEEN_LIMIT + 4)
+        );
+        assert_eq!(conv.seen_ids.len(), SEEN_LIMIT);
+        assert_eq!(conv.seen_ids[0], "m5");
+    }
+
+    #[test]
+    fn conversations_are_kept_apart_per_org() {
+        let mut ctx = ctx();
+        run(&mut ctx, "m1", &valid()).unwrap();
+        run(&mut ctx, "m2", &with("org", json!("globex"))).unwrap();
+        let keys: Vec<_> = ctx.keys().collect();
+        assert_eq!(keys, vec!["conv/acme/c-42", "conv/globex/c-42"]);
+    }
+
+    #[test]
+    fn missing_wrong_type_and_empty_fields_are_named() {
+        assert_eq!(
+            rejection(without("org")),
+            r#"field "org": expected a non-empty string, got nothing (missing)"#
+        );
+        assert_eq!(
+            rejection(with("conversation", json!(42))),
+            r#"field "conversation": expected a non-empty string, got 42"#
+        );
+        assert_eq!(
+            rejection(with("text", json!("   "))),
+            r#"field "text": expected a non-empty string, got "   ""#
+        );
+        assert_eq!(
+            rejection(with("from", json!(null))),
+            r#"field "from": expected a non-empty string, got nothing (missing)"#
+        );
+    }
+
+    #[test]
+    fn bad_channel_lists_the_allowed_ones() {
+        assert_eq!(
+            rejection(with("channel", json!("fax"))),
+            r#"field "channel": expected one of chat, email, sms, whatsapp, got "fax""#
+        );
+    }
+
+    #[test]
+    fn from_must_fit_the_channel() {
+        let email = json!({"org": "acme", "conversation": "c", "channel": "email", "from": "ann", "text": "x"});
+        assert_eq!(
+            rejection(email),
+            r#"field "from": expected an email address like ann@example.com for channel "email", got "ann""#
+        );
+        for bad in ["4412345", "+44", "+44abc5678", "+1234567890123456"] {
+            let sms = json!({"org": "acme", "conversation": "c", "channel": "whatsapp", "from": bad, "text": "x"});
+            let msg = rejection(sms);
+            assert!(
+                msg.starts_with(r#"field "from": expected a phone number like +4412345"#),
+                "{msg}"
+            );
+            assert!(msg.contains(r#"for channel "whatsapp""#), "{msg}");
+        }
+        for bad in ["a@b", "a@@b.com", "@b.com", "a b@c.com", "a@.com"] {
+            let email = json!({"org": "acme", "conversation": "c", "channel": "email", "from": bad, "text": "x"});
+            assert!(rejection(email).starts_with(r#"field "from""#), "{bad}");
+        }
+    }
+
+    #[test]
+    fn org_and_conversation_cannot_break_out_of_their_key() {
+        assert_eq!(
+            rejection(with("org", json!("ac/me"))),
+            r#"field "org": expected 1 to 64 characters of a-z, 0-9, '-', '_', got "ac/me""#
+        );
+        assert!(
+            rejection(with("conversation", json!("c/../x"))).starts_with(r#"field "conversation""#)
+        );
+        assert!(rejection(with("org", json!("x".repeat(65)))).starts_with(r#"field "org""#));
+    }
+
+    #[test]
+    fn oversized_text_and_unknown_fields_are_rejected() {
+        assert_eq!(
+            rejection(with("text", json!("a".repeat(MAX_TEXT_CHARS + 1)))),
+            r#"field "text": expected at most 4000 characters, got 4001 characters"#
+        );
+        assert_eq!(
+            rejection(with("priority", json!("high"))),
+            r#"field "priority": unknown, expected only org, conversation, channel, from, text"#
+        );
+        let msg = rejection(json!(["not", "an", "object"]));
+        assert_eq!(msg, "message body must be a JSON object, got an array");
+    }
+
+    #[test]
+    fn store_outages_are_retryable_and_emit_nothing() {
+        let mut ctx = ctx();
+        ctx.fail_with(Some(Error::retryable("store unavailable")));
+        let e = run(&mut ctx, "m1", &valid()).unwrap_err();
+        assert!(e.is_retryable());
+        ctx.fail_with(None);
+        assert!(ctx.emitted().is_empty());
+        run(&mut ctx, "m1", &valid()).unwrap();
+    }
+}

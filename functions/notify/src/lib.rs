@@ -1,0 +1,225 @@
+//! `notify`: records the notification a team gets for each routed message.
+//!
+//! Input is what `routing` emits: `{"id", "org", "conversation", "team", "previous_team"?,
+//! "channel"?, "from"?, "preview"?}`. The record goes to `notif/{org}/{conversation}/{id}` with
+//! put-if-absent, keyed by the upstream message id, so however often routing re-emits it there
+//! is one record; the team's counter `count/{org}/{team}` is incremented only when the record
+//! was new.
+//!
+//! Without transactions the record and the counter cannot change together: a crash between the
+//! two writes leaves the counter one short (never double-counted). kv has no compare-and-swap,
+//! so concurrent increments of one team's counter can also lose updates; the records are the
+//! source of truth and the counter a cheap approximate total.
+
+use levee_sdk::{Context, Error, Fields, Message};
+use serde::{Deserialize, Serialize};
+
+/// Longest id, org, conversation or team accepted in a key.
+pub const MAX_ID_CHARS: usize = 128;
+
+const FIELDS: [&str; 8] = [
+    "id",
+    "org",
+    "conversation",
+    "team",
+    "previous_team",
+    "channel",
+    "from",
+    "preview",
+];
+
+/// Why the team is notified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// The conversation's first routed message.
+    NewConversation,
+    /// Another message in a conversation the team already has.
+    NewMessage,
+    /// The conversation moved to this team.
+    Reassigned,
+}
+
+/// The value at `notif/{org}/{conversation}/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Team notified.
+    pub team: String,
+    /// Why.
+    pub kind: Kind,
+    /// The team that had the conversation before, when reassigned.
+    pub previous_team: Option<String>,
+    /// Channel to answer on.
+    pub channel: Option<String>,
+    /// Customer to answer.
+    pub from: Option<String>,
+    /// Start of the customer's message.
+    pub preview: Option<String>,
+}
+
+/// The kv key of a notification record.
+pub fn record_key(org: &str, conversation: &str, id: &str) -> String {
+    format!("notif/{org}/{conversation}/{id}")
+}
+
+/// The kv key of a team's notification counter.
+pub fn counter_key(org: &str, team: &str) -> String {
+    format!("count/{org}/{team}")
+}
+
+/// Records one notification.
+pub fn handle(msg: &Message, ctx: &mut dyn Context) -> Result<(), Error> {
+    let body = msg.json_object()?;
+    let f = Fields::new(&body);
+    f.deny_unknown(&FIELDS)?;
+    let id = f.key_segment("id", MAX_ID_CHARS)?;
+    let org = f.key_segment("org", MAX_ID_CHARS)?.to_lowercase();
+    let conversation = f.key_segment("conversation", MAX_ID_CHARS)?;
+    let team = f.key_segment("team", MAX_ID_CHARS)?;
+    let previous_team = f.opt_str("previous_team")?;
+    let kind = match previous_team {
+        None => Kind::NewConversation,
+        Some(p) if p == team => Kind::NewMessage,
+        Some(_) => Kind::Reassigned,
+    };
+    let record = Record {
+        team: team.to_string(),
+        kind,
+        previous_team: previous_team
+            .filter(|_| kind == Kind::Reassigned)
+            .map(str::to_string),
+        channel: f.opt_str("channel")?.map(str::to_string),
+        from: f.opt_str("from")?.map(str::to_string),
+        preview: f.opt_str("preview")?.map(str::to_string),
+    };
+    if ctx.put_json_if_absent(&record_key(&org, conversation, id), &record)? {
+        let key = counter_key(&org, team);
+        let count: u64 = ctx.get_json(&key)?.unwrap_or(0);
+        ctx.put_json(&key, &(count + 1))?;
+    }
+    Ok(())
+}
+
+levee_sdk::export!(handle);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use levee_sdk::MemoryContext;
+    use serde_json::{Value, json};
+
+    fn note(id: &str, conversation: &str, team: &str, previous: Option<&str>) -> Message {
+        Message::from_json(
+            format!("q-{id}"),
+            &json!({"id": id, "org": "acme", "conversation": conversation, "team": team,
+                    "previous_team": previous, "channel": "email", "from": "ann@example.com",
+                    "preview": "where is my invoice"}),
+        )
+    }
+
+    fn count(ctx: &MemoryContext, team: &str) -> u64 {
+        ctx.read_json(&counter_key("acme", team))
+            .unwrap()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn records_the_notification_and_counts_it() {
+        let mut ctx = MemoryContext::new();
+        handle(&note("m1", "c-1", "billing", None), &mut ctx).unwrap();
+        let record: Record = ctx.read_json("notif/acme/c-1/m1").unwrap().unwrap();
+        assert_eq!(
+            record,
+            Record {
+                team: "billing".into(),
+                kind: Kind::NewConversation,
+                previous_team: None,
+                channel: Some("email".into()),
+                from: Some("ann@example.com".into()),
+                preview: Some("where is my invoice".into()),
+            }
+        );
+        let raw: Value = ctx.read_json("notif/acme/c-1/m1").unwrap().unwrap();
+        assert_eq!(raw["kind"], "new-conversation");
+        assert_eq!(count(&ctx, "billing"), 1);
+    }
+
+    #[test]
+    fn redelivery_neither_rewrites_nor_recounts() {
+        let mut ctx = MemoryContext::new();
+        handle(&note("m1", "c-1", "billing", None), &mut ctx).unwrap();
+        let writes = ctx.writes();
+        for receive_count in 2..5 {
+            handle(
+                &note("m1", "c-1", "billing", None).with_receive_count(receive_count),
+                &mut ctx,
+            )
+            .unwrap();
+        }
+        assert_eq!(ctx.writes(), writes);
+        assert_eq!(count(&ctx, "billing"), 1);
+    }
+
+    #[test]
+    fn kinds_follow_the_previous_team_and_counters_are_per_team() {
+        let mut ctx = MemoryContext::new();
+        handle(&note("m1", "c-1", "general", None), &mut ctx).unwrap();
+        handle(&note("m2", "c-1", "general", Some("general")), &mut ctx).unwrap();
+        handle(&note("m3", "c-1", "billing", Some("general")), &mut ctx).unwrap();
+        let kind = |id: &str| {
+            ctx.read_json::<Record>(&record_key("acme", "c-1", id))
+                .unwrap()
+                .unwrap()
+                .kind
+        };
+        assert_eq!(kind("m1"), Kind::NewConversation);
+        assert_eq!(kind("m2"), Kind::NewMessage);
+        assert_eq!(kind("m3"), Kind::Reassigned);
+        let moved: Record = ctx.read_json("notif/acme/c-1/m3").unwrap().unwrap();
+        assert_eq!(moved.previous_team.as_deref(), Some("general"));
+        assert_eq!((count(&ctx, "general"), count(&ctx, "billing")), (2, 1));
+    }
+
+    #[test]
+    fn bad_input_is_permanent_and_names_the_field() {
+        let mut ctx = MemoryContext::new();
+        let cases = [
+            (
+                json!({"org": "acme", "conversation": "c", "team": "t"}),
+                r#"field "id": expected a non-empty string, got nothing (missing)"#,
+            ),
+            (
+                json!({"id": "m", "org": "acme", "conversation": "c", "team": "a/b"}),
+                r#"field "team": expected 1 to 128 characters without '/' or control characters, got "a/b""#,
+            ),
+            (
+                json!({"id": "m", "org": "acme", "conversation": "c", "team": "t", "from": 5}),
+                r#"field "from": expected a non-empty string, got 5"#,
+            ),
+            (
+                json!({"id": "m", "org": "acme", "conversation": "c", "team": "t", "urgent": true}),
+                r#"field "urgent": unknown, expected only id, org, conversation, team, previous_team, channel, from, preview"#,
+            ),
+        ];
+        for (body, expected) in cases {
+            let e = handle(&Message::from_json("q", &body), &mut ctx).unwrap_err();
+            assert!(!e.is_retryable());
+            assert_eq!(e.message(), expected);
+        }
+        assert_eq!(ctx.writes(), 0);
+    }
+
+    #[test]
+    fn a_store_outage_is_retryable_and_the_retry_counts_once() {
+        let mut ctx = MemoryContext::new();
+        ctx.fail_with(Some(Error::retryable("store unavailable")));
+        assert!(
+            handle(&note("m1", "c-1", "billing", None), &mut ctx)
+                .unwrap_err()
+                .is_retryable()
+        );
+        ctx.fail_with(None);
+        handle(&note("m1", "c-1", "billing", None), &mut ctx).unwrap();
+        assert_eq!(count(&ctx, "billing"), 1);
+    }
+}
