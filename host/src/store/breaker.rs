@@ -51,7 +51,10 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock standing at an arbitrary instant.
     pub fn new() -> Self {
-        ManualClock { start: Instant::now(), offset: Mutex::new(Duration::ZERO) }
+        ManualClock {
+            start: Instant::now(),
+            offset: Mutex::new(Duration::ZERO),
+        }
     }
 
     /// Moves the clock forward by `by`.
@@ -213,10 +216,18 @@ impl CircuitBreaker {
     pub fn try_acquire(&self, now: Instant) -> Result<BreakerPermit<'_>> {
         let mut state = self.lock();
         match state.mode {
-            Mode::Closed => Ok(BreakerPermit { breaker: self, probe: false, reported: false }),
+            Mode::Closed => Ok(BreakerPermit {
+                breaker: self,
+                probe: false,
+                reported: false,
+            }),
             Mode::Open { until } if now >= until => {
                 state.mode = Mode::HalfOpen { probe_started: now };
-                Ok(BreakerPermit { breaker: self, probe: true, reported: false })
+                Ok(BreakerPermit {
+                    breaker: self,
+                    probe: true,
+                    reported: false,
+                })
             }
             Mode::Open { .. } | Mode::HalfOpen { .. } => Err(Error::CircuitOpen(self.name.clone())),
         }
@@ -237,7 +248,9 @@ impl CircuitBreaker {
     }
 
     fn open(&self, state: &mut State, now: Instant) {
-        state.mode = Mode::Open { until: now + self.config.cool_down() };
+        state.mode = Mode::Open {
+            until: now + self.config.cool_down(),
+        };
         state.opened += 1;
         state.consecutive_failures = 0;
         state.recent.clear();
@@ -321,7 +334,9 @@ impl Drop for BreakerPermit<'_> {
         let mut state = self.breaker.lock();
         if let Mode::HalfOpen { probe_started } = state.mode {
             // The probe was cancelled without an answer: stay open, but let the next call probe.
-            state.mode = Mode::Open { until: probe_started };
+            state.mode = Mode::Open {
+                until: probe_started,
+            };
         }
     }
 }
@@ -331,15 +346,24 @@ mod tests {
     use super::*;
 
     fn config() -> BreakerConfig {
-        BreakerConfig { failure_threshold: 3, failure_ratio: 0.5, ratio_window: 10, cool_down_ms: 1_000 }
+        BreakerConfig {
+            failure_threshold: 3,
+            failure_ratio: 0.5,
+            ratio_window: 10,
+            cool_down_ms: 1_000,
+        }
     }
 
     fn fail(b: &CircuitBreaker, clock: &ManualClock) {
-        b.try_acquire(clock.now()).expect("breaker should let the call through").failure(clock.now());
+        b.try_acquire(clock.now())
+            .expect("breaker should let the call through")
+            .failure(clock.now());
     }
 
     fn succeed(b: &CircuitBreaker, clock: &ManualClock) {
-        b.try_acquire(clock.now()).expect("breaker should let the call through").success(clock.now());
+        b.try_acquire(clock.now())
+            .expect("breaker should let the call through")
+            .success(clock.now());
     }
 
     #[test]
@@ -354,7 +378,10 @@ mod tests {
         assert_eq!(b.times_opened(), 1);
 
         let err = b.try_acquire(clock.now()).unwrap_err();
-        assert!(matches!(err, Error::CircuitOpen(ref n) if n == "kv"), "{err}");
+        assert!(
+            matches!(err, Error::CircuitOpen(ref n) if n == "kv"),
+            "{err}"
+        );
         assert!(err.is_retryable());
 
         clock.advance(Duration::from_millis(999));
@@ -363,7 +390,10 @@ mod tests {
         let probe = b.try_acquire(clock.now()).unwrap();
         assert!(probe.is_probe());
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(b.try_acquire(clock.now()).is_err(), "only one probe at a time");
+        assert!(
+            b.try_acquire(clock.now()).is_err(),
+            "only one probe at a time"
+        );
         probe.success(clock.now());
         assert_eq!(b.state(), BreakerState::Closed);
         succeed(&b, &clock);
@@ -407,7 +437,10 @@ mod tests {
         let clock = ManualClock::new();
         let b = CircuitBreaker::new(
             "kv",
-            BreakerConfig { failure_ratio: 1.0, ..config() },
+            BreakerConfig {
+                failure_ratio: 1.0,
+                ..config()
+            },
         )
         .unwrap();
         for _ in 0..5 {
@@ -421,8 +454,14 @@ mod tests {
     #[test]
     fn opens_on_failure_ratio_over_a_full_window() {
         let clock = ManualClock::new();
-        let b = CircuitBreaker::new("kv", BreakerConfig { failure_threshold: 100, ..config() })
-            .unwrap();
+        let b = CircuitBreaker::new(
+            "kv",
+            BreakerConfig {
+                failure_threshold: 100,
+                ..config()
+            },
+        )
+        .unwrap();
         // Alternating outcomes never make three failures in a row but reach a 50% ratio.
         for i in 0..9 {
             if i % 2 == 0 {
@@ -433,7 +472,11 @@ mod tests {
         }
         assert_eq!(b.state(), BreakerState::Closed, "window not full yet");
         succeed(&b, &clock);
-        assert_eq!(b.state(), BreakerState::Open, "5 failures in the last 10 calls");
+        assert_eq!(
+            b.state(),
+            BreakerState::Open,
+            "5 failures in the last 10 calls"
+        );
     }
 
     #[test]
@@ -450,20 +493,47 @@ mod tests {
 
     #[test]
     fn rejects_bad_config_naming_the_field() {
-        let err = CircuitBreaker::new("kv", BreakerConfig { failure_threshold: 0, ..config() })
-            .unwrap_err();
+        let err = CircuitBreaker::new(
+            "kv",
+            BreakerConfig {
+                failure_threshold: 0,
+                ..config()
+            },
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("failure_threshold"), "{err}");
-        let err = BreakerConfig { failure_ratio: 1.5, ..config() }.validate("cache.breaker").unwrap_err();
-        assert!(err.to_string().contains("cache.breaker.failure_ratio"), "{err}");
-        let err = BreakerConfig { cool_down_ms: 0, ..config() }.validate("b").unwrap_err();
+        let err = BreakerConfig {
+            failure_ratio: 1.5,
+            ..config()
+        }
+        .validate("cache.breaker")
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("cache.breaker.failure_ratio"),
+            "{err}"
+        );
+        let err = BreakerConfig {
+            cool_down_ms: 0,
+            ..config()
+        }
+        .validate("b")
+        .unwrap_err();
         assert!(err.to_string().contains("b.cool_down_ms"), "{err}");
-        let err = BreakerConfig { ratio_window: 0, ..config() }.validate("b").unwrap_err();
+        let err = BreakerConfig {
+            ratio_window: 0,
+            ..config()
+        }
+        .validate("b")
+        .unwrap_err();
         assert!(err.to_string().contains("b.ratio_window"), "{err}");
     }
 
     #[test]
     fn state_serializes_as_a_string() {
-        assert_eq!(serde_json::to_string(&BreakerState::HalfOpen).unwrap(), "\"half-open\"");
+        assert_eq!(
+            serde_json::to_string(&BreakerState::HalfOpen).unwrap(),
+            "\"half-open\""
+        );
         assert_eq!(BreakerState::Open.to_string(), "open");
     }
 }

@@ -90,7 +90,9 @@ impl CacheConfig {
     pub fn validate(&self, field_prefix: &str) -> Result<()> {
         let at_least_one = |name: &str, value: u64, unit: &str| {
             if value == 0 {
-                Err(Error::Manifest(format!("{field_prefix}.{name} must be at least 1{unit}, got 0")))
+                Err(Error::Manifest(format!(
+                    "{field_prefix}.{name} must be at least 1{unit}, got 0"
+                )))
             } else {
                 Ok(())
             }
@@ -246,13 +248,17 @@ pub struct CachedStore<S: ?Sized + Store> {
 
 impl<S: ?Sized + Store> std::fmt::Debug for CachedStore<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CachedStore").field("name", &self.inner.name).finish_non_exhaustive()
+        f.debug_struct("CachedStore")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
     }
 }
 
 impl<S: ?Sized + Store> Clone for CachedStore<S> {
     fn clone(&self) -> Self {
-        CachedStore { inner: self.inner.clone() }
+        CachedStore {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -269,21 +275,30 @@ fn cache_key(ns: &str, key: &str) -> String {
 /// A copy of `e` for one of the callers that shared a store read.
 fn duplicate(e: &Error, store: &str) -> Error {
     match e {
-        Error::Timeout { what, after } => Error::Timeout { what: what.clone(), after: *after },
+        Error::Timeout { what, after } => Error::Timeout {
+            what: what.clone(),
+            after: *after,
+        },
         Error::Overloaded(s) => Error::Overloaded(s.clone()),
         Error::CircuitOpen(s) => Error::CircuitOpen(s.clone()),
-        Error::Unavailable { service, message } => {
-            Error::Unavailable { service: service.clone(), message: message.clone() }
-        }
-        Error::Backend { service, message } => {
-            Error::Backend { service: service.clone(), message: message.clone() }
-        }
+        Error::Unavailable { service, message } => Error::Unavailable {
+            service: service.clone(),
+            message: message.clone(),
+        },
+        Error::Backend { service, message } => Error::Backend {
+            service: service.clone(),
+            message: message.clone(),
+        },
         Error::Invalid(s) => Error::Invalid(s.clone()),
         // Errors that cannot be cloned keep their message and their retryability.
-        other if other.is_retryable() => {
-            Error::Unavailable { service: store.to_owned(), message: other.to_string() }
-        }
-        other => Error::Backend { service: store.to_owned(), message: other.to_string() },
+        other if other.is_retryable() => Error::Unavailable {
+            service: store.to_owned(),
+            message: other.to_string(),
+        },
+        other => Error::Backend {
+            service: store.to_owned(),
+            message: other.to_string(),
+        },
     }
 }
 
@@ -393,7 +408,9 @@ impl<S: ?Sized> WriteGuard<'_, S> {
 
     fn leave(&self) -> bool {
         let mut writers = self.inner.writers.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(w) = writers.get_mut(self.key) else { return true };
+        let Some(w) = writers.get_mut(self.key) else {
+            return true;
+        };
         let overlapped = w.overlapped;
         w.active -= 1;
         if w.active == 0 {
@@ -508,7 +525,12 @@ impl<S: ?Sized + Store> Inner<S> {
 
     /// Reads `key` from the store and caches the answer; on a retryable failure, falls back to
     /// a stale value.
-    async fn fetch(&self, cache_key: &str, ns: &str, key: &str) -> Result<(Option<Bytes>, bool), Arc<Error>> {
+    async fn fetch(
+        &self,
+        cache_key: &str,
+        ns: &str,
+        key: &str,
+    ) -> Result<(Option<Bytes>, bool), Arc<Error>> {
         // Taken before the read: a write confirmed after this point gets a higher version.
         let version = self.version.load(Ordering::SeqCst);
         match self.call("get", self.store.get(ns, key)).await {
@@ -517,7 +539,12 @@ impl<S: ?Sized + Store> Inner<S> {
                     Some(v) => Known::Present(v.clone()),
                     None => Known::Absent,
                 };
-                let entry = Entry { known, at: self.clock.now(), expires_at: None, version };
+                let entry = Entry {
+                    known,
+                    at: self.clock.now(),
+                    expires_at: None,
+                    version,
+                };
                 self.install(cache_key.to_owned(), entry).await;
                 Ok((value, false))
             }
@@ -535,7 +562,12 @@ impl<S: ?Sized + Store> Inner<S> {
     }
 
     /// Joins the store read of `key` in progress, or starts one. `true` when joining.
-    fn flight(self: &Arc<Self>, cache_key: String, ns: &str, key: &str) -> (Shared<FetchFuture>, bool) {
+    fn flight(
+        self: &Arc<Self>,
+        cache_key: String,
+        ns: &str,
+        key: &str,
+    ) -> (Shared<FetchFuture>, bool) {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, weak)) = flights.get(&cache_key)
             && let Some(shared) = weak.upgrade()
@@ -543,7 +575,11 @@ impl<S: ?Sized + Store> Inner<S> {
             return (shared, true);
         }
         let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
-        let guard = FlightGuard { inner: Arc::downgrade(self), key: cache_key.clone(), id };
+        let guard = FlightGuard {
+            inner: Arc::downgrade(self),
+            key: cache_key.clone(),
+            id,
+        };
         let weak_inner = Arc::downgrade(self);
         let (ns, key) = (ns.to_owned(), key.to_owned());
         let fut: FetchFuture = async move {
@@ -570,9 +606,17 @@ impl<S: ?Sized + Store> Inner<S> {
     /// Records a confirmed (or possibly applied) write of `key` in the cache.
     async fn wrote(&self, cache_key: &str, known: Known, expires_at: Option<Instant>) {
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
-        let entry = Entry { known, at: self.clock.now(), expires_at, version };
+        let entry = Entry {
+            known,
+            at: self.clock.now(),
+            expires_at,
+            version,
+        };
         // Readers arriving from now on must not join a read that may predate the write.
-        self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(cache_key);
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(cache_key);
         self.install(cache_key.to_owned(), entry).await;
     }
 
@@ -583,7 +627,11 @@ impl<S: ?Sized + Store> Inner<S> {
         if w.active > 1 {
             w.overlapped = true;
         }
-        WriteGuard { inner: self, key: cache_key, done: false }
+        WriteGuard {
+            inner: self,
+            key: cache_key,
+            done: false,
+        }
     }
 }
 
@@ -623,11 +671,17 @@ impl<S: ?Sized + Store> Store for CachedStore<S> {
         let inner = &self.inner;
         let cache_key = cache_key(ns, key);
         let writing = inner.begin_write(&cache_key);
-        let result = inner.call("put", inner.store.put(ns, key, value.clone(), opts)).await;
+        let result = inner
+            .call("put", inner.store.put(ns, key, value.clone(), opts))
+            .await;
         let overlapped = writing.finish();
         match result {
             Ok(true) => {
-                let known = if overlapped { Known::Unknown } else { Known::Present(value) };
+                let known = if overlapped {
+                    Known::Unknown
+                } else {
+                    Known::Present(value)
+                };
                 let expires_at = opts.ttl.map(|ttl| inner.clock.now() + ttl);
                 inner.wrote(&cache_key, known, expires_at).await;
                 Ok(true)
@@ -656,7 +710,11 @@ impl<S: ?Sized + Store> Store for CachedStore<S> {
         let overlapped = writing.finish();
         match result {
             Ok(()) => {
-                let known = if overlapped { Known::Unknown } else { Known::Absent };
+                let known = if overlapped {
+                    Known::Unknown
+                } else {
+                    Known::Absent
+                };
                 inner.wrote(&cache_key, known, None).await;
                 Ok(())
             }
@@ -673,6 +731,443 @@ impl<S: ?Sized + Store> Store for CachedStore<S> {
     async fn scan(&self, ns: &str, prefix: &str, limit: usize) -> Result<Vec<(String, Bytes)>> {
         validate_namespace(ns)?;
         let inner = &self.inner;
-        inner.call("scan", inner.store.scan(ns, prefix, limit)).await.map_err(CallError::into_error)
+        inner
+            .call("scan", inner.store.scan(ns, prefix, limit))
+            .await
+            .map_err(CallError::into_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{FaultyStore, ManualClock, MemoryStore};
+    use super::*;
+
+    /// The store every test below runs over: change this one line to run them over another
+    /// backend (the tests only use the `Store` trait on it).
+    fn backing() -> Arc<dyn Store> {
+        Arc::new(MemoryStore::new())
+    }
+
+    struct Rig {
+        clock: Arc<ManualClock>,
+        faulty: Arc<FaultyStore<dyn Store>>,
+        cached: CachedStore<FaultyStore<dyn Store>>,
+    }
+
+    impl Rig {
+        fn store(&self) -> &Arc<dyn Store> {
+            self.faulty.inner()
+        }
+    }
+
+    fn config() -> CacheConfig {
+        CacheConfig {
+            ttl_ms: 10_000,
+            negative_ttl_ms: 1_000,
+            stale_window_ms: 60_000,
+            max_entries: 100_000,
+            store_timeout_ms: 200,
+            max_concurrency: 16,
+            breaker: BreakerConfig {
+                failure_threshold: 3,
+                failure_ratio: 1.0,
+                ratio_window: 10,
+                cool_down_ms: 5_000,
+            },
+        }
+    }
+
+    fn rig(config: CacheConfig) -> Rig {
+        let clock = Arc::new(ManualClock::new());
+        let faulty = Arc::new(FaultyStore::new(backing()));
+        let cached =
+            CachedStore::with_clock("test", faulty.clone(), &config, clock.clone()).unwrap();
+        Rig {
+            clock,
+            faulty,
+            cached,
+        }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    const PLAIN: PutOptions = PutOptions {
+        if_absent: false,
+        ttl: None,
+    };
+
+    async fn wait_until(mut cond: impl FnMut() -> bool) {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn thousand_concurrent_readers_of_one_key_make_one_store_read() {
+        // A generous timeout: the store is held until all readers are waiting.
+        let r = rig(CacheConfig {
+            store_timeout_ms: 60_000,
+            ..config()
+        });
+        r.store().put("fn", "hot", b("v"), PLAIN).await.unwrap();
+        r.faulty.hang();
+        let readers: Vec<_> = (0..1_000)
+            .map(|_| {
+                let cached = r.cached.clone();
+                tokio::spawn(async move { cached.get("fn", "hot").await })
+            })
+            .collect();
+        wait_until(|| r.cached.metrics().misses == 1_000).await;
+        r.faulty.release();
+        for reader in readers {
+            assert_eq!(reader.await.unwrap().unwrap(), Some(b("v")));
+        }
+        assert_eq!(r.faulty.stats().gets, 1);
+        let m = r.cached.metrics();
+        assert_eq!((m.store_reads, m.coalesced_waits, m.hits), (1, 999, 0));
+
+        // Everyone after that is a hit.
+        assert_eq!(r.cached.get("fn", "hot").await.unwrap(), Some(b("v")));
+        assert_eq!(r.cached.metrics().hits, 1);
+        assert_eq!(r.faulty.stats().gets, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hung_store_stays_bounded_fails_fast_and_recovers() {
+        let cfg = config();
+        let r = rig(cfg.clone());
+        r.store().put("fn", "k0", b("v0"), PLAIN).await.unwrap();
+        r.faulty.hang();
+
+        let calls: Vec<_> = (0..10_000)
+            .map(|i| {
+                let cached = r.cached.clone();
+                tokio::spawn(async move { cached.get("fn", &format!("k{i}")).await })
+            })
+            .collect();
+        let (mut overloaded, mut timed_out, mut circuit_open) = (0, 0, 0);
+        for call in calls {
+            let err = call.await.unwrap().expect_err("a hung store cannot answer");
+            assert!(err.is_retryable(), "{err}");
+            match err {
+                Error::Overloaded(_) => overloaded += 1,
+                Error::Timeout { .. } => timed_out += 1,
+                Error::CircuitOpen(_) => circuit_open += 1,
+                other => panic!("unexpected error {other}"),
+            }
+        }
+        let f = r.faulty.stats();
+        assert!(f.peak_in_flight <= cfg.max_concurrency as u64, "{f:?}");
+        assert_eq!(f.reached_inner(), 0);
+        assert_eq!(
+            f.calls, timed_out,
+            "only calls that got a slot reached the store"
+        );
+        assert!(overloaded > 0 && timed_out >= cfg.breaker.failure_threshold as u64);
+        assert_eq!(overloaded + timed_out + circuit_open, 10_000);
+
+        // The abandoned calls left nothing behind: no store call, permit or read in flight.
+        assert_eq!(f.in_flight, 0);
+        let m = r.cached.metrics();
+        assert_eq!(m.in_flight, 0);
+        assert_eq!(m.timeouts, timed_out);
+        assert_eq!(m.rejected, overloaded + circuit_open);
+        assert!(r.cached.inner.flights.lock().unwrap().is_empty());
+        r.cached.inner.cache.run_pending_tasks().await;
+        assert_eq!(r.cached.metrics().entries, 0);
+        assert_eq!(m.breaker, BreakerState::Open);
+
+        // While open, the store is not called at all.
+        for i in 0..10_000 {
+            let err = r.cached.get("fn", &format!("k{i}")).await.unwrap_err();
+            assert!(matches!(err, Error::CircuitOpen(_)), "{err}");
+        }
+        assert_eq!(r.faulty.stats().calls, f.calls);
+
+        // The store comes back: after the cool-down one probe goes through and closes the breaker.
+        r.faulty.release();
+        r.clock.advance(cfg.breaker.cool_down());
+        assert_eq!(r.cached.get("fn", "k0").await.unwrap(), Some(b("v0")));
+        assert_eq!(r.cached.metrics().breaker, BreakerState::Closed);
+        assert_eq!(r.cached.get("fn", "k1").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn hung_hot_key_holds_one_store_call_however_many_wait() {
+        let r = rig(config());
+        r.faulty.hang();
+        let readers = (0..10_000).map(|_| r.cached.get("fn", "hot"));
+        for result in futures::future::join_all(readers).await {
+            assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+        }
+        assert_eq!(r.faulty.stats().calls, 1);
+        assert_eq!(r.cached.metrics().coalesced_waits, 9_999);
+    }
+
+    #[tokio::test]
+    async fn stale_values_are_served_during_an_outage_and_refreshed_after() {
+        let cfg = config();
+        let r = rig(cfg.clone());
+        r.store().put("fn", "k", b("v1"), PLAIN).await.unwrap();
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v1")));
+        r.clock.advance(cfg.ttl() + Duration::from_millis(1));
+
+        // Errors, a timeout, then the open breaker: the last value keeps being served.
+        r.faulty.fail_always();
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v1")));
+        r.faulty.heal();
+        r.faulty.hang();
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v1")));
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v1")));
+        assert_eq!(r.cached.metrics().breaker, BreakerState::Open);
+        let calls = r.faulty.stats().calls;
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v1")));
+        assert_eq!(
+            r.faulty.stats().calls,
+            calls,
+            "served stale without calling the store"
+        );
+        let m = r.cached.metrics();
+        assert_eq!((m.stale_serves, m.timeouts, m.store_errors), (4, 2, 3));
+
+        // The store is back with a newer value: the next read after the cool-down refreshes it.
+        r.faulty.release();
+        r.store().put("fn", "k", b("v2"), PLAIN).await.unwrap();
+        r.clock.advance(cfg.breaker.cool_down());
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v2")));
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v2")));
+        let m = r.cached.metrics();
+        assert_eq!((m.stale_serves, m.hits), (4, 1));
+
+        // Past the stale window, an outage is an error again (a retryable one).
+        r.clock
+            .advance(cfg.ttl() + cfg.stale_window() + Duration::from_millis(1));
+        r.faulty.fail_always();
+        let err = r.cached.get("fn", "k").await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(r.cached.metrics().stale_serves, 4);
+    }
+
+    #[tokio::test]
+    async fn a_write_is_visible_to_the_next_read() {
+        let r = rig(config());
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), None);
+        assert!(r.cached.put("fn", "k", b("v1"), PLAIN).await.unwrap());
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v1")));
+        assert!(r.cached.put("fn", "k", b("v2"), PLAIN).await.unwrap());
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v2")));
+        r.cached.delete("fn", "k").await.unwrap();
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), None);
+        assert_eq!(
+            r.faulty.stats().gets,
+            1,
+            "writes updated the cache, reads stayed hits"
+        );
+        assert_eq!(
+            r.store().get("fn", "k").await.unwrap(),
+            None,
+            "written through"
+        );
+
+        // if_absent keeps its meaning, and a refused conditional write sends the next read to
+        // the store.
+        let cond = PutOptions {
+            if_absent: true,
+            ttl: None,
+        };
+        assert!(r.cached.put("fn", "k", b("v3"), cond).await.unwrap());
+        assert!(!r.cached.put("fn", "k", b("v4"), cond).await.unwrap());
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v3")));
+        assert_eq!(r.faulty.stats().gets, 2);
+
+        // An item's own TTL bounds how long the cache serves it.
+        let short = PutOptions {
+            if_absent: false,
+            ttl: Some(Duration::from_secs(1)),
+        };
+        assert!(r.cached.put("fn", "t", b("x"), short).await.unwrap());
+        assert_eq!(r.cached.get("fn", "t").await.unwrap(), Some(b("x")));
+        assert_eq!(r.faulty.stats().gets, 2);
+        r.clock.advance(Duration::from_secs(1));
+        r.cached.get("fn", "t").await.unwrap();
+        assert_eq!(r.faulty.stats().gets, 3);
+        assert_eq!(r.cached.metrics().store_writes, 6);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_forgets_the_cached_value() {
+        let r = rig(config());
+        assert!(r.cached.put("fn", "k", b("v1"), PLAIN).await.unwrap());
+        r.faulty.fail_always();
+        let err = r.cached.put("fn", "k", b("v2"), PLAIN).await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        // The write may or may not have landed: the old value is neither fresh nor stale now.
+        let err = r.cached.get("fn", "k").await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        r.faulty.heal();
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v1")));
+        let err = {
+            r.faulty.fail_always();
+            r.cached.delete("fn", "k").await.unwrap_err()
+        };
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(r.cached.metrics().stale_serves, 0);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_started_before_a_write_cannot_overwrite_it() {
+        let r = rig(config());
+        r.store().put("fn", "k", b("old"), PLAIN).await.unwrap();
+        let inner = &r.cached.inner;
+        let key = cache_key("fn", "k");
+        // What a slow read would do: take its version, read `old`, and install it late.
+        let version = inner.version.load(Ordering::SeqCst);
+        assert!(r.cached.put("fn", "k", b("new"), PLAIN).await.unwrap());
+        let late = Entry {
+            known: Known::Present(b("old")),
+            at: inner.clock.now(),
+            expires_at: None,
+            version,
+        };
+        inner.install(key, late).await;
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("new")));
+        assert_eq!(r.faulty.stats().gets, 0);
+    }
+
+    #[tokio::test]
+    async fn missing_keys_are_cached_for_the_negative_ttl() {
+        let cfg = config();
+        let r = rig(cfg.clone());
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), None);
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), None);
+        assert_eq!(r.faulty.stats().gets, 1);
+        // Written behind the cache's back (another host): seen once the negative TTL ran out.
+        r.store().put("fn", "k", b("v"), PLAIN).await.unwrap();
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), None);
+        r.clock.advance(cfg.negative_ttl());
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), Some(b("v")));
+        assert_eq!(r.faulty.stats().gets, 2);
+
+        // A stale "missing" is never served during an outage.
+        r.store().delete("fn", "k").await.unwrap();
+        r.clock.advance(cfg.ttl());
+        assert_eq!(r.cached.get("fn", "k").await.unwrap(), None);
+        r.clock.advance(cfg.negative_ttl());
+        r.faulty.fail_always();
+        assert!(r.cached.get("fn", "k").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn namespaces_are_kept_apart() {
+        let r = rig(config());
+        r.cached.put("a", "bk", b("a/bk"), PLAIN).await.unwrap();
+        r.cached.put("ab", "k", b("ab/k"), PLAIN).await.unwrap();
+        r.cached.put("b", "bk", b("b/bk"), PLAIN).await.unwrap();
+        assert_eq!(r.cached.get("a", "bk").await.unwrap(), Some(b("a/bk")));
+        assert_eq!(r.cached.get("ab", "k").await.unwrap(), Some(b("ab/k")));
+        assert_eq!(r.cached.get("b", "bk").await.unwrap(), Some(b("b/bk")));
+        r.cached.delete("a", "bk").await.unwrap();
+        assert_eq!(r.cached.get("a", "bk").await.unwrap(), None);
+        assert_eq!(r.cached.get("b", "bk").await.unwrap(), Some(b("b/bk")));
+        assert_eq!(r.cached.get("ab", "k").await.unwrap(), Some(b("ab/k")));
+        assert_eq!(r.store().get("b", "bk").await.unwrap(), Some(b("b/bk")));
+    }
+
+    #[tokio::test]
+    async fn scans_pass_through_behind_the_breaker() {
+        let r = rig(config());
+        for k in ["x1", "x2", "y"] {
+            r.cached.put("fn", k, b(k), PLAIN).await.unwrap();
+        }
+        assert_eq!(r.cached.scan("fn", "x", 10).await.unwrap().len(), 2);
+        assert_eq!(r.cached.metrics().store_reads, 1);
+        r.faulty.fail_always();
+        for _ in 0..3 {
+            assert!(r.cached.scan("fn", "x", 10).await.is_err());
+        }
+        let err = r.cached.scan("fn", "x", 10).await.unwrap_err();
+        assert!(
+            matches!(err, Error::CircuitOpen(ref s) if s.contains("test")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_rejected_before_the_store() {
+        let r = rig(config());
+        let err = r.cached.get("fn", "").await.unwrap_err();
+        assert!(err.to_string().contains("kv key"), "{err}");
+        assert!(!err.is_retryable());
+        let err = r.cached.put("", "k", b("v"), PLAIN).await.unwrap_err();
+        assert!(err.to_string().contains("namespace"), "{err}");
+        assert_eq!(r.faulty.stats().calls, 0);
+    }
+
+    #[test]
+    fn config_defaults_parse_and_validation() {
+        let cfg: CacheConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg, CacheConfig::default());
+        assert_eq!(cfg.ttl_ms, DEFAULT_TTL_MS);
+        assert_eq!(cfg.max_concurrency, DEFAULT_MAX_CONCURRENCY);
+
+        let cfg: CacheConfig =
+            toml::from_str("ttl_ms = 500\n[breaker]\ncool_down_ms = 100\n").unwrap();
+        assert_eq!((cfg.ttl_ms, cfg.breaker.cool_down_ms), (500, 100));
+        assert_eq!(
+            cfg.breaker.failure_threshold,
+            super::super::breaker::DEFAULT_FAILURE_THRESHOLD
+        );
+
+        let err = toml::from_str::<CacheConfig>("ttl = 5").unwrap_err();
+        assert!(err.to_string().contains("unknown field `ttl`"), "{err}");
+        let err = toml::from_str::<CacheConfig>("[breaker]\nthreshold = 5").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `threshold`"),
+            "{err}"
+        );
+
+        let err = CacheConfig {
+            max_concurrency: 0,
+            ..config()
+        }
+        .validate("functions.f.cache")
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("functions.f.cache.max_concurrency"),
+            "{err}"
+        );
+        let err = CacheConfig {
+            ttl_ms: 0,
+            ..config()
+        }
+        .validate("cache")
+        .unwrap_err();
+        assert!(err.to_string().contains("cache.ttl_ms"), "{err}");
+        let bad_breaker = CacheConfig {
+            breaker: BreakerConfig {
+                failure_threshold: 0,
+                ..BreakerConfig::default()
+            },
+            ..config()
+        };
+        let err = CachedStore::new("s", backing(), &bad_breaker).unwrap_err();
+        assert!(
+            err.to_string().contains("cache.breaker.failure_threshold"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_serialize_for_status() {
+        let r = rig(config());
+        r.cached.get("fn", "k").await.unwrap();
+        let json = serde_json::to_value(r.cached.metrics()).unwrap();
+        assert_eq!(json["breaker"], "closed");
+        assert_eq!(json["misses"], 1);
+        assert_eq!(json["store_reads"], 1);
     }
 }

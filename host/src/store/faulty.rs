@@ -124,7 +124,9 @@ impl<S: ?Sized + Store> FaultyStore<S> {
     /// Fails this share of calls (0 to 1) with a retryable `Unavailable` error.
     pub fn set_error_rate(&self, rate: f64) -> Result<()> {
         if !(0.0..=1.0).contains(&rate) {
-            return Err(Error::Invalid(format!("fault error rate must be within 0 and 1, got {rate}")));
+            return Err(Error::Invalid(format!(
+                "fault error rate must be within 0 and 1, got {rate}"
+            )));
         }
         self.faults().error_rate = rate;
         Ok(())
@@ -139,7 +141,9 @@ impl<S: ?Sized + Store> FaultyStore<S> {
     /// is how a saturated database behaves. `None` removes the limit.
     pub fn set_capacity(&self, capacity: Option<usize>) -> Result<()> {
         if capacity == Some(0) {
-            return Err(Error::Invalid("fault capacity must be at least 1 call".into()));
+            return Err(Error::Invalid(
+                "fault capacity must be at least 1 call".into(),
+            ));
         }
         self.faults().capacity = capacity.map(|n| Arc::new(Semaphore::new(n)));
         Ok(())
@@ -198,7 +202,8 @@ impl<S: ?Sized + Store> FaultyStore<S> {
         if !faults.latency.is_zero() {
             tokio::time::sleep(faults.latency).await;
         }
-        if faults.error_rate >= 1.0 || (faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate)
+        if faults.error_rate >= 1.0
+            || (faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate)
         {
             c.injected_errors.fetch_add(1, Ordering::SeqCst);
             return Err(Error::Unavailable {
@@ -224,7 +229,8 @@ impl<S: ?Sized + Store> Store for FaultyStore<S> {
     }
 
     async fn put(&self, ns: &str, key: &str, value: Bytes, opts: PutOptions) -> Result<bool> {
-        self.run(Op::Put, self.inner.put(ns, key, value, opts)).await
+        self.run(Op::Put, self.inner.put(ns, key, value, opts))
+            .await
     }
 
     async fn delete(&self, ns: &str, key: &str) -> Result<()> {
@@ -249,12 +255,22 @@ mod tests {
     #[tokio::test]
     async fn passes_through_and_counts() {
         let f = faulty();
-        assert!(f.put("f", "k", Bytes::from_static(b"v"), PutOptions::default()).await.unwrap());
-        assert_eq!(f.get("f", "k").await.unwrap(), Some(Bytes::from_static(b"v")));
+        assert!(
+            f.put("f", "k", Bytes::from_static(b"v"), PutOptions::default())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            f.get("f", "k").await.unwrap(),
+            Some(Bytes::from_static(b"v"))
+        );
         assert_eq!(f.scan("f", "", 10).await.unwrap().len(), 1);
         f.delete("f", "k").await.unwrap();
         let s = f.stats();
-        assert_eq!((s.calls, s.gets, s.puts, s.scans, s.deletes), (4, 1, 1, 1, 1));
+        assert_eq!(
+            (s.calls, s.gets, s.puts, s.scans, s.deletes),
+            (4, 1, 1, 1, 1)
+        );
         assert_eq!(s.reached_inner(), 4);
         assert_eq!(s.in_flight, 0);
     }
@@ -269,7 +285,12 @@ mod tests {
         assert_eq!(f.stats().reached_inner(), 0);
         f.heal();
         assert_eq!(f.get("f", "k").await.unwrap(), None);
-        assert!(f.set_error_rate(1.5).unwrap_err().to_string().contains("error rate"));
+        assert!(
+            f.set_error_rate(1.5)
+                .unwrap_err()
+                .to_string()
+                .contains("error rate")
+        );
         assert!(f.set_capacity(Some(0)).is_err());
     }
 

@@ -59,7 +59,11 @@ impl MemoryStore {
 
     /// An empty store whose item TTLs run on `clock`.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        MemoryStore { clock, data: RwLock::new(HashMap::new()), writes: AtomicU64::new(0) }
+        MemoryStore {
+            clock,
+            data: RwLock::new(HashMap::new()),
+            writes: AtomicU64::new(0),
+        }
     }
 
     /// Number of items held, expired ones not yet swept included.
@@ -150,9 +154,14 @@ impl Store for MemoryStore {
         validate_namespace(ns)?;
         let now = self.clock.now();
         let data = self.read();
-        let Some(items) = data.get(ns) else { return Ok(Vec::new()) };
+        let Some(items) = data.get(ns) else {
+            return Ok(Vec::new());
+        };
         Ok(items
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, item)| item.live(now))
             .take(limit)
@@ -176,9 +185,17 @@ mod tests {
     async fn put_get_delete_round_trip() {
         let s = MemoryStore::new();
         assert_eq!(s.get("f", "k").await.unwrap(), None);
-        assert!(s.put("f", "k", b("v"), PutOptions::default()).await.unwrap());
+        assert!(
+            s.put("f", "k", b("v"), PutOptions::default())
+                .await
+                .unwrap()
+        );
         assert_eq!(s.get("f", "k").await.unwrap(), Some(b("v")));
-        assert!(s.put("f", "k", b("w"), PutOptions::default()).await.unwrap());
+        assert!(
+            s.put("f", "k", b("w"), PutOptions::default())
+                .await
+                .unwrap()
+        );
         assert_eq!(s.get("f", "k").await.unwrap(), Some(b("w")));
         s.delete("f", "k").await.unwrap();
         assert_eq!(s.get("f", "k").await.unwrap(), None);
@@ -190,15 +207,24 @@ mod tests {
     async fn if_absent_only_writes_a_missing_or_expired_key() {
         let clock = Arc::new(ManualClock::new());
         let s = MemoryStore::with_clock(clock.clone());
-        let cond = PutOptions { if_absent: true, ttl: None };
+        let cond = PutOptions {
+            if_absent: true,
+            ttl: None,
+        };
         assert!(s.put("f", "k", b("1"), cond).await.unwrap());
         assert!(!s.put("f", "k", b("2"), cond).await.unwrap());
         assert_eq!(s.get("f", "k").await.unwrap(), Some(b("1")));
 
-        let ttl = PutOptions { if_absent: false, ttl: Some(Duration::from_secs(10)) };
+        let ttl = PutOptions {
+            if_absent: false,
+            ttl: Some(Duration::from_secs(10)),
+        };
         assert!(s.put("f", "t", b("1"), ttl).await.unwrap());
         clock.advance(Duration::from_secs(10));
-        assert!(s.put("f", "t", b("2"), cond).await.unwrap(), "expired counts as absent");
+        assert!(
+            s.put("f", "t", b("2"), cond).await.unwrap(),
+            "expired counts as absent"
+        );
         assert_eq!(s.get("f", "t").await.unwrap(), Some(b("2")));
     }
 
@@ -206,9 +232,14 @@ mod tests {
     async fn items_expire_after_their_ttl_and_are_swept() {
         let clock = Arc::new(ManualClock::new());
         let s = MemoryStore::with_clock(clock.clone());
-        let ttl = PutOptions { if_absent: false, ttl: Some(Duration::from_secs(5)) };
+        let ttl = PutOptions {
+            if_absent: false,
+            ttl: Some(Duration::from_secs(5)),
+        };
         s.put("f", "k", b("v"), ttl).await.unwrap();
-        s.put("f", "stay", b("v"), PutOptions::default()).await.unwrap();
+        s.put("f", "stay", b("v"), PutOptions::default())
+            .await
+            .unwrap();
         clock.advance(Duration::from_millis(4_999));
         assert_eq!(s.get("f", "k").await.unwrap(), Some(b("v")));
         clock.advance(Duration::from_millis(1));
@@ -225,8 +256,16 @@ mod tests {
         for k in ["b2", "a", "b1", "b3", "c"] {
             s.put("f", k, b(k), PutOptions::default()).await.unwrap();
         }
-        s.put("g", "b0", b("other"), PutOptions::default()).await.unwrap();
-        let got: Vec<String> = s.scan("f", "b", 10).await.unwrap().into_iter().map(|(k, _)| k).collect();
+        s.put("g", "b0", b("other"), PutOptions::default())
+            .await
+            .unwrap();
+        let got: Vec<String> = s
+            .scan("f", "b", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(got, ["b1", "b2", "b3"]);
         assert_eq!(s.scan("f", "b", 2).await.unwrap().len(), 2);
         assert_eq!(s.scan("f", "", 100).await.unwrap().len(), 5);
@@ -243,7 +282,10 @@ mod tests {
         let err = s.get("f", "").await.unwrap_err();
         assert!(err.to_string().contains("kv key"), "{err}");
         let big = Bytes::from(vec![0u8; super::super::MAX_VALUE_LEN + 1]);
-        let err = s.put("f", "k", big, PutOptions::default()).await.unwrap_err();
+        let err = s
+            .put("f", "k", big, PutOptions::default())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("kv value"), "{err}");
         assert!(!err.is_retryable());
     }

@@ -12,7 +12,9 @@ mod cached;
 mod faulty;
 mod memory;
 
-pub use breaker::{BreakerConfig, BreakerPermit, BreakerState, CircuitBreaker, Clock, ManualClock, SystemClock};
+pub use breaker::{
+    BreakerConfig, BreakerPermit, BreakerState, CircuitBreaker, Clock, ManualClock, SystemClock,
+};
 pub use cached::{CacheConfig, CacheMetrics, CachedStore};
 pub use faulty::{FaultStats, FaultyStore};
 pub use memory::MemoryStore;
