@@ -1,13 +1,13 @@
 //! Levee host: runs WebAssembly capability functions fed by durable queues, with an embedded
 //! SQLite backend by default and SQS/DynamoDB/S3 in the cloud.
 
-pub mod blobs;
 mod error;
+pub mod blobs;
 pub mod queue;
 pub mod store;
 
-pub use blobs::Blobs;
 pub use error::{Error, Result};
+pub use blobs::Blobs;
 pub use queue::{
     DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
     ReceivedMessage,
