@@ -21,4 +21,4 @@ pub use queue::{
     DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
     ReceivedMessage,
 };
-pub use store::{PutOptions, Store};
+pub use store::{CacheConfig, CacheMetrics, CachedStore, MemoryStore, PutOptions, Store};

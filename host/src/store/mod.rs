@@ -7,6 +7,18 @@ use bytes::Bytes;
 
 use crate::Result;
 
+mod breaker;
+mod cached;
+mod faulty;
+mod memory;
+
+pub use breaker::{
+    BreakerConfig, BreakerPermit, BreakerState, CircuitBreaker, Clock, ManualClock, SystemClock,
+};
+pub use cached::{CacheConfig, CacheMetrics, CachedStore};
+pub use faulty::{FaultStats, FaultyStore};
+pub use memory::MemoryStore;
+
 /// Longest key a function may use, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
 
