@@ -292,8 +292,8 @@ fn field_at(text: &str, offset: usize) -> String {
             t.strip_prefix('[').and_then(|r| r.strip_suffix(']')).map(str::to_string)
         })
         .unwrap_or_default();
-    let line = before.rsplit('\n').next().unwrap_or("").trim();
-    let key = text[before.len() - line.len()..]
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let key = text[line_start..]
         .split('\n')
         .next()
         .and_then(|l| l.split_once('='))
@@ -362,7 +362,7 @@ module = "routing.wasm"
         let e = err("[functions.a]\nmodule = \"a.wasm\"\nmemory_mb = \"lots\"\n");
         assert!(e.contains("memory_mb"), "{e}");
         let e = err("[platform]\nbackend = \"gcp\"\n[functions.a]\nmodule = \"a.wasm\"\n");
-        assert!(e.contains("embedded") && e.contains("aws"), "{e}");
+        assert!(e.contains("embedded") && e.contains("aws") && e.contains("`platform.backend`"), "{e}");
         let e = err("[functions.Bad_Name]\nmodule = \"a.wasm\"\n");
         assert!(e.contains("functions.Bad_Name"), "{e}");
         let e = err("[platform]\nlisten = \"nowhere\"\n[functions.a]\nmodule = \"a.wasm\"\n");

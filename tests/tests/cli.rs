@@ -17,7 +17,7 @@ fn bad_manifests_name_the_field() {
         ("[functions.a]\nmodule = \"a.wasm\"\nconcurrency = 0\n", "functions.a.concurrency"),
         ("[functions.a]\nmodule = \"a.wasm\"\nemits_to = [\"b\"]\n", "functions.a.emits_to"),
         ("[functions.a]\nmodule = \"missing.wasm\"\n", "functions.a.module"),
-        ("[platform]\nbackend = \"azure\"\n[functions.a]\nmodule = \"a.wasm\"\n", "embedded, aws"),
+        ("[platform]\nbackend = \"azure\"\n[functions.a]\nmodule = \"a.wasm\"\n", "`platform.backend`"),
         ("not toml at all", "levee.toml"),
     ];
     for (text, expect) in cases {
