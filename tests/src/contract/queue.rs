@@ -294,7 +294,9 @@ pub async fn extend_lease_keeps_message_hidden(q: Arc<dyn Queue>, prefix: &str) 
         recv(&*q, &name, opts(1, 30, 2)).await.is_empty(),
         "an extended lease must keep the message hidden"
     );
-    q.delete(&name, &[m.receipt.clone()]).await.unwrap();
+    q.delete(&name, std::slice::from_ref(&m.receipt))
+        .await
+        .unwrap();
     assert!(recv(&*q, &name, opts(1, 30, 0)).await.is_empty());
 }
 
