@@ -17,6 +17,7 @@ pub mod worker;
 
 pub use error::{Error, Result};
 pub use blobs::Blobs;
+pub use embedded::{EmbeddedDb, EmbeddedQueue, EmbeddedStore};
 pub use queue::{
     DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
     ReceivedMessage,

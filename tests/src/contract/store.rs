@@ -1,0 +1,190 @@
+//! The [`Store`] contract: namespaced kv semantics every store backend must show.
+//!
+//! Run it with [`store_contract_tests!`](crate::store_contract_tests).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use levee::store::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use levee::{Error, PutOptions, Store};
+
+/// Expands to one `#[tokio::test]` per store contract case. `$setup` is an async function
+/// returning `(Arc<dyn Store>, G)`; `G` is kept alive until the case ends.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($setup:path) => {
+        $crate::store_contract_tests!(@cases $setup;
+            get_put_delete,
+            namespaces_are_separate,
+            if_absent_writes_once,
+            ttl_expires_items,
+            scan_prefix_order_and_limit,
+            validation_errors,
+        );
+    };
+    (@cases $setup:path; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test]
+            async fn $case() {
+                let (store, _keep) = $setup().await;
+                let prefix = $crate::contract::unique_prefix(stringify!($case));
+                $crate::contract::store::$case(store, &prefix).await;
+            }
+        )*
+    };
+}
+
+const PLAIN: PutOptions = PutOptions {
+    if_absent: false,
+    ttl: None,
+};
+const IF_ABSENT: PutOptions = PutOptions {
+    if_absent: true,
+    ttl: None,
+};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Put, overwrite, get and delete one key; deleting a missing key is fine.
+pub async fn get_put_delete(s: Arc<dyn Store>, ns: &str) {
+    assert_eq!(s.get(ns, "k").await.unwrap(), None);
+    assert!(s.put(ns, "k", b("one"), PLAIN).await.unwrap());
+    assert_eq!(s.get(ns, "k").await.unwrap(), Some(b("one")));
+    assert!(
+        s.put(ns, "k", b("two"), PLAIN).await.unwrap(),
+        "a plain put overwrites"
+    );
+    assert_eq!(s.get(ns, "k").await.unwrap(), Some(b("two")));
+    s.delete(ns, "k").await.unwrap();
+    assert_eq!(s.get(ns, "k").await.unwrap(), None);
+    s.delete(ns, "k").await.unwrap();
+    s.delete(ns, "never-written").await.unwrap();
+
+    let binary = Bytes::from((0..=255u8).collect::<Vec<_>>());
+    assert!(
+        s.put(ns, "binary/ключ", binary.clone(), PLAIN)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.get(ns, "binary/ключ").await.unwrap(), Some(binary));
+}
+
+/// The same key in two namespaces holds two values; deleting or scanning one leaves the other.
+pub async fn namespaces_are_separate(s: Arc<dyn Store>, prefix: &str) {
+    let (one, two) = (format!("{prefix}-one"), format!("{prefix}-two"));
+    s.put(&one, "shared", b("1"), PLAIN).await.unwrap();
+    s.put(&two, "shared", b("2"), PLAIN).await.unwrap();
+    assert_eq!(s.get(&one, "shared").await.unwrap(), Some(b("1")));
+    assert_eq!(s.get(&two, "shared").await.unwrap(), Some(b("2")));
+    assert_eq!(
+        s.scan(&one, "", 10).await.unwrap(),
+        vec![("shared".to_string(), b("1"))]
+    );
+    s.delete(&one, "shared").await.unwrap();
+    assert_eq!(s.get(&one, "shared").await.unwrap(), None);
+    assert_eq!(s.get(&two, "shared").await.unwrap(), Some(b("2")));
+}
+
+/// `if_absent` writes only when the key is missing and reports whether it wrote.
+pub async fn if_absent_writes_once(s: Arc<dyn Store>, ns: &str) {
+    assert!(s.put(ns, "once", b("first"), IF_ABSENT).await.unwrap());
+    assert!(
+        !s.put(ns, "once", b("second"), IF_ABSENT).await.unwrap(),
+        "the key exists"
+    );
+    assert_eq!(
+        s.get(ns, "once").await.unwrap(),
+        Some(b("first")),
+        "a refused put changes nothing"
+    );
+    s.delete(ns, "once").await.unwrap();
+    assert!(
+        s.put(ns, "once", b("third"), IF_ABSENT).await.unwrap(),
+        "absent again after delete"
+    );
+    assert_eq!(s.get(ns, "once").await.unwrap(), Some(b("third")));
+}
+
+/// An item with a ttl is readable until it expires, then invisible to get, scan and `if_absent`.
+pub async fn ttl_expires_items(s: Arc<dyn Store>, ns: &str) {
+    let ttl = PutOptions {
+        if_absent: false,
+        ttl: Some(Duration::from_secs(1)),
+    };
+    assert!(s.put(ns, "short", b("lived"), ttl).await.unwrap());
+    assert!(s.put(ns, "stays", b("here"), PLAIN).await.unwrap());
+    assert_eq!(s.get(ns, "short").await.unwrap(), Some(b("lived")));
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        s.get(ns, "short").await.unwrap(),
+        None,
+        "expired items are invisible"
+    );
+    assert_eq!(
+        s.scan(ns, "", 10).await.unwrap(),
+        vec![("stays".to_string(), b("here"))]
+    );
+    assert!(
+        s.put(ns, "short", b("again"), IF_ABSENT).await.unwrap(),
+        "an expired key counts as absent"
+    );
+    assert_eq!(s.get(ns, "short").await.unwrap(), Some(b("again")));
+}
+
+/// Scans return the keys with the prefix, in key order, at most `limit` of them.
+pub async fn scan_prefix_order_and_limit(s: Arc<dyn Store>, ns: &str) {
+    for key in ["user:c", "user:a", "order:1", "user:b", "user", "users:z"] {
+        s.put(ns, key, b(&format!("v-{key}")), PLAIN).await.unwrap();
+    }
+    let keys = |items: Vec<(String, Bytes)>| items.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+
+    let users = s.scan(ns, "user:", 10).await.unwrap();
+    assert_eq!(users[0], ("user:a".to_string(), b("v-user:a")));
+    assert_eq!(keys(users), ["user:a", "user:b", "user:c"]);
+    assert_eq!(
+        keys(s.scan(ns, "user:", 2).await.unwrap()),
+        ["user:a", "user:b"]
+    );
+    assert_eq!(
+        keys(s.scan(ns, "user", 10).await.unwrap()),
+        ["user", "user:a", "user:b", "user:c", "users:z"]
+    );
+    assert_eq!(
+        keys(s.scan(ns, "", 100).await.unwrap()),
+        ["order:1", "user", "user:a", "user:b", "user:c", "users:z"]
+    );
+    assert!(s.scan(ns, "zzz", 10).await.unwrap().is_empty());
+}
+
+/// Keys and values outside the shared limits are rejected with an error that names them.
+pub async fn validation_errors(s: Arc<dyn Store>, ns: &str) {
+    let invalid = |r: Result<_, Error>, what: &str| match r {
+        Err(Error::Invalid(msg)) => assert!(msg.contains(what), "`{msg}` should mention {what}"),
+        other => panic!("expected an invalid-input error about the {what}, got {other:?}"),
+    };
+    let long_key = "k".repeat(MAX_KEY_LEN + 1);
+    invalid(s.put(ns, "", b("v"), PLAIN).await.map(|_| ()), "key");
+    invalid(s.put(ns, &long_key, b("v"), PLAIN).await.map(|_| ()), "key");
+    invalid(s.get(ns, "").await.map(|_| ()), "key");
+    invalid(s.get(ns, &long_key).await.map(|_| ()), "key");
+    invalid(s.delete(ns, "").await, "key");
+    let big = Bytes::from(vec![0u8; MAX_VALUE_LEN + 1]);
+    invalid(s.put(ns, "big", big, PLAIN).await.map(|_| ()), "value");
+    assert_eq!(
+        s.get(ns, "big").await.unwrap(),
+        None,
+        "a rejected put writes nothing"
+    );
+
+    let longest = "k".repeat(MAX_KEY_LEN);
+    let largest = Bytes::from(vec![7u8; MAX_VALUE_LEN]);
+    assert!(
+        s.put(ns, &longest, largest.clone(), PLAIN).await.unwrap(),
+        "the limits themselves are allowed"
+    );
+    assert_eq!(s.get(ns, &longest).await.unwrap(), Some(largest));
+}

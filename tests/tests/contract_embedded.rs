@@ -1,0 +1,28 @@
+//! The queue and store contract suites against the embedded SQLite backend, one fresh database
+//! file per case.
+
+use std::sync::Arc;
+
+use levee::{EmbeddedDb, Queue, Store};
+use levee_tests::{queue_contract_tests, store_contract_tests};
+use tempfile::TempDir;
+
+async fn embedded_queue() -> (Arc<dyn Queue>, TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = EmbeddedDb::open(dir.path().join("levee.db")).expect("open embedded db");
+    (Arc::new(db.queue()), dir)
+}
+
+async fn embedded_store() -> (Arc<dyn Store>, TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = EmbeddedDb::open(dir.path().join("levee.db")).expect("open embedded db");
+    (Arc::new(db.store()), dir)
+}
+
+mod queue {
+    super::queue_contract_tests!(super::embedded_queue);
+}
+
+mod store {
+    super::store_contract_tests!(super::embedded_store);
+}
