@@ -2,9 +2,11 @@
 //! SQLite backend by default and SQS/DynamoDB/S3 in the cloud.
 
 mod error;
+pub mod aws;
 pub mod blobs;
 pub mod queue;
 pub mod store;
+pub mod provision;
 
 pub use error::{Error, Result};
 pub use blobs::Blobs;
@@ -13,3 +15,8 @@ pub use queue::{
     ReceivedMessage,
 };
 pub use store::{PutOptions, Store};
+pub use aws::{AwsBackends, AwsSettings};
+pub use blobs::{disk::DiskBlobs, s3::S3Blobs};
+pub use provision::{ProvisionReport, provision};
+pub use queue::{offload::OffloadQueue, sqs::SqsQueue};
+pub use store::dynamo::DynamoStore;

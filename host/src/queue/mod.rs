@@ -12,6 +12,9 @@ use async_trait::async_trait;
 
 use crate::Result;
 
+pub mod offload;
+pub mod sqs;
+
 /// Most messages one receive or send call handles (SQS's batch limit).
 pub const MAX_BATCH: usize = 10;
 

@@ -7,6 +7,8 @@ use bytes::Bytes;
 
 use crate::Result;
 
+pub mod dynamo;
+
 /// Longest key a function may use, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
 
