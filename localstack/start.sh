@@ -67,10 +67,18 @@ install_moto() {
   fi
   echo "start.sh: installing moto[server] and awscli into $VENV (first run only)" >&2
   "$PYTHON" -m venv "$VENV"
-  # The venv lives in the repository: keep it out of git without touching the root .gitignore.
-  printf '*\n' > "$VENV/.gitignore"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6' 'awscli>=1.36,<2' >&2
 }
+
+# Parallel callers (test binaries) start one emulator: the first holds the lock, the others wait
+# for it and then find the emulator answering.
+mkdir -p "$VENV"
+# The venv lives in the repository: keep it out of git without touching the root .gitignore.
+printf '*\n' > "$VENV/.gitignore"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$VENV/start.lock"
+  flock 9
+fi
 
 # Already running (LocalStack, moto, anything answering on the port)?
 if answers; then
@@ -99,7 +107,8 @@ if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
   echo "start.sh: moto (pid $(cat "$PIDFILE")) is starting already" >&2
 else
   # setsid: the server outlives this script and the shell (or test) that started it.
-  setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 < /dev/null &
+  # 9>&-: the server must not inherit the start lock.
+  setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 < /dev/null 9>&- &
   echo $! > "$PIDFILE"
   echo "start.sh: started moto_server (pid $(cat "$PIDFILE"), log $LOG)" >&2
 fi

@@ -64,7 +64,11 @@ impl AwsSettings {
     pub fn validate(&self) -> Result<()> {
         let p = &self.queue_prefix;
         // 80 characters is SQS's limit for a whole name; leave room for the function and "-dlq".
-        if p.len() > 40 || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if p.len() > 40
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(Error::Manifest(format!(
                 "aws.queue_prefix `{p}`: at most 40 characters of A-Z, a-z, 0-9, `-` and `_`"
             )));
@@ -72,7 +76,9 @@ impl AwsSettings {
         let t = &self.table;
         if t.len() < 3
             || t.len() > 255
-            || !t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
             return Err(Error::Manifest(format!(
                 "aws.table `{t}`: 3 to 255 characters of A-Z, a-z, 0-9, `-`, `_` and `.`"
@@ -81,7 +87,9 @@ impl AwsSettings {
         let b = &self.bucket;
         if b.len() < 3
             || b.len() > 63
-            || !b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            || !b
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
             || !b.starts_with(|c: char| c.is_ascii_alphanumeric())
             || !b.ends_with(|c: char| c.is_ascii_alphanumeric())
         {
@@ -112,9 +120,10 @@ pub async fn load_sdk_config() -> Result<SdkConfig> {
     if config.region().is_none() {
         return Err(Error::Backend {
             service: "aws".into(),
-            message: "no AWS region configured: set AWS_REGION (for example `us-east-1`) or a region \
+            message:
+                "no AWS region configured: set AWS_REGION (for example `us-east-1`) or a region \
                       in your AWS profile"
-                .into(),
+                    .into(),
         });
     }
     Ok(config)
@@ -124,7 +133,8 @@ pub async fn load_sdk_config() -> Result<SdkConfig> {
 /// queue (SQS with large payloads offloaded to S3), the key-value store and the blob store.
 #[derive(Debug)]
 pub struct AwsBackends {
-    pub queue: crate::queue::offload::OffloadQueue<crate::queue::sqs::SqsQueue, crate::blobs::s3::S3Blobs>,
+    pub queue:
+        crate::queue::offload::OffloadQueue<crate::queue::sqs::SqsQueue, crate::blobs::s3::S3Blobs>,
     pub store: crate::store::dynamo::DynamoStore,
     pub blobs: crate::blobs::s3::S3Blobs,
 }
@@ -139,7 +149,11 @@ impl AwsBackends {
             blobs.clone(),
         )
         .with_threshold(settings.offload_threshold)?;
-        Ok(Self { queue, store: crate::store::dynamo::DynamoStore::new(sdk, settings.table.clone()), blobs })
+        Ok(Self {
+            queue,
+            store: crate::store::dynamo::DynamoStore::new(sdk, settings.table.clone()),
+            blobs,
+        })
     }
 
     /// Loads the standard AWS configuration ([`load_sdk_config`]) and builds the backends.
@@ -186,26 +200,41 @@ impl ErrorContext {
     }
 
     fn unavailable(&self, message: String) -> Error {
-        Error::Unavailable { service: self.service.into(), message }
+        Error::Unavailable {
+            service: self.service.into(),
+            message,
+        }
     }
 
     fn backend(&self, message: String) -> Error {
-        Error::Backend { service: self.service.into(), message }
+        Error::Backend {
+            service: self.service.into(),
+            message,
+        }
     }
 
     /// Maps an SDK error of operation `op` on `resource` to a Levee error.
-    pub(crate) fn map<E>(&self, op: &str, resource: Resource<'_>, err: SdkError<E, HttpResponse>) -> Error
+    pub(crate) fn map<E>(
+        &self,
+        op: &str,
+        resource: Resource<'_>,
+        err: SdkError<E, HttpResponse>,
+    ) -> Error
     where
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     {
         let chain = error_chain(&err);
         match &err {
-            SdkError::TimeoutError(_) => {
-                self.unavailable(format!("{op} timed out talking to {}: {chain}", self.endpoint_desc()))
-            }
+            SdkError::TimeoutError(_) => self.unavailable(format!(
+                "{op} timed out talking to {}: {chain}",
+                self.endpoint_desc()
+            )),
             SdkError::DispatchFailure(d) => {
                 if mentions_credentials(&chain) {
-                    return self.credentials_error(op, &chain);
+                    return self.credentials_error(op);
+                }
+                if self.region.is_none() {
+                    return self.no_region(op);
                 }
                 if connection_refused(&err) {
                     return self.unavailable(match &self.endpoint {
@@ -226,24 +255,29 @@ impl ErrorContext {
                 self.unavailable(format!(
                     "{op}: cannot reach {}{}: {chain}",
                     self.endpoint_desc(),
-                    if self.endpoint.is_none() { " (check AWS_REGION and your network)" } else { "" }
+                    if self.endpoint.is_none() {
+                        " (check AWS_REGION and your network)"
+                    } else {
+                        ""
+                    }
                 ))
             }
             SdkError::ConstructionFailure(_) => {
                 if mentions_credentials(&chain) {
-                    return self.credentials_error(op, &chain);
+                    return self.credentials_error(op);
                 }
                 if self.region.is_none() {
-                    return self.backend(format!(
-                        "{op}: no AWS region configured: set AWS_REGION (for example `us-east-1`) ({chain})"
-                    ));
+                    return self.no_region(op);
                 }
                 self.backend(format!("{op}: could not build the request: {chain}"))
             }
             SdkError::ResponseError(r) => {
                 let status = r.raw().status().as_u16();
                 if status >= 500 || status == 429 {
-                    self.unavailable(format!("{op}: HTTP {status} from {}: {chain}", self.endpoint_desc()))
+                    self.unavailable(format!(
+                        "{op}: HTTP {status} from {}: {chain}",
+                        self.endpoint_desc()
+                    ))
                 } else {
                     self.backend(format!(
                         "{op}: unexpected HTTP {status} answer from {} (is it an AWS-compatible \
@@ -262,8 +296,19 @@ impl ErrorContext {
         }
     }
 
-    fn map_service(&self, op: &str, resource: Resource<'_>, code: &str, message: &str, status: u16) -> Error {
-        let detail = if message.is_empty() { code.to_string() } else { format!("{code}: {message}") };
+    fn map_service(
+        &self,
+        op: &str,
+        resource: Resource<'_>,
+        code: &str,
+        message: &str,
+        status: u16,
+    ) -> Error {
+        let detail = if message.is_empty() {
+            code.to_string()
+        } else {
+            format!("{code}: {message}")
+        };
         if is_not_found(code) {
             return match resource {
                 Resource::Queue(name) => Error::QueueNotFound(name.to_string()),
@@ -299,10 +344,18 @@ impl ErrorContext {
         self.backend(format!("{op}{}: {detail}", resource_suffix(resource)))
     }
 
-    fn credentials_error(&self, op: &str, chain: &str) -> Error {
+    // The SDK's own text (about auth schemes and identity resolvers) does not help a user here.
+    fn credentials_error(&self, op: &str) -> Error {
         self.backend(format!(
-            "{op}: no usable AWS credentials: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and \
-             AWS_SECRET_ACCESS_KEY (any value, e.g. `test`, for LocalStack or moto) ({chain})"
+            "{op}: no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY (any value, e.g. `test`, for LocalStack or moto)"
+        ))
+    }
+
+    fn no_region(&self, op: &str) -> Error {
+        self.backend(format!(
+            "{op}: no AWS region configured: set AWS_REGION (for example `us-east-1`) or a region in \
+             your AWS profile"
         ))
     }
 }
@@ -372,8 +425,10 @@ fn is_auth(code: &str) -> bool {
 }
 
 fn is_wrong_region(code: &str, message: &str) -> bool {
-    matches!(code, "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException")
-        || (message.contains("region") && (message.contains("expect") || message.contains("wrong")))
+    matches!(
+        code,
+        "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException"
+    ) || (message.contains("region") && (message.contains("expect") || message.contains("wrong")))
 }
 
 /// The error and all its sources on one line (the SDK's top-level messages are terse).
@@ -436,19 +491,39 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_field() {
-        let s = AwsSettings { bucket: "Levee_Blobs".into(), ..AwsSettings::default() };
+        let s = AwsSettings {
+            bucket: "Levee_Blobs".into(),
+            ..AwsSettings::default()
+        };
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("aws.bucket `Levee_Blobs`"), "{e}");
 
-        let s = AwsSettings { queue_prefix: "levee/".into(), ..AwsSettings::default() };
-        assert!(s.validate().unwrap_err().to_string().contains("aws.queue_prefix"));
+        let s = AwsSettings {
+            queue_prefix: "levee/".into(),
+            ..AwsSettings::default()
+        };
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("aws.queue_prefix")
+        );
 
-        let s = AwsSettings { table: "t".into(), ..AwsSettings::default() };
+        let s = AwsSettings {
+            table: "t".into(),
+            ..AwsSettings::default()
+        };
         assert!(s.validate().unwrap_err().to_string().contains("aws.table"));
 
-        let s = AwsSettings { offload_threshold: 2 * 1024 * 1024, ..AwsSettings::default() };
+        let s = AwsSettings {
+            offload_threshold: 2 * 1024 * 1024,
+            ..AwsSettings::default()
+        };
         let e = s.validate().unwrap_err().to_string();
-        assert!(e.contains("aws.offload_threshold") && e.contains("1048576"), "{e}");
+        assert!(
+            e.contains("aws.offload_threshold") && e.contains("1048576"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -456,7 +531,9 @@ mod tests {
         let s: AwsSettings = toml::from_str("table = \"kv\"").unwrap();
         assert_eq!(s.table, "kv");
         assert_eq!(s.bucket, DEFAULT_BUCKET);
-        let e = toml::from_str::<AwsSettings>("tabel = \"kv\"").unwrap_err().to_string();
+        let e = toml::from_str::<AwsSettings>("tabel = \"kv\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tabel"), "{e}");
     }
 
@@ -467,16 +544,52 @@ mod tests {
             endpoint: Some("http://localhost:4566".into()),
             region: Some("us-east-1".into()),
         };
-        let e = ctx.map_service("ReceiveMessage", Resource::Queue("q"), "ThrottlingException", "slow", 400);
+        let e = ctx.map_service(
+            "ReceiveMessage",
+            Resource::Queue("q"),
+            "ThrottlingException",
+            "slow",
+            400,
+        );
         assert!(e.is_retryable(), "{e}");
-        let e = ctx.map_service("ReceiveMessage", Resource::Queue("q"), "QueueDoesNotExist", "", 400);
+        let e = ctx.map_service(
+            "ReceiveMessage",
+            Resource::Queue("q"),
+            "QueueDoesNotExist",
+            "",
+            400,
+        );
         assert!(matches!(e, Error::QueueNotFound(ref n) if n == "q"), "{e}");
         assert!(e.to_string().contains("levee provision"));
-        let e = ctx.map_service("GetItem", Resource::Table("t"), "ResourceNotFoundException", "", 400);
-        assert!(!e.is_retryable() && e.to_string().contains("levee provision"), "{e}");
-        let e = ctx.map_service("GetItem", Resource::Table("t"), "AccessDeniedException", "no", 400);
-        assert!(!e.is_retryable() && e.to_string().contains("credentials"), "{e}");
-        let e = ctx.map_service("GetObject", Resource::Bucket("b"), "SomethingElse", "boom", 503);
+        let e = ctx.map_service(
+            "GetItem",
+            Resource::Table("t"),
+            "ResourceNotFoundException",
+            "",
+            400,
+        );
+        assert!(
+            !e.is_retryable() && e.to_string().contains("levee provision"),
+            "{e}"
+        );
+        let e = ctx.map_service(
+            "GetItem",
+            Resource::Table("t"),
+            "AccessDeniedException",
+            "no",
+            400,
+        );
+        assert!(
+            !e.is_retryable() && e.to_string().contains("credentials"),
+            "{e}"
+        );
+        let e = ctx.map_service(
+            "GetObject",
+            Resource::Bucket("b"),
+            "SomethingElse",
+            "boom",
+            503,
+        );
         assert!(e.is_retryable(), "{e}");
     }
 }

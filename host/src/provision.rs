@@ -11,8 +11,8 @@ use aws_sdk_dynamodb::types::{
     TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_s3::types::{
-    BucketLifecycleConfiguration, BucketLocationConstraint, CreateBucketConfiguration, ExpirationStatus,
-    LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+    BucketLifecycleConfiguration, BucketLocationConstraint, CreateBucketConfiguration,
+    ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
 };
 
 use crate::aws::{AwsSettings, ErrorContext, Resource};
@@ -86,7 +86,10 @@ pub struct ProvisionReport {
 impl ProvisionReport {
     /// How many resources were created by this run.
     pub fn created(&self) -> usize {
-        self.resources.iter().filter(|r| r.outcome == Outcome::Created).count()
+        self.resources
+            .iter()
+            .filter(|r| r.outcome == Outcome::Created)
+            .count()
     }
 
     /// The entry for `name`, if provisioned.
@@ -94,31 +97,65 @@ impl ProvisionReport {
         self.resources.iter().find(|r| r.name == name)
     }
 
-    fn push(&mut self, kind: ResourceKind, name: impl Into<String>, outcome: Outcome, detail: impl Into<String>) {
-        self.resources.push(Provisioned { kind, name: name.into(), outcome, detail: detail.into() });
+    fn push(
+        &mut self,
+        kind: ResourceKind,
+        name: impl Into<String>,
+        outcome: Outcome,
+        detail: impl Into<String>,
+    ) {
+        self.resources.push(Provisioned {
+            kind,
+            name: name.into(),
+            outcome,
+            detail: detail.into(),
+        });
     }
 }
 
 impl fmt::Display for ProvisionReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind_w = self.resources.iter().map(|r| r.kind.to_string().len()).max().unwrap_or(0);
-        let name_w = self.resources.iter().map(|r| r.name.len()).max().unwrap_or(0);
+        let kind_w = self
+            .resources
+            .iter()
+            .map(|r| r.kind.to_string().len())
+            .max()
+            .unwrap_or(0);
+        let name_w = self
+            .resources
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(0);
         for r in &self.resources {
             let kind = r.kind.to_string();
-            write!(f, "{kind:<kind_w$}  {:<name_w$}  {:<7}", r.name, r.outcome.to_string())?;
+            write!(
+                f,
+                "{kind:<kind_w$}  {:<name_w$}  {:<7}",
+                r.name,
+                r.outcome.to_string()
+            )?;
             if !r.detail.is_empty() {
                 write!(f, "  {}", r.detail)?;
             }
             writeln!(f)?;
         }
         let created = self.created();
-        write!(f, "{created} created, {} already existed", self.resources.len() - created)
+        write!(
+            f,
+            "{created} created, {} already existed",
+            self.resources.len() - created
+        )
     }
 }
 
 /// Creates what is missing of: every function's queue and DLQ (redrive after `max_receive`
 /// receives), the table (TTL on `expires_at`) and the bucket (payload expiry rule). Idempotent.
-pub async fn provision(sdk: &SdkConfig, cfg: &AwsSettings, functions: &[QueueSpec]) -> Result<ProvisionReport> {
+pub async fn provision(
+    sdk: &SdkConfig,
+    cfg: &AwsSettings,
+    functions: &[QueueSpec],
+) -> Result<ProvisionReport> {
     cfg.validate()?;
     let mut report = ProvisionReport::default();
     let queues = SqsQueue::new(sdk, cfg.queue_prefix.clone());
@@ -134,11 +171,20 @@ pub async fn provision(sdk: &SdkConfig, cfg: &AwsSettings, functions: &[QueueSpe
             ResourceKind::Queue,
             queues.queue_name(&spec.name),
             queue,
-            format!("redrive to {} after {} receives", queues.dlq_name(&spec.name), spec.max_receive),
+            format!(
+                "redrive to {} after {} receives",
+                queues.dlq_name(&spec.name),
+                spec.max_receive
+            ),
         );
     }
     let table = ensure_table(sdk, &cfg.table).await?;
-    report.push(ResourceKind::Table, &cfg.table, table, "keys ns/k, TTL on expires_at");
+    report.push(
+        ResourceKind::Table,
+        &cfg.table,
+        table,
+        "keys ns/k, TTL on expires_at",
+    );
     let bucket = ensure_bucket(sdk, &cfg.bucket).await?;
     report.push(
         ResourceKind::Bucket,
@@ -155,7 +201,10 @@ async fn ensure_table(sdk: &SdkConfig, table: &str) -> Result<Outcome> {
     let ctx = ErrorContext::new("dynamodb", sdk);
     let outcome = match client.describe_table().table_name(table).send().await {
         Ok(_) => Outcome::Exists,
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
             let attr = |name: &str| {
                 AttributeDefinition::builder()
                     .attribute_name(name)
@@ -164,7 +213,11 @@ async fn ensure_table(sdk: &SdkConfig, table: &str) -> Result<Outcome> {
                     .expect("name and type are set")
             };
             let key = |name: &str, kind: KeyType| {
-                KeySchemaElement::builder().attribute_name(name).key_type(kind).build().expect("fields are set")
+                KeySchemaElement::builder()
+                    .attribute_name(name)
+                    .key_type(kind)
+                    .build()
+                    .expect("fields are set")
             };
             let created = client
                 .create_table()
@@ -179,7 +232,12 @@ async fn ensure_table(sdk: &SdkConfig, table: &str) -> Result<Outcome> {
             match created {
                 Ok(_) => Outcome::Created,
                 // Another provisioner won the race.
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => Outcome::Exists,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_resource_in_use_exception()) =>
+                {
+                    Outcome::Exists
+                }
                 Err(e) => return Err(ctx.map("CreateTable", Resource::Table(table), e)),
             }
         }
@@ -192,8 +250,13 @@ async fn ensure_table(sdk: &SdkConfig, table: &str) -> Result<Outcome> {
         .send()
         .await
         .map_err(|e| ctx.map("DescribeTimeToLive", Resource::Table(table), e))?;
-    let status = ttl.time_to_live_description().and_then(|d| d.time_to_live_status());
-    if !matches!(status, Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)) {
+    let status = ttl
+        .time_to_live_description()
+        .and_then(|d| d.time_to_live_status());
+    if !matches!(
+        status,
+        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+    ) {
         client
             .update_time_to_live()
             .table_name(table)
@@ -258,10 +321,16 @@ async fn ensure_bucket(sdk: &SdkConfig, bucket: &str) -> Result<Outcome> {
     }
     match create.send().await {
         Ok(_) => {}
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you()) => {
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_bucket_already_owned_by_you()) =>
+        {
             return Ok(Outcome::Exists);
         }
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_exists()) => {
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_bucket_already_exists()) =>
+        {
             return Err(Error::Backend {
                 service: "s3".into(),
                 message: format!(
@@ -275,23 +344,43 @@ async fn ensure_bucket(sdk: &SdkConfig, bucket: &str) -> Result<Outcome> {
     // Only on a bucket we created: the call replaces the whole lifecycle configuration.
     let rule = LifecycleRule::builder()
         .id("levee-expire-leftover-payloads")
-        .filter(LifecycleRuleFilter::builder().prefix(PAYLOAD_PREFIX).build())
+        .filter(
+            LifecycleRuleFilter::builder()
+                .prefix(PAYLOAD_PREFIX)
+                .build(),
+        )
         .status(ExpirationStatus::Enabled)
-        .expiration(LifecycleExpiration::builder().days(PAYLOAD_EXPIRY_DAYS).build())
+        .expiration(
+            LifecycleExpiration::builder()
+                .days(PAYLOAD_EXPIRY_DAYS)
+                .build(),
+        )
         .build()
-        .map_err(|e| Error::Backend { service: "s3".into(), message: format!("building lifecycle rule: {e}") })?;
+        .map_err(|e| Error::Backend {
+            service: "s3".into(),
+            message: format!("building lifecycle rule: {e}"),
+        })?;
     client
         .put_bucket_lifecycle_configuration()
         .bucket(bucket)
         .lifecycle_configuration(
-            BucketLifecycleConfiguration::builder().rules(rule).build().map_err(|e| Error::Backend {
-                service: "s3".into(),
-                message: format!("building lifecycle configuration: {e}"),
-            })?,
+            BucketLifecycleConfiguration::builder()
+                .rules(rule)
+                .build()
+                .map_err(|e| Error::Backend {
+                    service: "s3".into(),
+                    message: format!("building lifecycle configuration: {e}"),
+                })?,
         )
         .send()
         .await
-        .map_err(|e| ctx.map("PutBucketLifecycleConfiguration", Resource::Bucket(bucket), e))?;
+        .map_err(|e| {
+            ctx.map(
+                "PutBucketLifecycleConfiguration",
+                Resource::Bucket(bucket),
+                e,
+            )
+        })?;
     Ok(Outcome::Created)
 }
 
@@ -302,11 +391,24 @@ mod tests {
     #[test]
     fn report_lists_every_resource_and_sums_up() {
         let mut r = ProvisionReport::default();
-        r.push(ResourceKind::Queue, "levee-inbound", Outcome::Created, "redrive");
+        r.push(
+            ResourceKind::Queue,
+            "levee-inbound",
+            Outcome::Created,
+            "redrive",
+        );
         r.push(ResourceKind::Table, "levee-kv", Outcome::Exists, "");
         let text = r.to_string();
-        assert!(text.contains("sqs queue") && text.contains("levee-inbound") && text.contains("created"), "{text}");
-        assert!(text.contains("levee-kv") && text.contains("exists"), "{text}");
+        assert!(
+            text.contains("sqs queue")
+                && text.contains("levee-inbound")
+                && text.contains("created"),
+            "{text}"
+        );
+        assert!(
+            text.contains("levee-kv") && text.contains("exists"),
+            "{text}"
+        );
         assert!(text.ends_with("1 created, 1 already existed"), "{text}");
     }
 }

@@ -1,1 +1,3 @@
 //! Test support for Levee end-to-end tests.
+
+pub mod emulator;

@@ -29,7 +29,9 @@ pub struct DiskBlobs {
 impl DiskBlobs {
     /// Blobs under `<data_dir>/blobs/` (created on first write).
     pub fn new(data_dir: impl AsRef<Path>) -> Self {
-        Self { root: data_dir.as_ref().join("blobs") }
+        Self {
+            root: data_dir.as_ref().join("blobs"),
+        }
     }
 
     /// The directory holding the blobs.
@@ -40,10 +42,16 @@ impl DiskBlobs {
     /// The file of `key`, or an error naming what is wrong with the key.
     pub fn path_of(&self, key: &str) -> Result<PathBuf> {
         if key.is_empty() || key.len() > MAX_KEY_LEN {
-            return Err(Error::Invalid(format!("blob key must be 1 to {MAX_KEY_LEN} bytes, got {}", key.len())));
+            return Err(Error::Invalid(format!(
+                "blob key must be 1 to {MAX_KEY_LEN} bytes, got {}",
+                key.len()
+            )));
         }
         if key.contains(['\\', '\0']) {
-            return Err(Error::Invalid(format!("blob key `{}` contains `\\` or NUL", key.escape_debug())));
+            return Err(Error::Invalid(format!(
+                "blob key `{}` contains `\\` or NUL",
+                key.escape_debug()
+            )));
         }
         let mut path = self.root.clone();
         for segment in key.split('/') {
@@ -95,7 +103,8 @@ impl Blobs for DiskBlobs {
         let path = self.path_of(key)?;
         let root = self.root.clone();
         blocking(move || {
-            write_atomically(&root, &path, &data).map_err(|e| Error::io(format!("writing blob {}", path.display()), e))
+            write_atomically(&root, &path, &data)
+                .map_err(|e| Error::io(format!("writing blob {}", path.display()), e))
         })
         .await
     }
@@ -130,14 +139,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs = DiskBlobs::new(dir.path());
         assert_eq!(blobs.get("modules/a.cwasm").await.unwrap(), None);
-        blobs.put("modules/a.cwasm", Bytes::from_static(b"one")).await.unwrap();
-        blobs.put("modules/a.cwasm", Bytes::from_static(b"two")).await.unwrap();
-        assert_eq!(blobs.get("modules/a.cwasm").await.unwrap().as_deref(), Some(&b"two"[..]));
+        blobs
+            .put("modules/a.cwasm", Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        blobs
+            .put("modules/a.cwasm", Bytes::from_static(b"two"))
+            .await
+            .unwrap();
+        assert_eq!(
+            blobs.get("modules/a.cwasm").await.unwrap().as_deref(),
+            Some(&b"two"[..])
+        );
         assert!(dir.path().join("blobs/modules/a.cwasm").is_file());
         blobs.delete("modules/a.cwasm").await.unwrap();
         blobs.delete("modules/a.cwasm").await.unwrap();
         assert_eq!(blobs.get("modules/a.cwasm").await.unwrap(), None);
-        let leftovers = std::fs::read_dir(dir.path().join("blobs/.tmp")).unwrap().count();
+        let leftovers = std::fs::read_dir(dir.path().join("blobs/.tmp"))
+            .unwrap()
+            .count();
         assert_eq!(leftovers, 0, "temporary files are renamed away");
     }
 
@@ -145,7 +165,17 @@ mod tests {
     async fn keys_that_could_escape_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = DiskBlobs::new(dir.path());
-        for key in ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", ".tmp/x", "a\\b", "", "a/"] {
+        for key in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "./a",
+            ".tmp/x",
+            "a\\b",
+            "",
+            "a/",
+        ] {
             let err = blobs.put(key, Bytes::from_static(b"x")).await.unwrap_err();
             assert!(matches!(err, Error::Invalid(_)), "{key}: {err}");
         }

@@ -27,15 +27,23 @@ pub struct S3Blobs {
 
 impl std::fmt::Debug for S3Blobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Blobs").field("bucket", &self.bucket).finish_non_exhaustive()
+        f.debug_struct("S3Blobs")
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
     }
 }
 
 impl S3Blobs {
     /// Blobs in `bucket` (which `levee provision` creates).
     pub fn new(sdk: &SdkConfig, bucket: impl Into<String>) -> Self {
-        let conf = aws_sdk_s3::config::Builder::from(sdk).force_path_style(sdk.endpoint_url().is_some()).build();
-        Self { client: Client::from_conf(conf), ctx: ErrorContext::new("s3", sdk), bucket: bucket.into() }
+        let conf = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(sdk.endpoint_url().is_some())
+            .build();
+        Self {
+            client: Client::from_conf(conf),
+            ctx: ErrorContext::new("s3", sdk),
+            bucket: bucket.into(),
+        }
     }
 
     /// The bucket name.
@@ -51,7 +59,10 @@ impl S3Blobs {
 
 fn check_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(Error::Invalid(format!("blob key must be 1 to {MAX_KEY_LEN} bytes, got {}", key.len())));
+        return Err(Error::Invalid(format!(
+            "blob key must be 1 to {MAX_KEY_LEN} bytes, got {}",
+            key.len()
+        )));
     }
     Ok(())
 }
@@ -73,14 +84,24 @@ impl Blobs for S3Blobs {
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         check_key(key)?;
-        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(self.ctx.map("GetObject", Resource::Bucket(&self.bucket), e)),
         };
         let data = out.body.collect().await.map_err(|e| Error::Unavailable {
             service: "s3".into(),
-            message: format!("GetObject `{key}` from bucket `{}`: reading the body failed: {e}", self.bucket),
+            message: format!(
+                "GetObject `{key}` from bucket `{}`: reading the body failed: {e}",
+                self.bucket
+            ),
         })?;
         Ok(Some(data.into_bytes()))
     }
@@ -94,7 +115,10 @@ impl Blobs for S3Blobs {
             .key(key)
             .send()
             .await
-            .map_err(|e| self.ctx.map("DeleteObject", Resource::Bucket(&self.bucket), e))?;
+            .map_err(|e| {
+                self.ctx
+                    .map("DeleteObject", Resource::Bucket(&self.bucket), e)
+            })?;
         Ok(())
     }
 }

@@ -26,10 +26,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::aws::{DEFAULT_OFFLOAD_THRESHOLD, SQS_MAX_MESSAGE_BYTES, check_offload_threshold, random_id};
+use crate::aws::{
+    DEFAULT_OFFLOAD_THRESHOLD, SQS_MAX_MESSAGE_BYTES, check_offload_threshold, random_id,
+};
 use crate::blobs::Blobs;
 use crate::queue::{
-    DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions, ReceivedMessage,
+    DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
+    ReceivedMessage,
 };
 use crate::{Error, Result};
 
@@ -55,20 +58,35 @@ pub struct OffloadQueue<Q, B> {
 
 impl<Q, B> std::fmt::Debug for OffloadQueue<Q, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OffloadQueue").field("threshold", &self.threshold).finish_non_exhaustive()
+        f.debug_struct("OffloadQueue")
+            .field("threshold", &self.threshold)
+            .finish_non_exhaustive()
     }
 }
 
 /// Size of a message as a text-only queue carries it: binary bodies travel as base64 (4/3).
 pub fn wire_size(body: &[u8], attributes: &[(String, String)]) -> usize {
-    let body_size = if std::str::from_utf8(body).is_ok() { body.len() } else { body.len().div_ceil(3) * 4 };
-    body_size + attributes.iter().map(|(k, v)| k.len() + v.len() + "String".len()).sum::<usize>()
+    let body_size = if std::str::from_utf8(body).is_ok() {
+        body.len()
+    } else {
+        body.len().div_ceil(3) * 4
+    };
+    body_size
+        + attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + "String".len())
+            .sum::<usize>()
 }
 
 impl<Q: Queue, B: Blobs> OffloadQueue<Q, B> {
     /// Wraps `inner`, offloading bodies above [`DEFAULT_OFFLOAD_THRESHOLD`] (200 KiB) to `blobs`.
     pub fn new(inner: Q, blobs: B) -> Self {
-        Self { inner, blobs, threshold: DEFAULT_OFFLOAD_THRESHOLD, leases: Mutex::new(HashMap::new()) }
+        Self {
+            inner,
+            blobs,
+            threshold: DEFAULT_OFFLOAD_THRESHOLD,
+            leases: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Sets the threshold: 1 KiB to 1 MiB (SQS's limit, body and attributes together).
@@ -122,7 +140,11 @@ impl<Q: Queue, B: Blobs> OffloadQueue<Q, B> {
     }
 
     fn forget(&self, receipt: &str) -> Option<String> {
-        self.leases.lock().expect("lease map poisoned").remove(receipt).map(|(key, _)| key)
+        self.leases
+            .lock()
+            .expect("lease map poisoned")
+            .remove(receipt)
+            .map(|(key, _)| key)
     }
 
     /// Deletes blobs whose messages are gone; a failure only leaves garbage behind, so it is logged.
@@ -136,7 +158,10 @@ impl<Q: Queue, B: Blobs> OffloadQueue<Q, B> {
 }
 
 fn blob_key(attributes: &[(String, String)]) -> Option<&str> {
-    attributes.iter().find(|(k, _)| k == ATTR_BLOB).map(|(_, v)| v.as_str())
+    attributes
+        .iter()
+        .find(|(k, _)| k == ATTR_BLOB)
+        .map(|(_, v)| v.as_str())
 }
 
 #[async_trait]
@@ -200,7 +225,10 @@ impl<Q: Queue, B: Blobs> Queue for OffloadQueue<Q, B> {
         let mut out = Vec::with_capacity(emitted.len());
         for e in emitted {
             let message = self.offload(&e.queue, e.message).await?;
-            out.push(Emitted { queue: e.queue, message });
+            out.push(Emitted {
+                queue: e.queue,
+                message,
+            });
         }
         self.inner.complete(queue, receipt, out).await?;
         self.drop_blobs(self.forget(receipt)).await;
@@ -214,8 +242,16 @@ impl<Q: Queue, B: Blobs> Queue for OffloadQueue<Q, B> {
         Ok(())
     }
 
-    async fn retry_later(&self, queue: &str, receipt: &str, delay: Duration, reason: &str) -> Result<()> {
-        self.inner.retry_later(queue, receipt, delay, reason).await?;
+    async fn retry_later(
+        &self,
+        queue: &str,
+        receipt: &str,
+        delay: Duration,
+        reason: &str,
+    ) -> Result<()> {
+        self.inner
+            .retry_later(queue, receipt, delay, reason)
+            .await?;
         // The next receive hands out a new receipt and resolves the blob again.
         self.forget(receipt);
         Ok(())
@@ -225,8 +261,18 @@ impl<Q: Queue, B: Blobs> Queue for OffloadQueue<Q, B> {
         self.inner.extend_lease(queue, receipt, visibility).await
     }
 
-    async fn dead_letter(&self, queue: &str, message: &ReceivedMessage, reason: &str) -> Result<()> {
-        let key = self.leases.lock().expect("lease map poisoned").get(&message.receipt).map(|(k, _)| k.clone());
+    async fn dead_letter(
+        &self,
+        queue: &str,
+        message: &ReceivedMessage,
+        reason: &str,
+    ) -> Result<()> {
+        let key = self
+            .leases
+            .lock()
+            .expect("lease map poisoned")
+            .get(&message.receipt)
+            .map(|(k, _)| k.clone());
         match key {
             Some(key) => {
                 // The dead letter carries the reference, not the large body; the blob stays.
@@ -248,7 +294,9 @@ impl<Q: Queue, B: Blobs> Queue for OffloadQueue<Q, B> {
     async fn dlq_list(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
         let mut letters = self.inner.dlq_list(queue, max).await?;
         for letter in &mut letters {
-            let Some(key) = blob_key(&letter.attributes).map(str::to_string) else { continue };
+            let Some(key) = blob_key(&letter.attributes).map(str::to_string) else {
+                continue;
+            };
             // A dead letter whose blob is gone keeps showing the reference, so it can be traced.
             if let Some(body) = self.blobs.get(&key).await? {
                 letter.body = body.to_vec();

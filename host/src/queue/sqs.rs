@@ -47,7 +47,8 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use base64::Engine as _;
 
@@ -103,7 +104,9 @@ pub struct SqsQueue {
 
 impl std::fmt::Debug for SqsQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqsQueue").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("SqsQueue")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -163,7 +166,11 @@ impl SqsQueue {
             .queue_attributes(&dlq, &dlq_url, vec![QueueAttributeName::QueueArn])
             .await?
             .remove(&QueueAttributeName::QueueArn)
-            .ok_or_else(|| self.backend(format!("GetQueueAttributes on `{dlq}` returned no QueueArn")))?;
+            .ok_or_else(|| {
+                self.backend(format!(
+                    "GetQueueAttributes on `{dlq}` returned no QueueArn"
+                ))
+            })?;
         let redrive = serde_json::json!({
             "deadLetterTargetArn": arn,
             "maxReceiveCount": spec.max_receive.to_string(),
@@ -178,7 +185,10 @@ impl SqsQueue {
                 .set_attributes(Some(attrs))
                 .send()
                 .await
-                .map_err(|e| self.ctx.map("SetQueueAttributes", Resource::Queue(&name), e))?;
+                .map_err(|e| {
+                    self.ctx
+                        .map("SetQueueAttributes", Resource::Queue(&name), e)
+                })?;
         }
         Ok((outcome, dlq_outcome))
     }
@@ -188,7 +198,9 @@ impl SqsQueue {
         let dlq = self.dlq_name(queue);
         if queue.is_empty()
             || dlq.len() > MAX_QUEUE_NAME
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(Error::Invalid(format!(
                 "queue name `{queue}`: SQS names (`{name}`, `{dlq}`) must be 1 to {MAX_QUEUE_NAME} \
@@ -220,7 +232,10 @@ impl SqsQueue {
             .queue_url()
             .ok_or_else(|| self.backend(format!("CreateQueue `{name}` returned no queue URL")))?
             .to_string();
-        self.urls.write().expect("url cache poisoned").insert(name.to_string(), url.clone());
+        self.urls
+            .write()
+            .expect("url cache poisoned")
+            .insert(name.to_string(), url.clone());
         Ok((url, Outcome::Created))
     }
 
@@ -240,7 +255,10 @@ impl SqsQueue {
             .queue_url()
             .ok_or_else(|| self.backend(format!("GetQueueUrl `{name}` returned no URL")))?
             .to_string();
-        self.urls.write().expect("url cache poisoned").insert(name.to_string(), url.clone());
+        self.urls
+            .write()
+            .expect("url cache poisoned")
+            .insert(name.to_string(), url.clone());
         Ok(url)
     }
 
@@ -253,11 +271,19 @@ impl SqsQueue {
     }
 
     fn backend(&self, message: String) -> Error {
-        Error::Backend { service: "sqs".into(), message }
+        Error::Backend {
+            service: "sqs".into(),
+            message,
+        }
     }
 
     fn count(&self, queue: &str, f: impl FnOnce(&mut Totals)) {
-        f(self.totals.lock().expect("totals poisoned").entry(queue.to_string()).or_default());
+        f(self
+            .totals
+            .lock()
+            .expect("totals poisoned")
+            .entry(queue.to_string())
+            .or_default());
     }
 
     async fn queue_attributes(
@@ -273,7 +299,12 @@ impl SqsQueue {
             .set_attribute_names(Some(names))
             .send()
             .await
-            .map_err(|e| self.forget_if_gone(name, self.ctx.map("GetQueueAttributes", Resource::Queue(name), e)))?;
+            .map_err(|e| {
+                self.forget_if_gone(
+                    name,
+                    self.ctx.map("GetQueueAttributes", Resource::Queue(name), e),
+                )
+            })?;
         Ok(out.attributes().cloned().unwrap_or_default())
     }
 
@@ -285,7 +316,8 @@ impl SqsQueue {
         let mut chunk_size = 0;
         for (i, wire) in wires.into_iter().enumerate() {
             if chunk.len() == MAX_BATCH || chunk_size + wire.size > SQS_MAX_MESSAGE_BYTES {
-                self.send_chunk(name, url, std::mem::take(&mut chunk), &mut ids).await?;
+                self.send_chunk(name, url, std::mem::take(&mut chunk), &mut ids)
+                    .await?;
                 chunk_size = 0;
             }
             chunk_size += wire.size;
@@ -297,7 +329,13 @@ impl SqsQueue {
         Ok(ids)
     }
 
-    async fn send_chunk(&self, name: &str, url: &str, chunk: Vec<(usize, Wire)>, ids: &mut [String]) -> Result<()> {
+    async fn send_chunk(
+        &self,
+        name: &str,
+        url: &str,
+        chunk: Vec<(usize, Wire)>,
+        ids: &mut [String],
+    ) -> Result<()> {
         let mut pending: BTreeMap<usize, Wire> = chunk.into_iter().collect();
         for attempt in 0..ENTRY_ATTEMPTS {
             let entries = pending
@@ -306,7 +344,9 @@ impl SqsQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(&w.body)
-                        .set_message_attributes((!w.attributes.is_empty()).then(|| w.attributes.clone()))
+                        .set_message_attributes(
+                            (!w.attributes.is_empty()).then(|| w.attributes.clone()),
+                        )
                         .set_delay_seconds((w.delay_secs > 0).then_some(w.delay_secs))
                         .build()
                         .map_err(|e| self.backend(format!("building SendMessageBatch entry: {e}")))
@@ -319,7 +359,12 @@ impl SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| self.forget_if_gone(name, self.ctx.map("SendMessageBatch", Resource::Queue(name), e)))?;
+                .map_err(|e| {
+                    self.forget_if_gone(
+                        name,
+                        self.ctx.map("SendMessageBatch", Resource::Queue(name), e),
+                    )
+                })?;
             for ok in out.successful() {
                 if let Ok(i) = ok.id().parse::<usize>() {
                     ids[i] = ok.message_id().to_string();
@@ -363,7 +408,9 @@ impl SqsQueue {
                             .id(i.to_string())
                             .receipt_handle(r.as_str())
                             .build()
-                            .map_err(|e| self.backend(format!("building DeleteMessageBatch entry: {e}")))
+                            .map_err(|e| {
+                                self.backend(format!("building DeleteMessageBatch entry: {e}"))
+                            })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let out = self
@@ -373,7 +420,12 @@ impl SqsQueue {
                     .set_entries(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| self.forget_if_gone(name, self.ctx.map("DeleteMessageBatch", Resource::Queue(name), e)))?;
+                    .map_err(|e| {
+                        self.forget_if_gone(
+                            name,
+                            self.ctx.map("DeleteMessageBatch", Resource::Queue(name), e),
+                        )
+                    })?;
                 for ok in out.successful() {
                     if let Ok(i) = ok.id().parse::<usize>() {
                         pending.remove(&i);
@@ -411,10 +463,20 @@ impl SqsQueue {
                 tokio::time::sleep(entry_backoff(attempt)).await;
             }
         }
-        if stale { Err(Error::StaleReceipt) } else { Ok(()) }
+        if stale {
+            Err(Error::StaleReceipt)
+        } else {
+            Ok(())
+        }
     }
 
-    async fn change_visibility(&self, queue: &str, op: &str, receipt: &str, secs: i32) -> Result<()> {
+    async fn change_visibility(
+        &self,
+        queue: &str,
+        op: &str,
+        receipt: &str,
+        secs: i32,
+    ) -> Result<()> {
         let (name, _) = self.names(queue)?;
         let url = self.url(&name).await?;
         self.client
@@ -454,7 +516,12 @@ impl SqsQueue {
             .message_attribute_names("All")
             .send()
             .await
-            .map_err(|e| self.forget_if_gone(name, self.ctx.map("ReceiveMessage", Resource::Queue(name), e)))?;
+            .map_err(|e| {
+                self.forget_if_gone(
+                    name,
+                    self.ctx.map("ReceiveMessage", Resource::Queue(name), e),
+                )
+            })?;
         Ok(out.messages.unwrap_or_default())
     }
 
@@ -522,7 +589,10 @@ impl Queue for SqsQueue {
             )));
         }
         if opts.wait > MAX_WAIT {
-            return Err(Error::Invalid(format!("receive wait must be at most {MAX_WAIT:?}, got {:?}", opts.wait)));
+            return Err(Error::Invalid(format!(
+                "receive wait must be at most {MAX_WAIT:?}, got {:?}",
+                opts.wait
+            )));
         }
         if opts.visibility > MAX_VISIBILITY {
             return Err(Error::Invalid(format!(
@@ -533,7 +603,13 @@ impl Queue for SqsQueue {
         let (name, _) = self.names(queue)?;
         let url = self.url(&name).await?;
         let messages = self
-            .receive_raw(&name, &url, opts.max_messages, ceil_secs(opts.visibility), ceil_secs(opts.wait))
+            .receive_raw(
+                &name,
+                &url,
+                opts.max_messages,
+                ceil_secs(opts.visibility),
+                ceil_secs(opts.wait),
+            )
             .await?;
         Ok(messages.iter().map(decode_received).collect())
     }
@@ -543,7 +619,13 @@ impl Queue for SqsQueue {
         // Group per target queue, keeping the emit order within each target.
         let mut groups: Vec<(String, Vec<Wire>)> = Vec::new();
         for e in &emitted {
-            let wire = encode(&e.queue, &e.message.body, &e.message.attributes, e.message.delay, &[])?;
+            let wire = encode(
+                &e.queue,
+                &e.message.body,
+                &e.message.attributes,
+                e.message.delay,
+                &[],
+            )?;
             match groups.iter_mut().find(|(q, _)| *q == e.queue) {
                 Some((_, wires)) => wires.push(wire),
                 None => groups.push((e.queue.clone(), vec![wire])),
@@ -565,7 +647,10 @@ impl Queue for SqsQueue {
                 if e.code().is_some_and(is_stale_receipt) {
                     Error::StaleReceipt
                 } else {
-                    self.forget_if_gone(&name, self.ctx.map("DeleteMessage", Resource::Queue(&name), e))
+                    self.forget_if_gone(
+                        &name,
+                        self.ctx.map("DeleteMessage", Resource::Queue(&name), e),
+                    )
                 }
             })?;
         self.count(queue, |t| t.processed += 1);
@@ -581,13 +666,20 @@ impl Queue for SqsQueue {
         self.delete_receipts(&name, &url, receipts).await
     }
 
-    async fn retry_later(&self, queue: &str, receipt: &str, delay: Duration, _reason: &str) -> Result<()> {
+    async fn retry_later(
+        &self,
+        queue: &str,
+        receipt: &str,
+        delay: Duration,
+        _reason: &str,
+    ) -> Result<()> {
         if delay > MAX_VISIBILITY {
             return Err(Error::Invalid(format!(
                 "retry delay must be at most {MAX_VISIBILITY:?} (SQS visibility limit), got {delay:?}"
             )));
         }
-        self.change_visibility(queue, "ChangeMessageVisibility", receipt, ceil_secs(delay)).await?;
+        self.change_visibility(queue, "ChangeMessageVisibility", receipt, ceil_secs(delay))
+            .await?;
         self.count(queue, |t| t.retried += 1);
         Ok(())
     }
@@ -598,19 +690,44 @@ impl Queue for SqsQueue {
                 "visibility timeout must be at most {MAX_VISIBILITY:?} (SQS), got {visibility:?}"
             )));
         }
-        self.change_visibility(queue, "ChangeMessageVisibility", receipt, ceil_secs(visibility)).await
+        self.change_visibility(
+            queue,
+            "ChangeMessageVisibility",
+            receipt,
+            ceil_secs(visibility),
+        )
+        .await
     }
 
-    async fn dead_letter(&self, queue: &str, message: &ReceivedMessage, reason: &str) -> Result<()> {
+    async fn dead_letter(
+        &self,
+        queue: &str,
+        message: &ReceivedMessage,
+        reason: &str,
+    ) -> Result<()> {
         let (name, dlq) = self.names(queue)?;
-        let reason: String = reason.chars().filter(|c| is_sqs_char(*c)).take(4096).collect();
+        let reason: String = reason
+            .chars()
+            .filter(|c| is_sqs_char(*c))
+            .take(4096)
+            .collect();
         let meta = format!("{},{}", message.receive_count, now_ms());
-        let extra = [(ATTR_DEAD_REASON, reason.as_str()), (ATTR_DEAD_META, meta.as_str())];
-        let wire = encode(queue, &message.body, &message.attributes, Duration::ZERO, &extra)?;
+        let extra = [
+            (ATTR_DEAD_REASON, reason.as_str()),
+            (ATTR_DEAD_META, meta.as_str()),
+        ];
+        let wire = encode(
+            queue,
+            &message.body,
+            &message.attributes,
+            Duration::ZERO,
+            &extra,
+        )?;
         let dlq_url = self.url(&dlq).await?;
         self.send_wires(&dlq, &dlq_url, vec![wire]).await?;
         let url = self.url(&name).await?;
-        self.delete_receipts(&name, &url, std::slice::from_ref(&message.receipt)).await?;
+        self.delete_receipts(&name, &url, std::slice::from_ref(&message.receipt))
+            .await?;
         self.count(queue, |t| t.failed += 1);
         Ok(())
     }
@@ -640,13 +757,28 @@ impl Queue for SqsQueue {
         let n = |m: &HashMap<QueueAttributeName, String>, k: QueueAttributeName| {
             m.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         };
-        let totals = self.totals.lock().expect("totals poisoned").get(queue).copied().unwrap_or_default();
+        let totals = self
+            .totals
+            .lock()
+            .expect("totals poisoned")
+            .get(queue)
+            .copied()
+            .unwrap_or_default();
         Ok(QueueStats {
             visible: n(&main, QueueAttributeName::ApproximateNumberOfMessages),
-            in_flight: n(&main, QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-            delayed: n(&main, QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+            in_flight: n(
+                &main,
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            ),
+            delayed: n(
+                &main,
+                QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+            ),
             dlq: n(&dead, QueueAttributeName::ApproximateNumberOfMessages)
-                + n(&dead, QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+                + n(
+                    &dead,
+                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                ),
             oldest_age_ms: None,
             processed: totals.processed,
             failed: totals.failed,
@@ -662,7 +794,13 @@ impl Queue for SqsQueue {
         let result = async {
             while letters.len() < max {
                 let batch = self
-                    .receive_raw(&dlq, &url, (max - letters.len()).min(MAX_BATCH), LIST_VISIBILITY_SECS, 1)
+                    .receive_raw(
+                        &dlq,
+                        &url,
+                        (max - letters.len()).min(MAX_BATCH),
+                        LIST_VISIBILITY_SECS,
+                        1,
+                    )
                     .await?;
                 if batch.is_empty() {
                     break;
@@ -679,7 +817,11 @@ impl Queue for SqsQueue {
         self.restore(&url, receipts).await;
         result?;
         let mut letters: Vec<DeadLetter> = letters.into_values().collect();
-        letters.sort_by(|a, b| a.dead_at_ms.cmp(&b.dead_at_ms).then_with(|| a.id.cmp(&b.id)));
+        letters.sort_by(|a, b| {
+            a.dead_at_ms
+                .cmp(&b.dead_at_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         letters.truncate(max);
         Ok(letters)
     }
@@ -690,12 +832,19 @@ impl Queue for SqsQueue {
         let started_ms = now_ms();
         let mut moved = 0u64;
         loop {
-            let batch = self.receive_raw(&dlq, &dlq_url, MAX_BATCH, REDRIVE_VISIBILITY_SECS, 1).await?;
+            let batch = self
+                .receive_raw(&dlq, &dlq_url, MAX_BATCH, REDRIVE_VISIBILITY_SECS, 1)
+                .await?;
             let (old, new): (Vec<&Message>, Vec<&Message>) =
                 batch.iter().partition(|m| sent_at_ms(m) < started_ms);
             if !new.is_empty() {
-                self.restore(&dlq_url, new.iter().filter_map(|m| m.receipt_handle().map(str::to_string)).collect())
-                    .await;
+                self.restore(
+                    &dlq_url,
+                    new.iter()
+                        .filter_map(|m| m.receipt_handle().map(str::to_string))
+                        .collect(),
+                )
+                .await;
             }
             if old.is_empty() {
                 break;
@@ -708,11 +857,19 @@ impl Queue for SqsQueue {
                     attributes.remove(ATTR_DEAD_META);
                     let body = m.body().unwrap_or("-").to_string();
                     let size = wire_size(&body, &attributes);
-                    Wire { body, attributes, delay_secs: 0, size }
+                    Wire {
+                        body,
+                        attributes,
+                        delay_secs: 0,
+                        size,
+                    }
                 })
                 .collect();
             self.send_wires(&name, &url, wires).await?;
-            let receipts: Vec<String> = old.iter().filter_map(|m| m.receipt_handle().map(str::to_string)).collect();
+            let receipts: Vec<String> = old
+                .iter()
+                .filter_map(|m| m.receipt_handle().map(str::to_string))
+                .collect();
             self.delete_receipts(&dlq, &dlq_url, &receipts).await?;
             moved += old.len() as u64;
         }
@@ -750,7 +907,9 @@ fn check_attribute_name(queue: &str, name: &str) -> Result<()> {
     let lower = name.to_ascii_lowercase();
     let ok = !name.is_empty()
         && name.len() <= 256
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !name.starts_with('.')
         && !name.ends_with('.')
         && !name.contains("..")
@@ -772,7 +931,11 @@ fn check_attribute_name(queue: &str, name: &str) -> Result<()> {
 }
 
 fn string_attribute(value: &str) -> MessageAttributeValue {
-    let (data_type, value) = if value.is_empty() { (EMPTY_TYPE, "-") } else { ("String", value) };
+    let (data_type, value) = if value.is_empty() {
+        (EMPTY_TYPE, "-")
+    } else {
+        ("String", value)
+    };
     MessageAttributeValue::builder()
         .data_type(data_type)
         .string_value(value)
@@ -822,7 +985,9 @@ fn encode(
     for (k, v) in extra {
         attrs.insert((*k).to_string(), string_attribute(v));
     }
-    let text = std::str::from_utf8(body).ok().filter(|s| s.chars().all(is_sqs_char));
+    let text = std::str::from_utf8(body)
+        .ok()
+        .filter(|s| s.chars().all(is_sqs_char));
     let body = match text {
         Some("") => {
             attrs.insert(ATTR_ENCODING.into(), string_attribute("empty"));
@@ -840,10 +1005,19 @@ fn encode(
             "message to `{queue}` is {size} bytes as SQS carries it (body{} and attributes), over SQS's \
              {SQS_MAX_MESSAGE_BYTES}-byte limit; wrap the queue in OffloadQueue to send large payloads \
              through blobs",
-            if body.len() > 0 && attrs.contains_key(ATTR_ENCODING) { " in base64" } else { "" }
+            if !body.is_empty() && attrs.contains_key(ATTR_ENCODING) {
+                " in base64"
+            } else {
+                ""
+            }
         )));
     }
-    Ok(Wire { body, attributes: attrs, delay_secs: ceil_secs(delay), size })
+    Ok(Wire {
+        body,
+        attributes: attrs,
+        delay_secs: ceil_secs(delay),
+        size,
+    })
 }
 
 /// Decodes body and user attributes (sorted by name), dropping Levee's reserved ones.
@@ -851,7 +1025,11 @@ fn decode_payload(m: &Message) -> (Vec<u8>, Vec<(String, String)>) {
     let mut encoding = None;
     let mut attributes = Vec::new();
     for (k, v) in m.message_attributes().into_iter().flatten() {
-        let value = if v.data_type() == EMPTY_TYPE { "" } else { v.string_value().unwrap_or("") };
+        let value = if v.data_type() == EMPTY_TYPE {
+            ""
+        } else {
+            v.string_value().unwrap_or("")
+        };
         if k == ATTR_ENCODING {
             encoding = Some(value.to_string());
         } else if !RESERVED.contains(&k.as_str()) {
@@ -862,22 +1040,28 @@ fn decode_payload(m: &Message) -> (Vec<u8>, Vec<(String, String)>) {
     let raw = m.body().unwrap_or("");
     let body = match encoding.as_deref() {
         Some("empty") => Vec::new(),
-        Some("base64") => base64::engine::general_purpose::STANDARD.decode(raw).unwrap_or_else(|e| {
-            tracing::warn!(message_id = m.message_id().unwrap_or(""), error = %e,
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(raw)
+            .unwrap_or_else(|e| {
+                tracing::warn!(message_id = m.message_id().unwrap_or(""), error = %e,
                 "message marked base64 does not decode; delivering the raw body");
-            raw.as_bytes().to_vec()
-        }),
+                raw.as_bytes().to_vec()
+            }),
         _ => raw.as_bytes().to_vec(),
     };
     (body, attributes)
 }
 
 fn system_attribute(m: &Message, name: MessageSystemAttributeName) -> Option<&str> {
-    m.attributes().and_then(|a| a.get(&name)).map(String::as_str)
+    m.attributes()
+        .and_then(|a| a.get(&name))
+        .map(String::as_str)
 }
 
 fn sent_at_ms(m: &Message) -> u64 {
-    system_attribute(m, MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok()).unwrap_or(0)
+    system_attribute(m, MessageSystemAttributeName::SentTimestamp)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn receive_count(m: &Message) -> u32 {
@@ -902,7 +1086,10 @@ fn decode_received(m: &Message) -> ReceivedMessage {
 fn decode_dead(m: &Message) -> DeadLetter {
     let (body, attributes) = decode_payload(m);
     let attr = |name: &str| {
-        m.message_attributes().and_then(|a| a.get(name)).and_then(|v| v.string_value()).map(str::to_string)
+        m.message_attributes()
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.string_value())
+            .map(str::to_string)
     };
     let meta = attr(ATTR_DEAD_META);
     let (count, dead_at) = meta
@@ -916,7 +1103,8 @@ fn decode_dead(m: &Message) -> DeadLetter {
         body,
         attributes,
         reason: attr(ATTR_DEAD_REASON).unwrap_or_else(|| {
-            "received more times than the queue's max_receive (moved by the SQS redrive policy)".into()
+            "received more times than the queue's max_receive (moved by the SQS redrive policy)"
+                .into()
         }),
         receive_count: count,
         dead_at_ms: dead_at,
@@ -941,7 +1129,12 @@ mod tests {
 
     #[test]
     fn text_binary_and_empty_bodies_round_trip() {
-        for body in [&b"{\"hello\":\"world\"}"[..], &[0, 159, 146, 150, 255], b"", b"tab\tok\x01bad"] {
+        for body in [
+            &b"{\"hello\":\"world\"}"[..],
+            &[0, 159, 146, 150, 255],
+            b"",
+            b"tab\tok\x01bad",
+        ] {
             assert_eq!(roundtrip(body, &[]).0, body);
         }
         let text = encode("q", b"plain", &[], Duration::ZERO, &[]).unwrap();
@@ -951,27 +1144,56 @@ mod tests {
 
     #[test]
     fn attributes_round_trip_sorted_including_empty_values() {
-        let attrs = vec![("b".to_string(), "2".to_string()), ("a".to_string(), String::new())];
+        let attrs = vec![
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), String::new()),
+        ];
         let (_, got) = roundtrip(b"x", &attrs);
-        assert_eq!(got, vec![("a".to_string(), String::new()), ("b".to_string(), "2".to_string())]);
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_string(), String::new()),
+                ("b".to_string(), "2".to_string())
+            ]
+        );
     }
 
     #[test]
     fn bad_messages_are_refused_with_the_reason() {
         let too_many: Vec<_> = (0..8).map(|i| (format!("a{i}"), "v".to_string())).collect();
-        let e = encode("q", b"x", &too_many, Duration::ZERO, &[]).unwrap_err().to_string();
+        let e = encode("q", b"x", &too_many, Duration::ZERO, &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at most 7"), "{e}");
-        let e = encode("q", b"x", &[("AWS.x".into(), "v".into())], Duration::ZERO, &[]).unwrap_err();
+        let e = encode(
+            "q",
+            b"x",
+            &[("AWS.x".into(), "v".into())],
+            Duration::ZERO,
+            &[],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("`AWS.x`"), "{e}");
-        let e = encode("q", b"x", &[(ATTR_ENCODING.into(), "v".into())], Duration::ZERO, &[]).unwrap_err();
+        let e = encode(
+            "q",
+            b"x",
+            &[(ATTR_ENCODING.into(), "v".into())],
+            Duration::ZERO,
+            &[],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("reserved"), "{e}");
         let e = encode("q", b"x", &[], Duration::from_secs(901), &[]).unwrap_err();
         assert!(e.to_string().contains("delay"), "{e}");
         let big = vec![b'a'; SQS_MAX_MESSAGE_BYTES + 1];
-        let e = encode("q", &big, &[], Duration::ZERO, &[]).unwrap_err().to_string();
+        let e = encode("q", &big, &[], Duration::ZERO, &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("OffloadQueue"), "{e}");
         // Base64 grows binary bodies by a third: 800 KiB of binary does not fit.
-        let e = encode("q", &vec![0u8; 800 * 1024], &[], Duration::ZERO, &[]).unwrap_err().to_string();
+        let e = encode("q", &vec![0u8; 800 * 1024], &[], Duration::ZERO, &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("base64"), "{e}");
     }
 
@@ -985,11 +1207,27 @@ mod tests {
 
     #[test]
     fn dead_letter_metadata_is_read_back() {
-        let wire = encode("q", b"x", &[], Duration::ZERO, &[(ATTR_DEAD_REASON, "boom"), (ATTR_DEAD_META, "3,1234")])
-            .unwrap();
-        let m = Message::builder().message_id("id").body(wire.body).set_message_attributes(Some(wire.attributes)).build();
+        let wire = encode(
+            "q",
+            b"x",
+            &[],
+            Duration::ZERO,
+            &[(ATTR_DEAD_REASON, "boom"), (ATTR_DEAD_META, "3,1234")],
+        )
+        .unwrap();
+        let m = Message::builder()
+            .message_id("id")
+            .body(wire.body)
+            .set_message_attributes(Some(wire.attributes))
+            .build();
         let d = decode_dead(&m);
-        assert_eq!((d.reason.as_str(), d.receive_count, d.dead_at_ms), ("boom", 3, 1234));
-        assert!(d.attributes.is_empty(), "dead-letter attributes are Levee's own");
+        assert_eq!(
+            (d.reason.as_str(), d.receive_count, d.dead_at_ms),
+            ("boom", 3, 1234)
+        );
+        assert!(
+            d.attributes.is_empty(),
+            "dead-letter attributes are Levee's own"
+        );
     }
 }

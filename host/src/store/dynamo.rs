@@ -35,14 +35,20 @@ pub struct DynamoStore {
 
 impl std::fmt::Debug for DynamoStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DynamoStore").field("table", &self.table).finish_non_exhaustive()
+        f.debug_struct("DynamoStore")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
     }
 }
 
 impl DynamoStore {
     /// A store over `table` (which `levee provision` creates).
     pub fn new(sdk: &SdkConfig, table: impl Into<String>) -> Self {
-        Self { client: Client::new(sdk), ctx: ErrorContext::new("dynamodb", sdk), table: table.into() }
+        Self {
+            client: Client::new(sdk),
+            ctx: ErrorContext::new("dynamodb", sdk),
+            table: table.into(),
+        }
     }
 
     /// The table name.
@@ -72,7 +78,10 @@ impl DynamoStore {
 
 fn check_ns(ns: &str) -> Result<()> {
     if ns.is_empty() || ns.len() > 1024 {
-        return Err(Error::Invalid(format!("kv namespace must be 1 to 1024 bytes, got {}", ns.len())));
+        return Err(Error::Invalid(format!(
+            "kv namespace must be 1 to 1024 bytes, got {}",
+            ns.len()
+        )));
     }
     Ok(())
 }
@@ -90,7 +99,9 @@ fn value(item: &HashMap<String, AttributeValue>) -> Result<Bytes> {
         Some(AttributeValue::B(b)) => Ok(Bytes::copy_from_slice(b.as_ref())),
         other => Err(Error::Backend {
             service: "dynamodb".into(),
-            message: format!("item has no binary `v` attribute (found {other:?}); was it written by Levee?"),
+            message: format!(
+                "item has no binary `v` attribute (found {other:?}); was it written by Levee?"
+            ),
         }),
     }
 }
@@ -125,9 +136,16 @@ impl Store for DynamoStore {
             let at_ms = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
             item.insert("expires_ms".into(), AttributeValue::N(at_ms.to_string()));
             // DynamoDB's TTL takes whole seconds: round up so the sweeper never runs early.
-            item.insert("expires_at".into(), AttributeValue::N(at_ms.div_ceil(1000).to_string()));
+            item.insert(
+                "expires_at".into(),
+                AttributeValue::N(at_ms.div_ceil(1000).to_string()),
+            );
         }
-        let mut req = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
         if opts.if_absent {
             req = req
                 .condition_expression("attribute_not_exists(k) OR expires_ms <= :now")
@@ -136,7 +154,8 @@ impl Store for DynamoStore {
         match req.send().await {
             Ok(_) => Ok(true),
             Err(e)
-                if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
             {
                 Ok(false)
             }
@@ -192,7 +211,9 @@ impl Store for DynamoStore {
                 if expired(item, now) {
                     continue;
                 }
-                let Some(AttributeValue::S(k)) = item.get("k") else { continue };
+                let Some(AttributeValue::S(k)) = item.get("k") else {
+                    continue;
+                };
                 items.push((k.clone(), value(item)?));
             }
             match out.last_evaluated_key() {
@@ -221,6 +242,11 @@ mod tests {
     fn a_value_that_is_not_binary_is_reported() {
         let mut item = DynamoStore::key("ns", "k");
         item.insert("v".into(), AttributeValue::S("text".into()));
-        assert!(value(&item).unwrap_err().to_string().contains("no binary `v`"));
+        assert!(
+            value(&item)
+                .unwrap_err()
+                .to_string()
+                .contains("no binary `v`")
+        );
     }
 }
