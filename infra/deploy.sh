@@ -41,6 +41,8 @@ done
 if [ -n "$image" ] && { [ -z "$subnets" ] || [ -z "$security_groups" ]; }; then
   die "--image needs --subnets and --security-groups (the Fargate tasks' network)"
 fi
+# AWS CLI v1 reads only AWS_DEFAULT_REGION.
+[ -z "${AWS_REGION:-}" ] || export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-$AWS_REGION}"
 command -v aws >/dev/null 2>&1 || die "the AWS CLI is required (https://aws.amazon.com/cli/)"
 
 # 1. Validate.

@@ -48,8 +48,14 @@ else
   "${AWS[@]}" dynamodb wait table-exists --table-name "$TABLE"
   echo "table $TABLE created"
 fi
-"${AWS[@]}" dynamodb update-time-to-live --table-name "$TABLE" \
-  --time-to-live-specification Enabled=true,AttributeName=expires_at >/dev/null 2>&1 || true
+ttl=$("${AWS[@]}" dynamodb describe-time-to-live --table-name "$TABLE" \
+  --query TimeToLiveDescription.TimeToLiveStatus --output text)
+case "$ttl" in
+  ENABLED|ENABLING) ;;
+  *) "${AWS[@]}" dynamodb update-time-to-live --table-name "$TABLE" \
+       --time-to-live-specification Enabled=true,AttributeName=expires_at >/dev/null
+     echo "table $TABLE: TTL enabled on expires_at" ;;
+esac
 
 if "${AWS[@]}" s3api head-bucket --bucket "$BUCKET" >/dev/null 2>&1; then
   echo "bucket $BUCKET exists"
