@@ -194,6 +194,10 @@ async fn sqs_redrive_policy_moves_messages_after_max_receive_and_redrive_brings_
         "{}",
         letters[0].reason
     );
+    assert_eq!(
+        letters[0].receive_count, 2,
+        "the receives on the source queue"
+    );
     // Listing does not remove.
     assert_eq!(q.dlq_list("q", 10).await.unwrap().len(), 1);
 
