@@ -23,7 +23,10 @@ pub async fn open(manifest: &Manifest, data_dir: &Path) -> Result<Backends> {
     match manifest.platform.backend {
         Backend::Embedded => {
             let db = EmbeddedDb::open(&data_dir.join(EMBEDDED_DB_FILE))?;
-            Ok(Backends { queue: Arc::new(db.queue()), store: Arc::new(db.store()) })
+            Ok(Backends {
+                queue: Arc::new(db.queue()),
+                store: Arc::new(db.store()),
+            })
         }
         Backend::Aws => Err(Error::Invalid(
             "the aws backend is not available in this build yet".into(),

@@ -23,7 +23,12 @@ pub enum Command {
     /// Run the platform: every function in the manifest, with its queue, workers and the HTTP API.
     Up {
         /// The platform manifest.
-        #[arg(long, short = 'm', default_value = "levee.toml", env = "LEVEE_MANIFEST")]
+        #[arg(
+            long,
+            short = 'm',
+            default_value = "levee.toml",
+            env = "LEVEE_MANIFEST"
+        )]
         manifest: PathBuf,
         /// HTTP listen address (default: the manifest's, else 127.0.0.1:8080).
         #[arg(long)]
@@ -117,7 +122,8 @@ fn parse_backend(s: &str) -> Result<Backend, String> {
 pub fn read_message(arg: &str) -> Result<Vec<u8>, String> {
     let (text, from) = match arg.strip_prefix('@') {
         Some(path) => (
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read message file {path}: {e}"))?,
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read message file {path}: {e}"))?,
             format!("file {path}"),
         ),
         None => (arg.to_string(), "the message argument".to_string()),

@@ -18,11 +18,20 @@ impl Answer {
     /// The body as JSON, or the API's `{"error": ...}` reason as an error for non-2xx answers.
     pub fn json(&self) -> Result<serde_json::Value> {
         let v: serde_json::Value = serde_json::from_slice(&self.body).map_err(|e| {
-            Error::Invalid(format!("the server answered {} with non-JSON: {e}", self.status))
+            Error::Invalid(format!(
+                "the server answered {} with non-JSON: {e}",
+                self.status
+            ))
         })?;
         if !self.status.is_success() {
-            let reason = v.get("error").and_then(|e| e.as_str()).unwrap_or("unknown error");
-            return Err(Error::Invalid(format!("{reason} (HTTP {})", self.status.as_u16())));
+            let reason = v
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("unknown error");
+            return Err(Error::Invalid(format!(
+                "{reason} (HTTP {})",
+                self.status.as_u16()
+            )));
         }
         Ok(v)
     }
@@ -30,10 +39,14 @@ impl Answer {
 
 /// Sends one request to `addr` (HOST:PORT).
 pub async fn call(addr: &str, method: Method, path: &str, body: Vec<u8>) -> Result<Answer> {
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| Error::Unavailable {
-        service: format!("levee at {addr}"),
-        message: format!("{e}; is `levee up` running? (pass --addr or set LEVEE_ADDR for another address)"),
-    })?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| Error::Unavailable {
+            service: format!("levee at {addr}"),
+            message: format!(
+                "{e}; is `levee up` running? (pass --addr or set LEVEE_ADDR for another address)"
+            ),
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unavailable(addr, e))?;
@@ -45,14 +58,25 @@ pub async fn call(addr: &str, method: Method, path: &str, body: Vec<u8>) -> Resu
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| Error::Invalid(format!("bad request: {e}")))?;
-    let resp = sender.send_request(req).await.map_err(|e| unavailable(addr, e))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| unavailable(addr, e))?;
     let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| unavailable(addr, e))?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unavailable(addr, e))?
+        .to_bytes();
     Ok(Answer { status, body })
 }
 
 fn unavailable(addr: &str, e: impl std::fmt::Display) -> Error {
-    Error::Unavailable { service: format!("levee at {addr}"), message: e.to_string() }
+    Error::Unavailable {
+        service: format!("levee at {addr}"),
+        message: e.to_string(),
+    }
 }
 
 /// Percent-encodes a path segment (function names are plain; kv keys may hold `/`).

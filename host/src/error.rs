@@ -10,7 +10,9 @@ pub enum Error {
     #[error("queue `{0}` does not exist; run `levee provision` to create the manifest's queues")]
     QueueNotFound(String),
     /// A receipt handle that expired or was superseded by a newer receive.
-    #[error("receipt handle is no longer valid (the lease expired or the message was received again)")]
+    #[error(
+        "receipt handle is no longer valid (the lease expired or the message was received again)"
+    )]
     StaleReceipt,
     /// A downstream call did not answer in time.
     #[error("{what} timed out after {after:?}")]
@@ -72,7 +74,10 @@ impl Error {
 
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

@@ -1,25 +1,32 @@
 //! Levee host: runs WebAssembly capability functions fed by durable queues, with an embedded
 //! SQLite backend by default and SQS/DynamoDB/S3 in the cloud.
 
-mod error;
+pub mod aws;
 pub mod backends;
 pub mod blobs;
 pub mod cli;
-pub mod embedded;
 pub mod client;
+pub mod embedded;
+mod error;
+pub mod ingress;
 pub mod manifest;
 pub mod platform;
-pub mod ingress;
+pub mod provision;
 pub mod queue;
 pub mod runtime;
 pub mod store;
 pub mod worker;
 
-pub use error::{Error, Result};
+pub use aws::{AwsBackends, AwsSettings};
 pub use blobs::Blobs;
+pub use blobs::{disk::DiskBlobs, s3::S3Blobs};
 pub use embedded::{EmbeddedDb, EmbeddedQueue, EmbeddedStore};
+pub use error::{Error, Result};
+pub use provision::{ProvisionReport, provision};
 pub use queue::{
     DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
     ReceivedMessage,
 };
+pub use queue::{offload::OffloadQueue, sqs::SqsQueue};
+pub use store::dynamo::DynamoStore;
 pub use store::{CacheConfig, CacheMetrics, CachedStore, MemoryStore, PutOptions, Store};

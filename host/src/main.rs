@@ -14,7 +14,10 @@ use levee::platform::{Platform, StartOptions};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(cli.command, Command::Up { .. }));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
@@ -28,28 +31,50 @@ fn init_tracing(server: bool) {
     let default = if server { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Up { manifest, listen, data_dir, backend } => up(manifest, listen, data_dir, backend).await,
-        Command::Send { function, message, addr } => {
+        Command::Up {
+            manifest,
+            listen,
+            data_dir,
+            backend,
+        } => up(manifest, listen, data_dir, backend).await,
+        Command::Send {
+            function,
+            message,
+            addr,
+        } => {
             let body = read_message(&message).map_err(anyhow::Error::msg)?;
             let path = format!("/v1/functions/{}/messages", encode_segment(&function));
             let v = call(&addr.addr, Method::POST, &path, body).await?.json()?;
             println!("{}", v["id"].as_str().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Invoke { function, message, addr } => {
+        Command::Invoke {
+            function,
+            message,
+            addr,
+        } => {
             let body = read_message(&message).map_err(anyhow::Error::msg)?;
             let path = format!("/v1/functions/{}/invoke", encode_segment(&function));
             let v = call(&addr.addr, Method::POST, &path, body).await?.json()?;
             println!("{}", serde_json::to_string_pretty(&v)?);
-            Ok(if v["outcome"] == "ok" { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if v["outcome"] == "ok" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         Command::Status { json, addr } => {
-            let v = call(&addr.addr, Method::GET, "/v1/status", vec![]).await?.json()?;
+            let v = call(&addr.addr, Method::GET, "/v1/status", vec![])
+                .await?
+                .json()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -57,8 +82,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Kv { command: KvCommand::Get { function, key, addr } } => {
-            let path = format!("/v1/functions/{}/kv/{}", encode_segment(&function), encode_segment(&key));
+        Command::Kv {
+            command:
+                KvCommand::Get {
+                    function,
+                    key,
+                    addr,
+                },
+        } => {
+            let path = format!(
+                "/v1/functions/{}/kv/{}",
+                encode_segment(&function),
+                encode_segment(&key)
+            );
             let a = call(&addr.addr, Method::GET, &path, vec![]).await?;
             if a.status.is_success() {
                 println!("{}", String::from_utf8_lossy(&a.body));
@@ -68,7 +104,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
-        Command::Dlq { command: DlqCommand::List { function, addr } } => {
+        Command::Dlq {
+            command: DlqCommand::List { function, addr },
+        } => {
             let path = format!("/v1/functions/{}/dlq", encode_segment(&function));
             let v = call(&addr.addr, Method::GET, &path, vec![]).await?.json()?;
             let msgs = v["messages"].as_array().cloned().unwrap_or_default();
@@ -76,14 +114,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("no dead letters for {function}");
             }
             for m in msgs {
-                println!("{}  receives={}  reason: {}", m["id"].as_str().unwrap_or(""), m["receive_count"], m["reason"].as_str().unwrap_or(""));
+                println!(
+                    "{}  receives={}  reason: {}",
+                    m["id"].as_str().unwrap_or(""),
+                    m["receive_count"],
+                    m["reason"].as_str().unwrap_or("")
+                );
                 println!("    body: {}", m["body"].as_str().unwrap_or(""));
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dlq { command: DlqCommand::Redrive { function, addr } } => {
+        Command::Dlq {
+            command: DlqCommand::Redrive { function, addr },
+        } => {
             let path = format!("/v1/functions/{}/dlq/redrive", encode_segment(&function));
-            let v = call(&addr.addr, Method::POST, &path, vec![]).await?.json()?;
+            let v = call(&addr.addr, Method::POST, &path, vec![])
+                .await?
+                .json()?;
             println!("redrove {} message(s) of {function}", v["redriven"]);
             Ok(ExitCode::SUCCESS)
         }
@@ -99,8 +146,14 @@ async fn up(
     let manifest = Manifest::load(&manifest_path)?;
     let listen = listen.unwrap_or_else(|| manifest.listen());
     let (listener, addr) = levee::ingress::bind(&listen).await?;
-    let opts = StartOptions { data_dir, backend, run_workers: true };
-    let platform: Arc<Platform> = Platform::start(manifest, opts).await.context("starting the platform")?;
+    let opts = StartOptions {
+        data_dir,
+        backend,
+        run_workers: true,
+    };
+    let platform: Arc<Platform> = Platform::start(manifest, opts)
+        .await
+        .context("starting the platform")?;
     println!("levee listening on http://{addr}");
     println!("data directory: {}", platform.data_dir().display());
     for (name, spec) in &platform.manifest().functions {

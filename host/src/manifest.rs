@@ -123,11 +123,16 @@ impl FunctionSpec {
     }
     /// Most workers this function may run.
     pub fn max_workers(&self) -> u32 {
-        self.max_workers.unwrap_or(self.concurrency).max(self.concurrency)
+        self.max_workers
+            .unwrap_or(self.concurrency)
+            .max(self.concurrency)
     }
     /// How long a received message stays leased before it is renewed or redelivered.
     pub fn visibility_timeout(&self) -> Duration {
-        Duration::from_millis(self.visibility_timeout_ms.unwrap_or(self.timeout_ms + 30_000))
+        Duration::from_millis(
+            self.visibility_timeout_ms
+                .unwrap_or(self.timeout_ms + 30_000),
+        )
     }
     /// The per-invocation memory cap in bytes.
     pub fn memory_bytes(&self) -> usize {
@@ -178,7 +183,10 @@ impl Manifest {
     fn validate(&self) -> Result<()> {
         let bad = |field: String, why: String| Err(Error::Manifest(format!("`{field}`: {why}")));
         if self.functions.is_empty() {
-            return bad("functions".into(), "declare at least one [functions.NAME] table".into());
+            return bad(
+                "functions".into(),
+                "declare at least one [functions.NAME] table".into(),
+            );
         }
         if let Some(listen) = &self.platform.listen
             && listen.parse::<std::net::SocketAddr>().is_err()
@@ -198,7 +206,10 @@ impl Manifest {
                 );
             }
             if f.module.as_os_str().is_empty() {
-                return bad(field("module"), "path of the component (.wasm) is empty".into());
+                return bad(
+                    field("module"),
+                    "path of the component (.wasm) is empty".into(),
+                );
             }
             let mut seen = BTreeSet::new();
             for target in &f.emits_to {
@@ -206,7 +217,10 @@ impl Manifest {
                     let known: Vec<_> = self.functions.keys().map(String::as_str).collect();
                     return bad(
                         field("emits_to"),
-                        format!("unknown function `{target}`; declared: {}", known.join(", ")),
+                        format!(
+                            "unknown function `{target}`; declared: {}",
+                            known.join(", ")
+                        ),
                     );
                 }
                 if !seen.insert(target) {
@@ -236,7 +250,10 @@ impl Manifest {
             {
                 return bad(
                     field("max_workers"),
-                    format!("must be {} (concurrency) to {MAX_CONCURRENCY}, got {max}", f.concurrency),
+                    format!(
+                        "must be {} (concurrency) to {MAX_CONCURRENCY}, got {max}",
+                        f.concurrency
+                    ),
                 );
             }
             if let Some(v) = f.visibility_timeout_ms
@@ -248,10 +265,16 @@ impl Manifest {
                 );
             }
             if !(1..=MAX_BACKOFF_MS).contains(&f.backoff_ms) {
-                return bad(field("backoff_ms"), format!("must be 1 to {MAX_BACKOFF_MS}, got {}", f.backoff_ms));
+                return bad(
+                    field("backoff_ms"),
+                    format!("must be 1 to {MAX_BACKOFF_MS}, got {}", f.backoff_ms),
+                );
             }
             if !(1..=1000).contains(&f.max_receive) {
-                return bad(field("max_receive"), format!("must be 1 to 1000, got {}", f.max_receive));
+                return bad(
+                    field("max_receive"),
+                    format!("must be 1 to 1000, got {}", f.max_receive),
+                );
             }
         }
         Ok(())
@@ -265,20 +288,28 @@ impl Manifest {
     /// The data directory, resolved against the manifest's directory.
     pub fn data_dir(&self) -> PathBuf {
         self.base_dir.join(
-            self.platform.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            self.platform
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
         )
     }
 
     /// The listen address.
     pub fn listen(&self) -> String {
-        self.platform.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.to_string())
+        self.platform
+            .listen
+            .clone()
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string())
     }
 }
 
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// The dotted key path in effect at a byte offset of TOML text (best effort, for messages).
@@ -289,7 +320,9 @@ fn field_at(text: &str, offset: usize) -> String {
         .rev()
         .find_map(|l| {
             let t = l.trim();
-            t.strip_prefix('[').and_then(|r| r.strip_suffix(']')).map(str::to_string)
+            t.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_string)
         })
         .unwrap_or_default();
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -343,7 +376,9 @@ module = "routing.wasm"
     }
 
     fn err(text: &str) -> String {
-        Manifest::parse(text, Path::new(".")).unwrap_err().to_string()
+        Manifest::parse(text, Path::new("."))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -356,13 +391,22 @@ module = "routing.wasm"
     #[test]
     fn bad_values_name_the_field() {
         let e = err("[functions.a]\nmodule = \"a.wasm\"\nconcurrency = 0\n");
-        assert!(e.contains("functions.a.concurrency") && e.contains("1 to"), "{e}");
+        assert!(
+            e.contains("functions.a.concurrency") && e.contains("1 to"),
+            "{e}"
+        );
         let e = err("[functions.a]\nmodule = \"a.wasm\"\nemits_to = [\"nope\"]\n");
-        assert!(e.contains("functions.a.emits_to") && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("functions.a.emits_to") && e.contains("nope"),
+            "{e}"
+        );
         let e = err("[functions.a]\nmodule = \"a.wasm\"\nmemory_mb = \"lots\"\n");
         assert!(e.contains("memory_mb"), "{e}");
         let e = err("[platform]\nbackend = \"gcp\"\n[functions.a]\nmodule = \"a.wasm\"\n");
-        assert!(e.contains("embedded") && e.contains("aws") && e.contains("`platform.backend`"), "{e}");
+        assert!(
+            e.contains("embedded") && e.contains("aws") && e.contains("`platform.backend`"),
+            "{e}"
+        );
         let e = err("[functions.Bad_Name]\nmodule = \"a.wasm\"\n");
         assert!(e.contains("functions.Bad_Name"), "{e}");
         let e = err("[platform]\nlisten = \"nowhere\"\n[functions.a]\nmodule = \"a.wasm\"\n");

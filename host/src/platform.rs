@@ -101,21 +101,32 @@ impl Platform {
         let max_workers: u32 = manifest.functions.values().map(|f| f.max_workers()).sum();
         let runtime = Runtime::new(RuntimeConfig {
             max_instances: max_workers * 2 + 16,
-            max_memory_bytes: manifest.functions.values().map(|f| f.memory_bytes()).max().unwrap_or(64 << 20),
+            max_memory_bytes: manifest
+                .functions
+                .values()
+                .map(|f| f.memory_bytes())
+                .max()
+                .unwrap_or(64 << 20),
             cache_dir: Some(data_dir.join("compiled")),
         })?;
         let mut functions = BTreeMap::new();
         for (name, spec) in &manifest.functions {
             backends
                 .queue
-                .ensure(&QueueSpec { name: name.clone(), max_receive: spec.max_receive })
+                .ensure(&QueueSpec {
+                    name: name.clone(),
+                    max_receive: spec.max_receive,
+                })
                 .await?;
             let module = manifest.module_path(spec);
             let f = runtime
                 .load(FunctionDef {
                     name: name.clone(),
                     module: module.clone(),
-                    limits: Limits { memory_bytes: spec.memory_bytes(), timeout: spec.timeout() },
+                    limits: Limits {
+                        memory_bytes: spec.memory_bytes(),
+                        timeout: spec.timeout(),
+                    },
                     emits_to: spec.emits_to.clone(),
                     store: backends.store.clone(),
                 })
@@ -131,10 +142,18 @@ impl Platform {
                     max_workers: spec.max_workers(),
                     lease: spec.visibility_timeout(),
                     max_receive: spec.max_receive,
-                    backoff: Backoff { base: Duration::from_millis(spec.backoff_ms), max: MAX_BACKOFF },
+                    backoff: Backoff {
+                        base: Duration::from_millis(spec.backoff_ms),
+                        max: MAX_BACKOFF,
+                    },
                     poll_wait: Duration::from_secs(1),
                 };
-                let pool = WorkerPool::start(functions[name].clone(), backends.queue.clone(), cfg, stop_rx.clone());
+                let pool = WorkerPool::start(
+                    functions[name].clone(),
+                    backends.queue.clone(),
+                    cfg,
+                    stop_rx.clone(),
+                );
                 pools.insert(name.clone(), pool);
             }
         }
@@ -178,7 +197,10 @@ impl Platform {
     fn function(&self, name: &str) -> Result<&Arc<Function>> {
         self.functions.get(name).ok_or_else(|| {
             let known: Vec<_> = self.functions.keys().map(String::as_str).collect();
-            Error::Invalid(format!("unknown function `{name}`; this platform runs: {}", known.join(", ")))
+            Error::Invalid(format!(
+                "unknown function `{name}`; this platform runs: {}",
+                known.join(", ")
+            ))
         })
     }
 
@@ -186,7 +208,10 @@ impl Platform {
     pub async fn send(&self, function: &str, body: Vec<u8>) -> Result<String> {
         self.function(function)?;
         check_body(&body)?;
-        let ids = self.queue.send(function, vec![OutgoingMessage::new(body)]).await?;
+        let ids = self
+            .queue
+            .send(function, vec![OutgoingMessage::new(body)])
+            .await?;
         ids.into_iter().next().ok_or_else(|| Error::Unavailable {
             service: "queue".into(),
             message: "send returned no id".into(),
@@ -235,14 +260,18 @@ impl Platform {
         let mut functions = Vec::with_capacity(self.functions.len());
         for (name, spec) in &self.manifest.functions {
             let q = self.queue.stats(name).await?;
-            let p = self.pools.get(name).map(|p| p.stats()).unwrap_or(PoolStats {
-                workers: 0,
-                max_workers: spec.max_workers(),
-                invocations: 0,
-                succeeded: 0,
-                failed_attempts: 0,
-                busy_micros: 0,
-            });
+            let p = self
+                .pools
+                .get(name)
+                .map(|p| p.stats())
+                .unwrap_or(PoolStats {
+                    workers: 0,
+                    max_workers: spec.max_workers(),
+                    invocations: 0,
+                    succeeded: 0,
+                    failed_attempts: 0,
+                    busy_micros: 0,
+                });
             functions.push(FunctionStatus {
                 name: name.clone(),
                 visible: q.visible,

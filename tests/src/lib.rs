@@ -2,6 +2,7 @@
 //! writes manifests, runs the platform in process or as a `levee` child process.
 
 pub mod contract;
+pub mod emulator;
 pub mod support;
 
 pub use support::*;

@@ -10,7 +10,10 @@ use levee::platform::{Platform, StartOptions};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Builds every guest component once per test process (cargo serialises concurrent builds) and
@@ -21,7 +24,13 @@ pub fn guests() -> &'static Path {
         let root = repo_root().join("functions");
         let target = root.join("target");
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--workspace"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--workspace",
+            ])
             .current_dir(&root)
             // The outer build's target dir and flags must not leak into the guest build.
             .env("CARGO_TARGET_DIR", &target)
@@ -29,7 +38,10 @@ pub fn guests() -> &'static Path {
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .status()
             .expect("running cargo to build the guest components");
-        assert!(status.success(), "building functions/ for wasm32-wasip2 failed");
+        assert!(
+            status.success(),
+            "building functions/ for wasm32-wasip2 failed"
+        );
         target.join("wasm32-wasip2").join("release")
     })
 }
@@ -50,7 +62,11 @@ pub struct Fn {
 impl Fn {
     /// A function named `name` running the guest `module` with manifest lines `extra`.
     pub fn new(name: &str, module: &str, extra: &str) -> Self {
-        Self { name: name.into(), module: module.into(), extra: extra.into() }
+        Self {
+            name: name.into(),
+            module: module.into(),
+            extra: extra.into(),
+        }
     }
 }
 
@@ -74,8 +90,16 @@ pub fn write_manifest(dir: &Path, fns: &[Fn]) -> PathBuf {
 pub fn pipeline_fns(concurrency: u32) -> Vec<Fn> {
     let c = format!("concurrency = {concurrency}\nbackoff_ms = 50");
     vec![
-        Fn::new("inbound", "inbound", &format!("emits_to = [\"routing\", \"search-index\"]\n{c}")),
-        Fn::new("routing", "routing", &format!("emits_to = [\"notify\"]\n{c}")),
+        Fn::new(
+            "inbound",
+            "inbound",
+            &format!("emits_to = [\"routing\", \"search-index\"]\n{c}"),
+        ),
+        Fn::new(
+            "routing",
+            "routing",
+            &format!("emits_to = [\"notify\"]\n{c}"),
+        ),
         Fn::new("search-index", "search-index", &c),
         Fn::new("notify", "notify", &c),
     ]
@@ -84,9 +108,15 @@ pub fn pipeline_fns(concurrency: u32) -> Vec<Fn> {
 /// Starts a platform in this process with workers running.
 pub async fn start(manifest: &Path) -> Arc<Platform> {
     let m = Manifest::load(manifest).expect("test manifest is valid");
-    Platform::start(m, StartOptions { run_workers: true, ..Default::default() })
-        .await
-        .expect("platform starts")
+    Platform::start(
+        m,
+        StartOptions {
+            run_workers: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("platform starts")
 }
 
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.
@@ -111,7 +141,10 @@ pub fn levee_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test binary path");
         // target/<profile>/deps/<test> → target/<profile>/levee
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
         let bin = profile_dir.join("levee");
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["build", "-p", "levee", "--bin", "levee"])
@@ -127,7 +160,10 @@ pub fn levee_bin() -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// A `levee up` child process, killed on drop.
@@ -157,7 +193,11 @@ impl LeveeProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("levee up did not listen on {} within 60 s; log: {}", p.addr, std::fs::read_to_string(&log).unwrap_or_default());
+        panic!(
+            "levee up did not listen on {} within 60 s; log: {}",
+            p.addr,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     /// SIGKILL: no chance to finish anything.
@@ -176,7 +216,10 @@ impl Drop for LeveeProcess {
 
 /// Runs the `levee` CLI with `args`; returns (exit code, stdout, stderr).
 pub fn levee(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(levee_bin()).args(args).output().expect("running levee");
+    let out = Command::new(levee_bin())
+        .args(args)
+        .output()
+        .expect("running levee");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -13,19 +13,41 @@ fn write(dir: &std::path::Path, text: &str) -> String {
 fn bad_manifests_name_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[functions.a]\nmodule = \"a.wasm\"\nconcurency = 2\n", "concurency"),
-        ("[functions.a]\nmodule = \"a.wasm\"\nconcurrency = 0\n", "functions.a.concurrency"),
-        ("[functions.a]\nmodule = \"a.wasm\"\nemits_to = [\"b\"]\n", "functions.a.emits_to"),
-        ("[functions.a]\nmodule = \"missing.wasm\"\n", "functions.a.module"),
-        ("[platform]\nbackend = \"azure\"\n[functions.a]\nmodule = \"a.wasm\"\n", "`platform.backend`"),
+        (
+            "[functions.a]\nmodule = \"a.wasm\"\nconcurency = 2\n",
+            "concurency",
+        ),
+        (
+            "[functions.a]\nmodule = \"a.wasm\"\nconcurrency = 0\n",
+            "functions.a.concurrency",
+        ),
+        (
+            "[functions.a]\nmodule = \"a.wasm\"\nemits_to = [\"b\"]\n",
+            "functions.a.emits_to",
+        ),
+        (
+            "[functions.a]\nmodule = \"missing.wasm\"\n",
+            "functions.a.module",
+        ),
+        (
+            "[platform]\nbackend = \"azure\"\n[functions.a]\nmodule = \"a.wasm\"\n",
+            "`platform.backend`",
+        ),
         ("not toml at all", "levee.toml"),
     ];
     for (text, expect) in cases {
         let path = write(dir.path(), text);
         let (code, _out, err) = levee(&["up", "--manifest", &path, "--listen", "127.0.0.1:0"]);
         assert_ne!(code, 0, "{text:?} must fail");
-        let expect = if expect == "levee.toml" { "bad.toml" } else { expect };
-        assert!(err.contains(expect), "error for {text:?} names `{expect}`: {err}");
+        let expect = if expect == "levee.toml" {
+            "bad.toml"
+        } else {
+            expect
+        };
+        assert!(
+            err.contains(expect),
+            "error for {text:?} names `{expect}`: {err}"
+        );
     }
     let (code, _, err) = levee(&["up", "--manifest", "/nonexistent/levee.toml"]);
     assert_ne!(code, 0);
@@ -37,7 +59,11 @@ fn client_commands_work_against_a_running_platform() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = write_manifest(
         dir.path(),
-        &[Fn::new("faulty", "faulty", "max_receive = 1\nbackoff_ms = 10")],
+        &[Fn::new(
+            "faulty",
+            "faulty",
+            "max_receive = 1\nbackoff_ms = 10",
+        )],
     );
     let up = LeveeProcess::up(&manifest, free_port());
     let addr = ["--addr", up.addr.as_str()];
@@ -57,7 +83,10 @@ fn client_commands_work_against_a_running_platform() {
 
     let (code, _, err) = with(&["send", "nosuch", "{}"]);
     assert_ne!(code, 0);
-    assert!(err.contains("unknown function `nosuch`") && err.contains("404"), "{err}");
+    assert!(
+        err.contains("unknown function `nosuch`") && err.contains("404"),
+        "{err}"
+    );
 
     let (code, _, err) = with(&["send", "faulty", "@/nonexistent.json"]);
     assert_ne!(code, 0);
@@ -83,7 +112,15 @@ fn client_commands_work_against_a_running_platform() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let f = &v["functions"][0];
-    for k in ["name", "visible", "in_flight", "dlq", "workers", "processed", "failed"] {
+    for k in [
+        "name",
+        "visible",
+        "in_flight",
+        "dlq",
+        "workers",
+        "processed",
+        "failed",
+    ] {
         assert!(!f[k].is_null(), "status JSON has `{k}`: {out}");
     }
     assert_eq!(f["failed"], 1, "{out}");

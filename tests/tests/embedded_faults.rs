@@ -9,12 +9,16 @@ fn faulty(extra: &str) -> Vec<Fn> {
     vec![Fn::new(
         "faulty",
         "faulty",
-        &format!("concurrency = 4\nmax_receive = 3\nbackoff_ms = 20\ntimeout_ms = 300\nmemory_mb = 16\n{extra}"),
+        &format!(
+            "concurrency = 4\nmax_receive = 3\nbackoff_ms = 20\ntimeout_ms = 300\nmemory_mb = 16\n{extra}"
+        ),
     )]
 }
 
 async fn send(p: &levee::platform::Platform, body: &str) -> String {
-    p.send("faulty", body.as_bytes().to_vec()).await.expect("send")
+    p.send("faulty", body.as_bytes().to_vec())
+        .await
+        .expect("send")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,19 +41,39 @@ async fn poison_messages_are_dead_lettered_with_reasons_while_others_flow() {
     })
     .await;
     let status = p.status().await.unwrap();
-    assert!(settled, "50 ok processed and 4 dead-lettered; got {status:?}");
+    assert!(
+        settled,
+        "50 ok processed and 4 dead-lettered; got {status:?}"
+    );
     assert_eq!(status.functions[0].failed, 4);
 
     let dead = p.dlq_list("faulty", 10).await.unwrap();
-    let reason = |id: &str| dead.iter().find(|d| d.id == id).map(|d| d.reason.clone()).unwrap_or_default();
+    let reason = |id: &str| {
+        dead.iter()
+            .find(|d| d.id == id)
+            .map(|d| d.reason.clone())
+            .unwrap_or_default()
+    };
     let r = reason(&trap);
-    assert!(r.contains("trap") && r.contains("3 attempts"), "trap retried to max_receive: {r}");
+    assert!(
+        r.contains("trap") && r.contains("3 attempts"),
+        "trap retried to max_receive: {r}"
+    );
     let r = reason(&spin);
-    assert!(r.contains("timeout") && r.contains("300 ms"), "spin stopped at its deadline: {r}");
+    assert!(
+        r.contains("timeout") && r.contains("300 ms"),
+        "spin stopped at its deadline: {r}"
+    );
     let r = reason(&hog);
-    assert!(r.contains("memory cap") && r.contains("16 MiB"), "hog hit its memory cap: {r}");
+    assert!(
+        r.contains("memory cap") && r.contains("16 MiB"),
+        "hog hit its memory cap: {r}"
+    );
     let r = reason(&permanent);
-    assert!(r.contains("permanent"), "permanent error dead-lettered at once: {r}");
+    assert!(
+        r.contains("permanent"),
+        "permanent error dead-lettered at once: {r}"
+    );
     let perm = dead.iter().find(|d| d.id == permanent).unwrap();
     assert_eq!(perm.receive_count, 1, "a permanent error is not retried");
 
@@ -81,7 +105,10 @@ async fn invoke_reports_each_failure_kind() {
         assert_eq!(r.kind, kind, "{body}: {r:?}");
     }
     // A hog within its cap succeeds: the cap is per invocation, not a leak across instances.
-    let r = p.invoke("faulty", br#"{"action":"hog","mb":4}"#.to_vec()).await.unwrap();
+    let r = p
+        .invoke("faulty", br#"{"action":"hog","mb":4}"#.to_vec())
+        .await
+        .unwrap();
     assert_eq!(r.outcome, "ok", "{r:?}");
     p.shutdown().await;
 }

@@ -22,7 +22,11 @@ async fn sigkill_mid_run_loses_nothing() {
     // A short lease so messages leased at the moment of the kill come back quickly.
     let manifest = write_manifest(
         dir.path(),
-        &[Fn::new("sink", "noop", "concurrency = 2\nvisibility_timeout_ms = 2000")],
+        &[Fn::new(
+            "sink",
+            "noop",
+            "concurrency = 2\nvisibility_timeout_ms = 2000",
+        )],
     );
     let mut first = LeveeProcess::up(&manifest, free_port());
     let addr = first.addr.clone();
@@ -50,7 +54,10 @@ async fn sigkill_mid_run_loses_nothing() {
     // Kill once a good part has been processed but sending is still under way.
     let start = Instant::now();
     loop {
-        let processed = status(&addr).await.map(|s| s["processed"].as_u64().unwrap_or(0)).unwrap_or(0);
+        let processed = status(&addr)
+            .await
+            .map(|s| s["processed"].as_u64().unwrap_or(0))
+            .unwrap_or(0);
         if processed >= MESSAGES / 5 || start.elapsed() > Duration::from_secs(60) {
             break;
         }
@@ -62,7 +69,10 @@ async fn sigkill_mid_run_loses_nothing() {
     }
     let accepted = accepted.load(Ordering::SeqCst);
     let attempted = attempted.load(Ordering::SeqCst);
-    assert!(accepted > MESSAGES / 5, "the kill came mid-run ({accepted} accepted)");
+    assert!(
+        accepted > MESSAGES / 5,
+        "the kill came mid-run ({accepted} accepted)"
+    );
 
     let second = LeveeProcess::up(&manifest, free_port());
     let start = Instant::now();
@@ -70,7 +80,11 @@ async fn sigkill_mid_run_loses_nothing() {
     while start.elapsed() < Duration::from_secs(120) {
         if let Some(s) = status(&second.addr).await {
             let n = |k: &str| s[k].as_u64().unwrap_or(u64::MAX);
-            if n("visible") == 0 && n("in_flight") == 0 && n("delayed") == 0 && n("processed") >= accepted {
+            if n("visible") == 0
+                && n("in_flight") == 0
+                && n("delayed") == 0
+                && n("processed") >= accepted
+            {
                 last = s;
                 break;
             }

@@ -5,6 +5,9 @@ use bytes::Bytes;
 
 use crate::Result;
 
+pub mod disk;
+pub mod s3;
+
 /// A flat key → bytes object store (files under the data directory, or S3).
 #[async_trait]
 pub trait Blobs: Send + Sync + 'static {

@@ -12,6 +12,9 @@ use async_trait::async_trait;
 
 use crate::Result;
 
+pub mod offload;
+pub mod sqs;
+
 /// Most messages one receive or send call handles (SQS's batch limit).
 pub const MAX_BATCH: usize = 10;
 
@@ -37,7 +40,10 @@ pub struct OutgoingMessage {
 impl OutgoingMessage {
     /// A message with this body, no attributes and no delay.
     pub fn new(body: impl Into<Vec<u8>>) -> Self {
-        Self { body: body.into(), ..Self::default() }
+        Self {
+            body: body.into(),
+            ..Self::default()
+        }
     }
 }
 
@@ -130,13 +136,20 @@ pub trait Queue: Send + Sync + 'static {
     async fn delete(&self, queue: &str, receipts: &[String]) -> Result<()>;
 
     /// Makes a leased message visible again after `delay`, recording why it failed.
-    async fn retry_later(&self, queue: &str, receipt: &str, delay: Duration, reason: &str) -> Result<()>;
+    async fn retry_later(
+        &self,
+        queue: &str,
+        receipt: &str,
+        delay: Duration,
+        reason: &str,
+    ) -> Result<()>;
 
     /// Extends the lease of a message still being handled.
     async fn extend_lease(&self, queue: &str, receipt: &str, visibility: Duration) -> Result<()>;
 
     /// Moves a leased message to the dead-letter queue with the reason attached.
-    async fn dead_letter(&self, queue: &str, message: &ReceivedMessage, reason: &str) -> Result<()>;
+    async fn dead_letter(&self, queue: &str, message: &ReceivedMessage, reason: &str)
+    -> Result<()>;
 
     /// Depths, age of the oldest message and running totals.
     async fn stats(&self, queue: &str) -> Result<QueueStats>;

@@ -13,7 +13,8 @@ use crate::{Error, Result};
 /// Loads `module` as a component, from the cache when a compatible artifact exists.
 pub(super) fn load(engine: &Engine, module: &Path, cache_dir: Option<&Path>) -> Result<Component> {
     super::check_module_file(module)?;
-    let bytes = std::fs::read(module).map_err(|e| Error::io(format!("reading {}", module.display()), e))?;
+    let bytes =
+        std::fs::read(module).map_err(|e| Error::io(format!("reading {}", module.display()), e))?;
     let Some(dir) = cache_dir else {
         return compile(engine, module, &bytes);
     };
@@ -25,7 +26,9 @@ pub(super) fn load(engine: &Engine, module: &Path, cache_dir: Option<&Path>) -> 
         #[allow(unsafe_code)]
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(c) => return Ok(c),
-            Err(e) => tracing::warn!(artifact = %path.display(), "recompiling: cached artifact unusable: {e:#}"),
+            Err(e) => {
+                tracing::warn!(artifact = %path.display(), "recompiling: cached artifact unusable: {e:#}")
+            }
         }
     }
     let component = compile(engine, module, &bytes)?;
@@ -52,8 +55,11 @@ fn artifact_path(engine: &Engine, dir: &Path, bytes: &[u8]) -> PathBuf {
 }
 
 fn store(component: &Component, dir: &Path, path: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let bytes = component.serialize().map_err(|e| Error::Runtime(format!("{e:#}")))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let bytes = component
+        .serialize()
+        .map_err(|e| Error::Runtime(format!("{e:#}")))?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))

@@ -29,7 +29,11 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { max_instances: 128, max_memory_bytes: 64 << 20, cache_dir: None }
+        Self {
+            max_instances: 128,
+            max_memory_bytes: 64 << 20,
+            cache_dir: None,
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::guest_log::GuestLog;
 use super::bindings::levee::function::{emit, kv, types};
+use super::guest_log::GuestLog;
 use crate::queue::{Emitted, OutgoingMessage};
 use crate::store::{self, PutOptions, Store};
 
@@ -45,11 +45,17 @@ impl HostState {
         let stdout = GuestLog::new(name, "stdout");
         let stderr = GuestLog::new(name, "stderr");
         // Nothing is granted: no preopened directories, no env, no args, no network.
-        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { cap: memory_cap, memory_denied: false },
+            limiter: MemoryLimiter {
+                cap: memory_cap,
+                memory_denied: false,
+            },
             emitted: Vec::new(),
             emitted_bytes: 0,
             emits_to,
@@ -112,7 +118,10 @@ impl ResourceLimiter for MemoryLimiter {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -127,13 +136,19 @@ impl kv::Host for HostState {
 
     fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), types::Error> {
         store::validate(&key, Some(&value)).map_err(to_guest_error)?;
-        self.block(self.store.put(&self.ns, &key, Bytes::from(value), PutOptions::default()))?;
+        self.block(
+            self.store
+                .put(&self.ns, &key, Bytes::from(value), PutOptions::default()),
+        )?;
         Ok(())
     }
 
     fn put_if_absent(&mut self, key: String, value: Vec<u8>) -> Result<bool, types::Error> {
         store::validate(&key, Some(&value)).map_err(to_guest_error)?;
-        let opts = PutOptions { if_absent: true, ttl: None };
+        let opts = PutOptions {
+            if_absent: true,
+            ttl: None,
+        };
         self.block(self.store.put(&self.ns, &key, Bytes::from(value), opts))
     }
 
@@ -160,7 +175,10 @@ impl emit::Host for HostState {
             )));
         }
         self.emitted_bytes += body.len();
-        self.emitted.push(Emitted { queue: function, message: OutgoingMessage::new(body) });
+        self.emitted.push(Emitted {
+            queue: function,
+            message: OutgoingMessage::new(body),
+        });
         Ok(())
     }
 }

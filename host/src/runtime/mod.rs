@@ -69,7 +69,11 @@ impl std::fmt::Display for Failure {
             Failure::Retryable(m) => write!(f, "retryable error: {m}"),
             Failure::Permanent(m) => write!(f, "permanent error: {m}"),
             Failure::Trap(m) => write!(f, "trap: {m}"),
-            Failure::Timeout(d) => write!(f, "timeout: handler ran past its {} ms deadline", d.as_millis()),
+            Failure::Timeout(d) => write!(
+                f,
+                "timeout: handler ran past its {} ms deadline",
+                d.as_millis()
+            ),
             Failure::MemoryCap { cap_bytes } => write!(
                 f,
                 "memory cap: handler tried to grow its memory past {} MiB",
@@ -104,7 +108,12 @@ impl Runtime {
         Capability::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(rt_err)?;
         let ticker = engine::EpochTicker::start(engine.clone());
-        Ok(Self { engine, linker, config, _ticker: ticker })
+        Ok(Self {
+            engine,
+            linker,
+            config,
+            _ticker: ticker,
+        })
     }
 
     /// Compiles (or loads the cached artifact of) a component and pre-links it.
@@ -215,13 +224,18 @@ impl Function {
             Ok(Err(types::Error::Permanent(m))) => Err(Failure::Permanent(m)),
             Err(e) => Err(classify_trap(e, &state, &self.limits)),
         };
-        Invocation { outcome, elapsed: start.elapsed() }
+        Invocation {
+            outcome,
+            elapsed: start.elapsed(),
+        }
     }
 }
 
 fn classify_trap(e: wasmtime::Error, state: &HostState, limits: &Limits) -> Failure {
     if state.limiter.memory_denied {
-        return Failure::MemoryCap { cap_bytes: limits.memory_bytes };
+        return Failure::MemoryCap {
+            cap_bytes: limits.memory_bytes,
+        };
     }
     if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
         return Failure::Timeout(limits.timeout);
@@ -237,9 +251,13 @@ fn rt_err(e: wasmtime::Error) -> Error {
 
 /// Checks that `path` looks like a component before handing it to the compiler, for a clear error.
 pub fn check_module_file(path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(Error::Runtime(format!("{} is not a WebAssembly file", path.display())));
+        return Err(Error::Runtime(format!(
+            "{} is not a WebAssembly file",
+            path.display()
+        )));
     }
     Ok(())
 }

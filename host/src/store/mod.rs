@@ -18,6 +18,7 @@ pub use breaker::{
 pub use cached::{CacheConfig, CacheMetrics, CachedStore};
 pub use faulty::{FaultStats, FaultyStore};
 pub use memory::MemoryStore;
+pub mod dynamo;
 
 /// Longest key a function may use, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;

@@ -83,7 +83,10 @@ impl WorkerPool {
         for _ in 0..fetchers {
             tasks.spawn(fetch_loop(shared.clone()));
         }
-        Arc::new(Self { shared, tasks: tokio::sync::Mutex::new(tasks) })
+        Arc::new(Self {
+            shared,
+            tasks: tokio::sync::Mutex::new(tasks),
+        })
     }
 
     /// The function's name.
@@ -118,7 +121,9 @@ impl WorkerPool {
         } else if n < old {
             let remove = (old - n) as usize;
             let forgotten = self.shared.workers.forget_permits(remove);
-            self.shared.retire.fetch_add(remove - forgotten, Ordering::SeqCst);
+            self.shared
+                .retire
+                .fetch_add(remove - forgotten, Ordering::SeqCst);
         }
     }
 
@@ -129,7 +134,9 @@ impl WorkerPool {
 
     /// Live counters of this pool.
     pub fn stats(&self) -> PoolStats {
-        self.shared.counters.snapshot(self.workers(), self.shared.cfg.max_workers)
+        self.shared
+            .counters
+            .snapshot(self.workers(), self.shared.cfg.max_workers)
     }
 
     /// Waits for the fetchers and every in-flight handler to finish (after `stop` was set).
@@ -156,7 +163,9 @@ async fn fetch_loop(shared: Arc<Shared>) {
             _ = stop.changed() => break,
         };
         drop(free);
-        let Ok(first) = prefetch.clone().acquire_owned().await else { break };
+        let Ok(first) = prefetch.clone().acquire_owned().await else {
+            break;
+        };
         let mut slots = vec![first];
         while slots.len() < MAX_BATCH {
             match prefetch.clone().try_acquire_owned() {
@@ -204,7 +213,11 @@ async fn fetch_loop(shared: Arc<Shared>) {
 }
 
 async fn acquire_worker(s: &Shared) -> tokio::sync::OwnedSemaphorePermit {
-    s.workers.clone().acquire_owned().await.expect("the worker semaphore is never closed")
+    s.workers
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the worker semaphore is never closed")
 }
 
 fn release_worker(s: &Shared, permit: tokio::sync::OwnedSemaphorePermit) {
@@ -248,7 +261,9 @@ async fn settle_failure(s: &Shared, msg: &ReceivedMessage, failure: Failure) -> 
     }
     let delay = s.cfg.backoff.delay(msg.receive_count);
     tracing::debug!(function = %name, id = %msg.id, "retry in {delay:?}: {failure}");
-    s.queue.retry_later(name, &msg.receipt, delay, &failure.to_string()).await
+    s.queue
+        .retry_later(name, &msg.receipt, delay, &failure.to_string())
+        .await
 }
 
 /// Runs the invocation on a blocking thread, renewing the message's lease while it runs.

@@ -35,7 +35,8 @@ impl WorkerCounters {
         } else {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
-        self.busy_micros.fetch_add(inv.elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.busy_micros
+            .fetch_add(inv.elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub(super) fn snapshot(&self, workers: u32, max_workers: u32) -> PoolStats {
