@@ -1,0 +1,596 @@
+//! Scaling policies: pure functions of the graph, the signals and the time since start (passed in; no
+//! clock is read here), with a little memory of their own past decisions for stabilisation.
+//!
+//! * [`Coordinated`]: Levee's policy. Feed-forward over the graph, backpressure from saturated
+//!   downstreams and stores, immediate scale-up, stabilised scale-down, scale to zero.
+//! * [`Independent`]: KEDA's SQS scaler on a Kubernetes HPA, each function alone.
+//! * [`LambdaLike`]: AWS Lambda's SQS event source mapping, each function alone.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::signals::{FunctionSignals, Signals};
+
+/// A limit on what a function may take from its queue, set when something downstream of it (a function
+/// at its maximum, or a store at capacity) cannot take more. The backlog then waits durably in this
+/// function's queue instead of failing further down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Admission {
+    /// Messages per second this function may process.
+    pub max_rate: f64,
+    /// Messages this function may handle concurrently.
+    pub max_concurrency: u32,
+    /// What is saturated.
+    pub cause: String,
+}
+
+/// The decision for one function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDecision {
+    /// Workers wanted.
+    pub desired: u32,
+    /// Workers running or starting when the decision was made.
+    pub current: u32,
+    /// Admission limit, when held back by a saturated downstream.
+    pub admission: Option<Admission>,
+    /// Why, in words (for `levee status`).
+    pub reason: String,
+}
+
+/// A decision for every function of the graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Time since the controller started.
+    pub at: Duration,
+    /// Name of the policy that made it.
+    pub policy: String,
+    /// Per function decisions, keyed by name.
+    pub functions: BTreeMap<String, FunctionDecision>,
+}
+
+impl Decision {
+    /// Desired workers of one function (0 when not in the decision).
+    pub fn desired(&self, name: &str) -> u32 {
+        self.functions.get(name).map_or(0, |d| d.desired)
+    }
+}
+
+/// A scaling policy.
+pub trait Policy: Send {
+    /// Short name (`coordinated`, `independent`, `lambda-like`).
+    fn name(&self) -> &'static str;
+    /// How often the policy wants to be evaluated.
+    fn interval(&self) -> Duration;
+    /// Decides desired workers for every function of `graph`. `now` is the time since start and must not
+    /// go backwards between calls.
+    fn decide(&mut self, graph: &Graph, signals: &Signals, now: Duration) -> Decision;
+}
+
+/// Policy names accepted by [`by_name`].
+pub const POLICY_NAMES: [&str; 3] = ["coordinated", "independent", "lambda-like"];
+
+/// A policy with its default configuration, by name.
+pub fn by_name(name: &str) -> Result<Box<dyn Policy>> {
+    match name {
+        "coordinated" => Ok(Box::new(Coordinated::default())),
+        "independent" | "keda" => Ok(Box::new(Independent::default())),
+        "lambda-like" | "lambda" => Ok(Box::new(LambdaLike::default())),
+        other => Err(Error::UnknownPolicy(other.to_string())),
+    }
+}
+
+const EPS: f64 = 1e-9;
+
+fn ceil_u32(x: f64) -> u32 {
+    if x <= EPS { 0 } else { (x - EPS).ceil().min(u32::MAX as f64) as u32 }
+}
+
+fn current_workers(s: &FunctionSignals) -> u32 {
+    s.workers + s.starting
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Coordinated
+// ---------------------------------------------------------------------------------------------------
+
+/// Settings of the [`Coordinated`] policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatedConfig {
+    /// Evaluation interval.
+    pub interval: Duration,
+    /// Fraction of a worker's measured service rate to plan for (headroom for noise).
+    pub target_utilization: f64,
+    /// A function's backlog should be drained within this time (adds backlog / drain_target msg/s).
+    pub drain_target: Duration,
+    /// Scale-down takes the maximum recommendation over this window.
+    pub scale_down_window: Duration,
+    /// Extra fraction on recommendations used for scale-down, so noise around a boundary cannot flap.
+    pub scale_down_headroom: f64,
+    /// A function with `min_workers = 0` goes to zero after being idle (no inflow, no backlog) this long.
+    pub idle_window: Duration,
+    /// At most this fraction of a saturated downstream's capacity is reserved for draining its own
+    /// backlog when upstream admission is computed.
+    pub drain_reserve: f64,
+    /// Service rate per worker assumed when nothing is measured and the graph gives no hint.
+    pub default_service_rate: f64,
+}
+
+impl Default for CoordinatedConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            target_utilization: 0.9,
+            drain_target: Duration::from_secs(30),
+            scale_down_window: Duration::from_secs(60),
+            scale_down_headroom: 0.15,
+            idle_window: Duration::from_secs(120),
+            drain_reserve: 0.5,
+            default_service_rate: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct CoordState {
+    history: VecDeque<(Duration, u32)>,
+    last_desired: Option<u32>,
+    last_active: Option<Duration>,
+    service_rate: Option<f64>,
+}
+
+/// Levee's coordinated policy.
+///
+/// Per decision, over the graph in topological order:
+/// 1. own arrivals of `f` = measured arrivals − Σ upstream measured throughput × fan-out;
+/// 2. feed-forward: expected inflow of `f` = own arrivals + Σ upstream expected outflow × fan-out, where
+///    a function's expected outflow is its expected throughput (inflow + backlog / drain_target, capped by
+///    its capacity), so a dependency is sized in the same decision as the function feeding it;
+/// 3. backpressure (reverse order): a function's capacity is capped by its max workers, by its share of
+///    every store it reads (stores over capacity are shared in proportion to demand), and by its share of
+///    what each downstream can take (downstream capacity, less part of it for the downstream's own
+///    drain, divided by the fan-out); a capped function gets an [`Admission`] limit;
+/// 4. desired = ceil(throughput / (service rate × target utilisation)); up immediately, down to the
+///    maximum of (recommendation × (1 + headroom)) over the scale-down window; to zero after the idle
+///    window when `min_workers = 0`; back to at least 1 as soon as anything arrives (or is expected to
+///    arrive from upstream).
+#[derive(Debug, Clone, Default)]
+pub struct Coordinated {
+    config: CoordinatedConfig,
+    state: BTreeMap<String, CoordState>,
+}
+
+impl Coordinated {
+    /// A coordinated policy with the given settings.
+    pub fn new(config: CoordinatedConfig) -> Self {
+        Self { config, state: BTreeMap::new() }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &CoordinatedConfig {
+        &self.config
+    }
+}
+
+impl Policy for Coordinated {
+    fn name(&self) -> &'static str {
+        "coordinated"
+    }
+
+    fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
+    fn decide(&mut self, graph: &Graph, signals: &Signals, now: Duration) -> Decision {
+        let cfg = &self.config;
+        let fns = graph.functions();
+        let n = fns.len();
+        let order = graph.topological_order();
+        let sig: Vec<FunctionSignals> = fns.iter().map(|f| signals.get(&f.name)).collect();
+        let drain_secs = cfg.drain_target.as_secs_f64().max(EPS);
+
+        // Service rates: measured, else last measured, else the hint, else the default.
+        let mut mu = vec![0.0; n];
+        for (i, f) in fns.iter().enumerate() {
+            let st = self.state.entry(f.name.clone()).or_default();
+            if let Some(m) = sig[i].service_rate_per_worker.filter(|m| m.is_finite() && *m > EPS) {
+                st.service_rate = Some(m);
+            }
+            mu[i] = st.service_rate.or(f.service_rate_hint).unwrap_or(cfg.default_service_rate);
+        }
+        let fan_out = |u: usize, e: usize| -> f64 {
+            let edge = &fns[u].emits_to[e];
+            sig[u]
+                .fan_out
+                .get(&edge.target)
+                .copied()
+                .filter(|k| k.is_finite() && *k >= 0.0 && sig[u].processed_rate > EPS)
+                .unwrap_or(edge.fan_out)
+        };
+        let own: Vec<f64> = (0..n)
+            .map(|i| {
+                let from_upstream: f64 =
+                    graph.upstream_of(i).iter().map(|&(u, e)| sig[u].processed_rate * fan_out(u, e)).sum();
+                (sig[i].arrival_rate - from_upstream).max(0.0)
+            })
+            .collect();
+        let drain: Vec<f64> = sig.iter().map(|s| s.backlog as f64 / drain_secs).collect();
+        let max_cap: Vec<f64> = (0..n).map(|i| fns[i].max_workers as f64 * mu[i]).collect();
+
+        // Pass A: unconstrained feed-forward.
+        let forward = |cap: &[f64]| -> (Vec<f64>, Vec<f64>) {
+            let mut inflow = vec![0.0; n];
+            let mut out = vec![0.0; n];
+            for &i in order {
+                inflow[i] = own[i]
+                    + graph.upstream_of(i).iter().map(|&(u, e)| out[u] * fan_out(u, e)).sum::<f64>();
+                out[i] = (inflow[i] + drain[i]).min(cap[i]);
+            }
+            (inflow, out)
+        };
+        let (inflow_a, out_a) = forward(&max_cap);
+
+        // Store shares, in proportion to demand.
+        let mut cap = max_cap.clone();
+        let mut cause: Vec<Option<String>> = vec![None; n];
+        for store in graph.stores() {
+            let demand: f64 = fns
+                .iter()
+                .enumerate()
+                .flat_map(|(i, f)| f.reads.iter().filter(|r| r.store == store.name).map(move |r| (i, r)))
+                .map(|(i, r)| out_a[i] * r.ops_per_message)
+                .sum();
+            if demand <= store.capacity {
+                continue;
+            }
+            let scale = store.capacity / demand;
+            for (i, f) in fns.iter().enumerate() {
+                if f.reads.iter().any(|r| r.store == store.name && r.ops_per_message > 0.0) {
+                    let limit = out_a[i] * scale;
+                    if limit < cap[i] {
+                        cap[i] = limit;
+                        cause[i] = Some(format!(
+                            "store {} at capacity ({:.0} ops/s wanted, {:.0} available)",
+                            store.name, demand, store.capacity
+                        ));
+                    }
+                }
+            }
+        }
+        // Pass B: backpressure from downstream capacity, in reverse topological order.
+        for &i in order.iter().rev() {
+            for edge in &fns[i].emits_to {
+                let d = graph.index_of(&edge.target).expect("validated edge");
+                let e = fns[i].emits_to.iter().position(|x| x.target == edge.target).expect("edge");
+                let k = fan_out(i, e);
+                if k <= EPS || inflow_a[d] <= EPS {
+                    continue;
+                }
+                let wanted_d = inflow_a[d] + drain[d];
+                if wanted_d <= cap[d] + EPS {
+                    continue;
+                }
+                let avail = (cap[d] - drain[d].min(cfg.drain_reserve * cap[d])).max(0.0);
+                let share = avail * (out_a[i] * k / inflow_a[d]) / k;
+                if share < cap[i] {
+                    cap[i] = share;
+                    cause[i] = Some(match &cause[d] {
+                        Some(c) if cap[d] < max_cap[d] - EPS => format!("downstream {} held back: {c}", edge.target),
+                        _ => format!(
+                            "downstream {} at max {} workers ({:.1} msg/s wanted, {:.1} possible)",
+                            edge.target, fns[d].max_workers, wanted_d, cap[d]
+                        ),
+                    });
+                }
+            }
+        }
+        // Pass C: feed-forward with the capped outflows.
+        let (inflow, out) = forward(&cap);
+
+        let mut decision =
+            Decision { at: now, policy: self.name().into(), functions: BTreeMap::new() };
+        for &i in order {
+            let f = &fns[i];
+            let s = &sig[i];
+            let st = self.state.get_mut(&f.name).expect("state created above");
+            let current = current_workers(s);
+            let prev = st.last_desired.unwrap_or(current);
+            let active = inflow[i] > EPS || s.backlog > 0 || s.in_flight > 0;
+            if active || st.last_active.is_none() {
+                st.last_active = Some(now);
+            }
+            let idle_for = now.saturating_sub(st.last_active.unwrap_or(now));
+            let needed = out[i] / (mu[i] * cfg.target_utilization);
+            let held = cause[i].is_some() && cap[i] < (inflow[i] + drain[i]) - EPS;
+            let concurrency_cap = if held { ceil_u32(cap[i] / mu[i]).max(1) } else { f.max_workers };
+            let floor = if f.min_workers > 0 {
+                f.min_workers
+            } else if active || idle_for < cfg.idle_window {
+                1
+            } else {
+                0
+            };
+            let up = ceil_u32(needed).max(floor).min(f.max_workers).min(concurrency_cap.max(f.min_workers));
+            let down = ceil_u32(needed * (1.0 + cfg.scale_down_headroom)).max(floor).min(f.max_workers);
+            st.history.push_back((now, down));
+            while st.history.front().is_some_and(|&(t, _)| now.saturating_sub(t) > cfg.scale_down_window) {
+                st.history.pop_front();
+            }
+            let window_max = st.history.iter().map(|&(_, d)| d).max().unwrap_or(down);
+            let mut desired = if up > prev { up } else { prev.min(window_max.max(up)) };
+            if floor == 0 && !active {
+                desired = 0;
+                st.history.clear();
+            }
+            let desired = desired.clamp(f.min_workers, f.max_workers);
+            st.last_desired = Some(desired);
+
+            let mut reason = String::new();
+            let ups: Vec<String> = graph
+                .upstream_of(i)
+                .iter()
+                .filter(|&&(u, e)| out[u] * fan_out(u, e) > EPS)
+                .map(|&(u, e)| format!("{} {:.1} msg/s x{:.2}", fns[u].name, out[u], fan_out(u, e)))
+                .collect();
+            if ups.is_empty() {
+                let _ = write!(reason, "own arrivals {:.1} msg/s", own[i]);
+            } else {
+                let _ = write!(reason, "feed-forward from {}", ups.join(" + "));
+                if own[i] > EPS {
+                    let _ = write!(reason, " + own {:.1} msg/s", own[i]);
+                }
+            }
+            if s.backlog > 0 {
+                let _ = write!(
+                    reason,
+                    "; backlog {} (oldest {:.0}s) drained in {:.0}s",
+                    s.backlog,
+                    s.oldest_age.as_secs_f64(),
+                    drain_secs
+                );
+            }
+            let _ = write!(reason, "; plan {:.1} msg/s at {:.1} msg/s/worker", out[i], mu[i]);
+            if desired == 0 {
+                let _ = write!(reason, "; idle {:.0}s: scaled to zero", idle_for.as_secs_f64());
+            } else if desired < prev {
+                let _ = write!(reason, "; scaling down (max over {:.0}s window)", cfg.scale_down_window.as_secs_f64());
+            } else if desired == prev && up < prev {
+                let _ = write!(reason, "; holding {prev} (scale-down window)");
+            }
+            if desired == f.max_workers && needed > f.max_workers as f64 {
+                let _ = write!(reason, "; at max {}", f.max_workers);
+            }
+            let admission = if held {
+                let c = cause[i].clone().unwrap_or_default();
+                let _ = write!(reason, "; held back to {:.1} msg/s: {c}", cap[i]);
+                Some(Admission { max_rate: cap[i], max_concurrency: concurrency_cap, cause: c })
+            } else {
+                None
+            };
+            decision.functions.insert(f.name.clone(), FunctionDecision { desired, current, admission, reason });
+        }
+        decision
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Independent (KEDA)
+// ---------------------------------------------------------------------------------------------------
+
+/// Settings of the [`Independent`] policy, with KEDA / Kubernetes HPA defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndependentConfig {
+    /// KEDA `pollingInterval` (default 30 s).
+    pub interval: Duration,
+    /// KEDA aws-sqs-queue `queueLength`: target messages per worker (default 5).
+    pub target_per_worker: f64,
+    /// KEDA `scaleOnInFlight` (default true): count in-flight messages in the queue length.
+    pub scale_on_in_flight: bool,
+    /// HPA tolerance: no change while metric / (target × current) is within 1 ± this (default 0.1).
+    pub tolerance: f64,
+    /// HPA `scaleDown.stabilizationWindowSeconds` (default 300 s).
+    pub scale_down_window: Duration,
+    /// KEDA `cooldownPeriod` before scaling a `min = 0` function to zero (default 300 s).
+    pub cooldown: Duration,
+}
+
+impl Default for IndependentConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            target_per_worker: 5.0,
+            scale_on_in_flight: true,
+            tolerance: 0.1,
+            scale_down_window: Duration::from_secs(300),
+            cooldown: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct IndepState {
+    history: VecDeque<(Duration, u32)>,
+    last_desired: Option<u32>,
+    last_active: Option<Duration>,
+}
+
+/// KEDA-like: each function alone, `desired = ceil(queue length / target per worker)`, evaluated every
+/// 30 s, with the HPA's 10% tolerance, its default scale-up limit (the larger of +100% and +4 pods per
+/// 15 s period, so ×4 or +8 per 30 s evaluation) and its 300 s scale-down stabilisation window.
+#[derive(Debug, Clone, Default)]
+pub struct Independent {
+    config: IndependentConfig,
+    state: BTreeMap<String, IndepState>,
+}
+
+impl Independent {
+    /// An independent policy with the given settings.
+    pub fn new(config: IndependentConfig) -> Self {
+        Self { config, state: BTreeMap::new() }
+    }
+}
+
+impl Policy for Independent {
+    fn name(&self) -> &'static str {
+        "independent"
+    }
+
+    fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
+    fn decide(&mut self, graph: &Graph, signals: &Signals, now: Duration) -> Decision {
+        let cfg = &self.config;
+        let mut decision = Decision { at: now, policy: self.name().into(), functions: BTreeMap::new() };
+        for f in graph.functions() {
+            let s = signals.get(&f.name);
+            let st = self.state.entry(f.name.clone()).or_default();
+            let current = current_workers(&s);
+            let prev = st.last_desired.unwrap_or(current);
+            let metric = s.backlog as f64 + if cfg.scale_on_in_flight { s.in_flight as f64 } else { 0.0 };
+            if metric > 0.0 || st.last_active.is_none() {
+                st.last_active = Some(now);
+            }
+            let mut rec = ceil_u32(metric / cfg.target_per_worker);
+            if prev > 0 && (metric / (cfg.target_per_worker * prev as f64) - 1.0).abs() <= cfg.tolerance {
+                rec = prev;
+            }
+            // HPA scale-up limit per 15 s period: max(+100%, +4 pods); two periods per evaluation.
+            let mut limit = prev;
+            for _ in 0..((cfg.interval.as_secs_f64() / 15.0).ceil().max(1.0) as u32) {
+                limit = (limit * 2).max(limit + 4);
+            }
+            let floor = if f.min_workers > 0 {
+                f.min_workers
+            } else if now.saturating_sub(st.last_active.unwrap_or(now)) < cfg.cooldown {
+                1
+            } else {
+                0
+            };
+            let rec = rec.min(limit).clamp(floor, f.max_workers);
+            st.history.push_back((now, rec));
+            while st.history.front().is_some_and(|&(t, _)| now.saturating_sub(t) > cfg.scale_down_window) {
+                st.history.pop_front();
+            }
+            let window_max = st.history.iter().map(|&(_, d)| d).max().unwrap_or(rec);
+            let desired = if rec >= prev { rec } else { prev.min(window_max) };
+            let desired = if floor == 0 && metric == 0.0 { 0 } else { desired }.clamp(f.min_workers, f.max_workers);
+            st.last_desired = Some(desired);
+            let reason = format!(
+                "queue length {metric:.0} / target {:.0} per worker = {rec}{}",
+                cfg.target_per_worker,
+                if desired > rec { format!("; holding {desired} (300 s stabilisation)") } else { String::new() }
+            );
+            decision
+                .functions
+                .insert(f.name.clone(), FunctionDecision { desired, current, admission: None, reason });
+        }
+        decision
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Lambda-like
+// ---------------------------------------------------------------------------------------------------
+
+/// Settings of the [`LambdaLike`] policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaLikeConfig {
+    /// Evaluation interval (Lambda's pollers react continuously; 1 s is close enough).
+    pub interval: Duration,
+    /// Concurrency added per minute, as a fraction of the function's max workers. Lambda on SQS adds
+    /// up to 300 concurrent invocations a minute against a default account limit of 1000, so 0.3.
+    pub growth_per_minute: f64,
+    /// Concurrency Lambda starts polling with when messages appear, as a fraction of max workers
+    /// (5 concurrent batches of 1000, so 0.005; at least one worker).
+    pub initial_fraction: f64,
+    /// Messages per concurrent invocation Lambda aims for (batch size 1: one message per invocation).
+    pub messages_per_worker: f64,
+}
+
+impl Default for LambdaLikeConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            growth_per_minute: 0.3,
+            initial_fraction: 0.005,
+            messages_per_worker: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct LambdaState {
+    concurrency: Option<f64>,
+    last: Option<Duration>,
+}
+
+/// Lambda-like: each function alone; concurrency targets the queue length (visible + in flight, one
+/// message per invocation), grows by at most `growth_per_minute × max_workers` a minute (Lambda's 300
+/// per minute out of 1000, scaled to our worker counts; at least 1 a minute), and shrinks as soon as
+/// there are fewer messages (idle Lambda instances cost nothing, so there is no stabilisation window).
+#[derive(Debug, Clone, Default)]
+pub struct LambdaLike {
+    config: LambdaLikeConfig,
+    state: BTreeMap<String, LambdaState>,
+}
+
+impl LambdaLike {
+    /// A Lambda-like policy with the given settings.
+    pub fn new(config: LambdaLikeConfig) -> Self {
+        Self { config, state: BTreeMap::new() }
+    }
+}
+
+impl Policy for LambdaLike {
+    fn name(&self) -> &'static str {
+        "lambda-like"
+    }
+
+    fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
+    fn decide(&mut self, graph: &Graph, signals: &Signals, now: Duration) -> Decision {
+        let cfg = &self.config;
+        let mut decision = Decision { at: now, policy: self.name().into(), functions: BTreeMap::new() };
+        for f in graph.functions() {
+            let s = signals.get(&f.name);
+            let st = self.state.entry(f.name.clone()).or_default();
+            let current = current_workers(&s);
+            let conc = st.concurrency.unwrap_or(current as f64);
+            let elapsed = st.last.map_or(0.0, |t| now.saturating_sub(t).as_secs_f64());
+            st.last = Some(now);
+            let max = f.max_workers as f64;
+            let growth = (cfg.growth_per_minute * max).max(1.0) * elapsed / 60.0;
+            let messages = (s.backlog + s.in_flight) as f64;
+            let target = (messages / cfg.messages_per_worker).ceil().min(max);
+            let start = (cfg.initial_fraction * max).ceil().max(1.0);
+            let next = if target > conc {
+                // From nothing, Lambda starts with its initial pollers, then grows at the fixed rate.
+                target.min((conc + growth).max(start.min(target)))
+            } else {
+                target
+            };
+            let next = next.max(f.min_workers as f64).min(max);
+            st.concurrency = Some(next);
+            let desired = next.floor() as u32;
+            let reason = if target > next + EPS {
+                format!("queue length {messages:.0}: growing toward {target:.0} by {:.1}/min", growth * 60.0 / elapsed.max(EPS))
+            } else {
+                format!("queue length {messages:.0}: concurrency {desired}")
+            };
+            decision
+                .functions
+                .insert(f.name.clone(), FunctionDecision { desired, current, admission: None, reason });
+        }
+        decision
+    }
+}
