@@ -86,6 +86,21 @@ pub fn by_name(name: &str) -> Result<Box<dyn Policy>> {
 
 const EPS: f64 = 1e-9;
 
+/// Max-min fair shares of `capacity` among `demands`: small demands are met in full and what is left
+/// is split evenly among the larger ones, so one surging reader cannot starve the others (a bulkhead).
+fn water_fill(demands: &[f64], capacity: f64) -> Vec<f64> {
+    let mut share = vec![0.0; demands.len()];
+    let mut idx: Vec<usize> = (0..demands.len()).collect();
+    idx.sort_by(|&a, &b| demands[a].total_cmp(&demands[b]));
+    let mut left = capacity;
+    for (k, &i) in idx.iter().enumerate() {
+        let even = left / (idx.len() - k) as f64;
+        share[i] = demands[i].min(even);
+        left -= share[i];
+    }
+    share
+}
+
 fn ceil_u32(x: f64) -> u32 {
     if x <= EPS { 0 } else { (x - EPS).ceil().min(u32::MAX as f64) as u32 }
 }
@@ -119,6 +134,10 @@ pub struct CoordinatedConfig {
     pub drain_reserve: f64,
     /// Service rate per worker assumed when nothing is measured and the graph gives no hint.
     pub default_service_rate: f64,
+    /// When the plan uses this fraction of a store's capacity, every reader of it gets a rate cap.
+    pub store_guard: f64,
+    /// Fraction of a store's declared capacity the plan may use (declared capacities are estimates).
+    pub store_utilization: f64,
 }
 
 impl Default for CoordinatedConfig {
@@ -132,6 +151,8 @@ impl Default for CoordinatedConfig {
             idle_window: Duration::from_secs(120),
             drain_reserve: 0.5,
             default_service_rate: 1.0,
+            store_guard: 0.8,
+            store_utilization: 0.95,
         }
     }
 }
@@ -221,52 +242,66 @@ impl Policy for Coordinated {
             .collect();
         let drain: Vec<f64> = sig.iter().map(|s| s.backlog as f64 / drain_secs).collect();
         let max_cap: Vec<f64> = (0..n).map(|i| fns[i].max_workers as f64 * mu[i]).collect();
-
-        // Pass A: unconstrained feed-forward.
-        let forward = |cap: &[f64]| -> (Vec<f64>, Vec<f64>) {
-            let mut inflow = vec![0.0; n];
-            let mut out = vec![0.0; n];
-            for &i in order {
-                inflow[i] = own[i]
-                    + graph.upstream_of(i).iter().map(|&(u, e)| out[u] * fan_out(u, e)).sum::<f64>();
-                out[i] = (inflow[i] + drain[i]).min(cap[i]);
-            }
-            (inflow, out)
-        };
-        let (inflow_a, out_a) = forward(&max_cap);
-
-        // Store shares, in proportion to demand.
         let mut cap = max_cap.clone();
         let mut cause: Vec<Option<String>> = vec![None; n];
-        for store in graph.stores() {
-            let demand: f64 = fns
-                .iter()
-                .enumerate()
-                .flat_map(|(i, f)| f.reads.iter().filter(|r| r.store == store.name).map(move |r| (i, r)))
-                .map(|(i, r)| out_a[i] * r.ops_per_message)
-                .sum();
-            if demand <= store.capacity {
+
+        // Stores: every message entering f costs footprint[f][s] operations on store s, at f and at
+        // everything downstream of it. The sources of store load are each function's own arrivals and
+        // its backlog drain; when a store cannot serve them all, they get max-min fair shares (a
+        // surging source cannot starve the others), and a source's share limits what it may admit.
+        let stores = graph.stores();
+        let mut footprint = vec![vec![0.0; stores.len()]; n];
+        for &i in order.iter().rev() {
+            for (si, st) in stores.iter().enumerate() {
+                let own_ops: f64 =
+                    fns[i].reads.iter().filter(|r| r.store == st.name).map(|r| r.ops_per_message).sum();
+                let below: f64 = fns[i]
+                    .emits_to
+                    .iter()
+                    .enumerate()
+                    .map(|(e, edge)| fan_out(i, e) * footprint[graph.index_of(&edge.target).expect("edge")][si])
+                    .sum();
+                footprint[i][si] = own_ops + below;
+            }
+        }
+        let mut own_limit = vec![f64::INFINITY; n];
+        for (si, st) in stores.iter().enumerate() {
+            let demands: Vec<f64> = (0..n).map(|i| (own[i] + drain[i]) * footprint[i][si]).collect();
+            let total: f64 = demands.iter().sum();
+            let usable = st.capacity * cfg.store_utilization;
+            if total <= usable + EPS {
                 continue;
             }
-            let scale = store.capacity / demand;
-            for (i, f) in fns.iter().enumerate() {
-                if f.reads.iter().any(|r| r.store == store.name && r.ops_per_message > 0.0) {
-                    let limit = out_a[i] * scale;
-                    if limit < cap[i] {
-                        cap[i] = limit;
+            for (i, share) in water_fill(&demands, usable).into_iter().enumerate() {
+                if footprint[i][si] > EPS && share < demands[i] - EPS {
+                    let limit = share / footprint[i][si];
+                    if limit < own_limit[i] {
+                        own_limit[i] = limit;
                         cause[i] = Some(format!(
                             "store {} at capacity ({:.0} ops/s wanted, {:.0} available)",
-                            store.name, demand, store.capacity
+                            st.name, total, st.capacity
                         ));
                     }
                 }
             }
         }
-        // Pass B: backpressure from downstream capacity, in reverse topological order.
+
+        let forward = |cap: &[f64]| -> (Vec<f64>, Vec<f64>) {
+            let mut inflow = vec![0.0; n];
+            let mut out = vec![0.0; n];
+            for &i in order {
+                let from_up: f64 = graph.upstream_of(i).iter().map(|&(u, e)| out[u] * fan_out(u, e)).sum();
+                inflow[i] = own[i] + from_up;
+                out[i] = ((own[i] + drain[i]).min(own_limit[i]) + from_up).min(cap[i]);
+            }
+            (inflow, out)
+        };
+        // Pass A: feed-forward within worker and store limits.
+        let (inflow_a, out_a) = forward(&cap);
+        // Pass B: backpressure from downstreams at their maximum, in reverse topological order.
         for &i in order.iter().rev() {
-            for edge in &fns[i].emits_to {
+            for (e, edge) in fns[i].emits_to.iter().enumerate() {
                 let d = graph.index_of(&edge.target).expect("validated edge");
-                let e = fns[i].emits_to.iter().position(|x| x.target == edge.target).expect("edge");
                 let k = fan_out(i, e);
                 if k <= EPS || inflow_a[d] <= EPS {
                     continue;
@@ -279,17 +314,17 @@ impl Policy for Coordinated {
                 let share = avail * (out_a[i] * k / inflow_a[d]) / k;
                 if share < cap[i] {
                     cap[i] = share;
-                    cause[i] = Some(match &cause[d] {
-                        Some(c) if cap[d] < max_cap[d] - EPS => format!("downstream {} held back: {c}", edge.target),
-                        _ => format!(
-                            "downstream {} at max {} workers ({:.1} msg/s wanted, {:.1} possible)",
-                            edge.target, fns[d].max_workers, wanted_d, cap[d]
-                        ),
-                    });
+                    cause[i] = Some(format!(
+                        "downstream {} saturated ({:.1} msg/s wanted, {:.1} possible){}",
+                        edge.target,
+                        wanted_d,
+                        cap[d],
+                        cause[d].as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+                    ));
                 }
             }
         }
-        // Pass C: feed-forward with the capped outflows.
+        // Pass C: feed-forward with the held-back outflows.
         let (inflow, out) = forward(&cap);
 
         let mut decision =
@@ -300,14 +335,14 @@ impl Policy for Coordinated {
             let st = self.state.get_mut(&f.name).expect("state created above");
             let current = current_workers(s);
             let prev = st.last_desired.unwrap_or(current);
-            let active = inflow[i] > EPS || s.backlog > 0 || s.in_flight > 0;
+            let active = inflow[i] > EPS || s.backlog > 0 || s.in_flight > 0 || s.delayed > 0;
             if active || st.last_active.is_none() {
                 st.last_active = Some(now);
             }
             let idle_for = now.saturating_sub(st.last_active.unwrap_or(now));
             let needed = out[i] / (mu[i] * cfg.target_utilization);
-            let held = cause[i].is_some() && cap[i] < (inflow[i] + drain[i]) - EPS;
-            let concurrency_cap = if held { ceil_u32(cap[i] / mu[i]).max(1) } else { f.max_workers };
+            let held = cause[i].is_some() && out[i] < (inflow[i] + drain[i]).min(max_cap[i]) - EPS;
+            let concurrency_cap = if held { ceil_u32(out[i] / mu[i]).max(1) } else { f.max_workers };
             let floor = if f.min_workers > 0 {
                 f.min_workers
             } else if active || idle_for < cfg.idle_window {
@@ -367,12 +402,45 @@ impl Policy for Coordinated {
             }
             let admission = if held {
                 let c = cause[i].clone().unwrap_or_default();
-                let _ = write!(reason, "; held back to {:.1} msg/s: {c}", cap[i]);
-                Some(Admission { max_rate: cap[i], max_concurrency: concurrency_cap, cause: c })
+                let _ = write!(reason, "; held back to {:.1} msg/s: {c}", out[i]);
+                Some(Admission { max_rate: out[i], max_concurrency: concurrency_cap, cause: c })
             } else {
                 None
             };
             decision.functions.insert(f.name.clone(), FunctionDecision { desired, current, admission, reason });
+        }
+        // Workers kept by the scale-down window can read faster than planned. When a store is close to
+        // capacity, every reader gets at most its planned rate plus its proportional part of the slack,
+        // so the plan as a whole never asks a store for more than it serves.
+        for st in stores {
+            let planned: f64 = fns
+                .iter()
+                .enumerate()
+                .map(|(i, f)| out[i] * f.reads.iter().filter(|r| r.store == st.name).map(|r| r.ops_per_message).sum::<f64>())
+                .sum();
+            if planned < cfg.store_guard * st.capacity {
+                continue;
+            }
+            let ratio = (st.capacity * cfg.store_utilization / planned).max(1.0);
+            for (i, f) in fns.iter().enumerate() {
+                if !f.reads.iter().any(|r| r.store == st.name && r.ops_per_message > 0.0) {
+                    continue;
+                }
+                let l = out[i] * ratio;
+                let d = decision.functions.get_mut(&f.name).expect("decided above");
+                let conc = d.desired.min(ceil_u32(l / mu[i]).max(1));
+                match &mut d.admission {
+                    Some(a) => {
+                        a.max_rate = a.max_rate.min(l);
+                        a.max_concurrency = a.max_concurrency.min(conc);
+                    }
+                    None => {
+                        let c = format!("store {} at {:.0}% of capacity", st.name, planned / st.capacity * 100.0);
+                        let _ = write!(d.reason, "; rate capped at {l:.1} msg/s: {c}");
+                        d.admission = Some(Admission { max_rate: l, max_concurrency: conc, cause: c });
+                    }
+                }
+            }
         }
         decision
     }
@@ -453,7 +521,10 @@ impl Policy for Independent {
             let st = self.state.entry(f.name.clone()).or_default();
             let current = current_workers(&s);
             let prev = st.last_desired.unwrap_or(current);
-            let metric = s.backlog as f64 + if cfg.scale_on_in_flight { s.in_flight as f64 } else { 0.0 };
+            // SQS ApproximateNumberOfMessagesNotVisible counts messages being handled and those waiting
+            // out a failed attempt's visibility timeout.
+            let not_visible = (s.in_flight + s.delayed) as f64;
+            let metric = s.backlog as f64 + if cfg.scale_on_in_flight { not_visible } else { 0.0 };
             if metric > 0.0 || st.last_active.is_none() {
                 st.last_active = Some(now);
             }

@@ -21,8 +21,10 @@ pub struct FunctionSignals {
     pub service_rate_per_worker: Option<f64>,
     /// Visible messages waiting in the queue.
     pub backlog: u64,
-    /// Messages received but not yet deleted (being handled, or waiting out a retry backoff).
+    /// Messages being handled right now.
     pub in_flight: u64,
+    /// Messages whose handling failed and that wait out a retry backoff (invisible, not yet visible again).
+    pub delayed: u64,
     /// Age of the oldest visible message.
     pub oldest_age: Duration,
     /// Workers running and able to take messages.

@@ -107,6 +107,7 @@ pub struct Pipeline {
     fns: Vec<FnState>,
     rng: u64,
     next_sample: f64,
+    tokens: Vec<f64>,
 }
 
 impl Pipeline {
@@ -125,7 +126,8 @@ impl Pipeline {
             })
             .collect();
         let rng = scenario.seed.max(1);
-        Ok(Self { scenario, graph, trace, t: 0.0, window_start: 0.0, fns, rng, next_sample: 0.0 })
+        let tokens = scenario.stores.iter().map(|s| s.capacity * s.burst.max(0.0)).collect();
+        Ok(Self { scenario, graph, trace, t: 0.0, window_start: 0.0, fns, rng, next_sample: 0.0, tokens })
     }
 
     /// The graph of the model.
@@ -224,7 +226,7 @@ impl Pipeline {
         }
         // 3. stores.
         let mut success_frac = vec![1.0f64; n];
-        for store in &self.scenario.stores {
+        for (si, store) in self.scenario.stores.iter().enumerate() {
             let requested: f64 = self
                 .scenario
                 .functions
@@ -233,7 +235,10 @@ impl Pipeline {
                 .flat_map(|(i, m)| m.reads.iter().filter(|r| r.0 == store.name).map(move |r| (i, r.1)))
                 .map(|(i, ops)| attempts[i] as f64 * ops)
                 .sum();
-            let served = store.capacity * dt;
+            let bucket = (store.capacity * store.burst.max(dt)).max(store.capacity * dt);
+            let available = (self.tokens[si] + store.capacity * dt).min(bucket);
+            let served = requested.min(available);
+            self.tokens[si] = available - served;
             if requested > served {
                 let frac = served / requested;
                 for (i, m) in self.scenario.functions.iter().enumerate() {
@@ -356,8 +361,10 @@ impl Pipeline {
                 arrival_rate: s.w_arrivals as f64 / elapsed,
                 processed_rate: s.w_success as f64 / elapsed,
                 service_rate_per_worker: (s.w_busy > 0.0).then(|| s.w_attempts as f64 / s.w_busy),
-                backlog: s.visible + s.inbox_count,
-                in_flight: s.busy.min(s.ready as u64) + s.retrying,
+                // Messages emitted in the last step are taken by idle pollers at once, as in a live queue.
+                backlog: s.visible,
+                in_flight: s.busy.min(s.ready as u64),
+                delayed: s.retrying,
                 oldest_age: Duration::from_secs_f64(oldest_age),
                 workers: s.ready,
                 starting: s.starting.len() as u32,

@@ -41,6 +41,8 @@ pub struct StoreModel {
     pub name: String,
     /// Operations per second it serves; requests beyond fail and the message is retried.
     pub capacity: f64,
+    /// Seconds of capacity it can serve in a burst (a token bucket of `capacity × burst` operations).
+    pub burst: f64,
 }
 
 /// A pipeline model plus simulation settings.
@@ -124,7 +126,7 @@ impl Scenario {
                 f("automation", 0.2, 90.0, (1, 60, 23), &[], &[("db", 2.0)]),
                 f("routing", 0.05, 5.0, (0, 10, 3), &[], &[]),
             ],
-            stores: vec![StoreModel { name: "db".into(), capacity: 700.0 }],
+            stores: vec![StoreModel { name: "db".into(), capacity: 700.0, burst: 1.0 }],
             step: 0.1,
             retry_backoff: 30.0,
             noise: 0.1,
@@ -147,7 +149,7 @@ impl Scenario {
                 f("login", 0.1, 5.0, (1, 20, 2), &[], &[("auth", 2.0)]),
                 f("notify", 0.02, 5.0, (0, 20, 1), &[], &[]),
             ],
-            stores: vec![StoreModel { name: "auth".into(), capacity: 1000.0 }],
+            stores: vec![StoreModel { name: "auth".into(), capacity: 1000.0, burst: 1.0 }],
             step: 0.1,
             retry_backoff: 30.0,
             noise: 0.1,
@@ -196,6 +198,16 @@ impl Scenario {
             if !(m.startup.is_finite() && m.startup >= 0.0) {
                 return bad(format!("function {:?}: startup must be >= 0 s", m.name));
             }
+            if m.initial_workers > m.max_workers {
+                return bad(format!("function {:?}: initial_workers exceeds max_workers", m.name));
+            }
+        }
+        for st in &self.stores {
+            if !(st.burst.is_finite() && st.burst >= 0.0) {
+                return bad(format!("store {:?}: burst must be >= 0 s", st.name));
+            }
+        }
+        for m in &self.functions {
             if m.initial_workers > m.max_workers {
                 return bad(format!("function {:?}: initial_workers exceeds max_workers", m.name));
             }
