@@ -144,7 +144,7 @@ impl Scenario {
             name: "apr2020".into(),
             description: "one source surges far above peak; chat, kb and login share the auth store".into(),
             functions: vec![
-                f("chat", 0.05, 5.0, (1, 40, 3), &[("notify", 1.0)], &[("auth", 1.0)]),
+                f("chat", 0.05, 5.0, (1, 60, 3), &[("notify", 1.0)], &[("auth", 1.0)]),
                 f("kb", 0.05, 5.0, (1, 20, 2), &[], &[("auth", 1.0)]),
                 f("login", 0.1, 5.0, (1, 20, 2), &[], &[("auth", 2.0)]),
                 f("notify", 0.02, 5.0, (0, 20, 1), &[], &[]),
