@@ -70,13 +70,19 @@ impl FunctionSpec {
 
     /// Adds an edge to `target` with a prior fan-out.
     pub fn emits(mut self, target: impl Into<String>, fan_out: f64) -> Self {
-        self.emits_to.push(Edge { target: target.into(), fan_out });
+        self.emits_to.push(Edge {
+            target: target.into(),
+            fan_out,
+        });
         self
     }
 
     /// Adds a store read.
     pub fn reads(mut self, store: impl Into<String>, ops_per_message: f64) -> Self {
-        self.reads.push(StoreRead { store: store.into(), ops_per_message });
+        self.reads.push(StoreRead {
+            store: store.into(),
+            ops_per_message,
+        });
         self
     }
 
@@ -100,7 +106,10 @@ pub struct StoreSpec {
 impl StoreSpec {
     /// A store with a capacity in ops/s.
     pub fn new(name: impl Into<String>, capacity: f64) -> Self {
-        Self { name: name.into(), capacity }
+        Self {
+            name: name.into(),
+            capacity,
+        }
     }
 }
 
@@ -134,7 +143,10 @@ impl Graph {
                 return bad(format!("function {:?} is declared twice", f.name));
             }
             if f.max_workers == 0 {
-                return bad(format!("function {:?}: max_workers must be at least 1", f.name));
+                return bad(format!(
+                    "function {:?}: max_workers must be at least 1",
+                    f.name
+                ));
             }
             if f.min_workers > f.max_workers {
                 return bad(format!(
@@ -174,7 +186,10 @@ impl Graph {
                     ));
                 };
                 if !seen.insert(t) {
-                    return bad(format!("function {:?} emits to {:?} twice", f.name, edge.target));
+                    return bad(format!(
+                        "function {:?} emits to {:?} twice",
+                        f.name, edge.target
+                    ));
                 }
                 if !finite_non_negative(edge.fan_out) {
                     return bad(format!(
@@ -186,7 +201,10 @@ impl Graph {
             }
             for r in &f.reads {
                 if !store_names.contains(&r.store) {
-                    return bad(format!("function {:?} reads unknown store {:?}", f.name, r.store));
+                    return bad(format!(
+                        "function {:?} reads unknown store {:?}",
+                        f.name, r.store
+                    ));
                 }
                 if !finite_non_negative(r.ops_per_message) {
                     return bad(format!(
@@ -198,7 +216,8 @@ impl Graph {
         }
         // Kahn's algorithm; ties broken by declaration order so the order is deterministic.
         let mut indegree: Vec<usize> = upstream.iter().map(Vec::len).collect();
-        let mut ready: BTreeSet<usize> = (0..functions.len()).filter(|&i| indegree[i] == 0).collect();
+        let mut ready: BTreeSet<usize> =
+            (0..functions.len()).filter(|&i| indegree[i] == 0).collect();
         let mut order = Vec::with_capacity(functions.len());
         while let Some(i) = ready.pop_first() {
             order.push(i);
@@ -220,7 +239,13 @@ impl Graph {
                 stuck.join(", ")
             ));
         }
-        Ok(Self { functions, stores, index, order, upstream })
+        Ok(Self {
+            functions,
+            stores,
+            index,
+            order,
+            upstream,
+        })
     }
 
     /// Functions in declaration order.
@@ -255,7 +280,10 @@ impl Graph {
 
     /// Function names in topological order.
     pub fn topological_names(&self) -> Vec<&str> {
-        self.order.iter().map(|&i| self.functions[i].name.as_str()).collect()
+        self.order
+            .iter()
+            .map(|&i| self.functions[i].name.as_str())
+            .collect()
     }
 
     /// The edges into function `i`: `(upstream function index, index into its emits_to)`.
@@ -286,7 +314,11 @@ mod tests {
         let g = Graph::new(pipeline(), vec![]).unwrap();
         assert_eq!(g.topological_names(), vec!["a", "b", "c"]);
         let c = g.index_of("c").unwrap();
-        let ups: Vec<&str> = g.upstream_of(c).iter().map(|&(u, _)| g.functions()[u].name.as_str()).collect();
+        let ups: Vec<&str> = g
+            .upstream_of(c)
+            .iter()
+            .map(|&(u, _)| g.functions()[u].name.as_str())
+            .collect();
         assert_eq!(ups, vec!["b", "a"]);
         assert!(g.is_sink(c));
     }
@@ -296,24 +328,58 @@ mod tests {
         let mut fs = pipeline();
         fs[0] = FunctionSpec::new("c", 0, 4).emits("a", 1.0);
         let err = Graph::new(fs, vec![]).unwrap_err().to_string();
-        assert!(err.contains("cycle") && err.contains('a') && err.contains('c'), "{err}");
+        assert!(
+            err.contains("cycle") && err.contains('a') && err.contains('c'),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_inputs_name_the_culprit() {
         let cases: Vec<(Vec<FunctionSpec>, Vec<StoreSpec>, &str)> = vec![
-            (vec![FunctionSpec::new("a", 0, 1).emits("zz", 1.0)], vec![], "unknown function \"zz\""),
-            (vec![FunctionSpec::new("a", 3, 2)], vec![], "min_workers 3 exceeds max_workers 2"),
-            (vec![FunctionSpec::new("a", 0, 0)], vec![], "max_workers must be at least 1"),
-            (vec![FunctionSpec::new("a", 0, 1).reads("db", 1.0)], vec![], "unknown store \"db\""),
-            (vec![FunctionSpec::new("a", 0, 1)], vec![StoreSpec::new("db", 0.0)], "capacity"),
-            (vec![FunctionSpec::new("a", 0, 1), FunctionSpec::new("a", 0, 1)], vec![], "declared twice"),
             (
-                vec![FunctionSpec::new("a", 0, 1).emits("b", -1.0), FunctionSpec::new("b", 0, 1)],
+                vec![FunctionSpec::new("a", 0, 1).emits("zz", 1.0)],
+                vec![],
+                "unknown function \"zz\"",
+            ),
+            (
+                vec![FunctionSpec::new("a", 3, 2)],
+                vec![],
+                "min_workers 3 exceeds max_workers 2",
+            ),
+            (
+                vec![FunctionSpec::new("a", 0, 0)],
+                vec![],
+                "max_workers must be at least 1",
+            ),
+            (
+                vec![FunctionSpec::new("a", 0, 1).reads("db", 1.0)],
+                vec![],
+                "unknown store \"db\"",
+            ),
+            (
+                vec![FunctionSpec::new("a", 0, 1)],
+                vec![StoreSpec::new("db", 0.0)],
+                "capacity",
+            ),
+            (
+                vec![FunctionSpec::new("a", 0, 1), FunctionSpec::new("a", 0, 1)],
+                vec![],
+                "declared twice",
+            ),
+            (
+                vec![
+                    FunctionSpec::new("a", 0, 1).emits("b", -1.0),
+                    FunctionSpec::new("b", 0, 1),
+                ],
                 vec![],
                 "fan_out",
             ),
-            (vec![FunctionSpec::new("a", 0, 1).emits("a", 1.0)], vec![], "cycle"),
+            (
+                vec![FunctionSpec::new("a", 0, 1).emits("a", 1.0)],
+                vec![],
+                "cycle",
+            ),
         ];
         for (fs, ss, want) in cases {
             let err = Graph::new(fs, ss).unwrap_err().to_string();

@@ -102,7 +102,11 @@ fn water_fill(demands: &[f64], capacity: f64) -> Vec<f64> {
 }
 
 fn ceil_u32(x: f64) -> u32 {
-    if x <= EPS { 0 } else { (x - EPS).ceil().min(u32::MAX as f64) as u32 }
+    if x <= EPS {
+        0
+    } else {
+        (x - EPS).ceil().min(u32::MAX as f64) as u32
+    }
 }
 
 fn current_workers(s: &FunctionSignals) -> u32 {
@@ -189,7 +193,10 @@ pub struct Coordinated {
 impl Coordinated {
     /// A coordinated policy with the given settings.
     pub fn new(config: CoordinatedConfig) -> Self {
-        Self { config, state: BTreeMap::new() }
+        Self {
+            config,
+            state: BTreeMap::new(),
+        }
     }
 
     /// Its settings.
@@ -219,10 +226,16 @@ impl Policy for Coordinated {
         let mut mu = vec![0.0; n];
         for (i, f) in fns.iter().enumerate() {
             let st = self.state.entry(f.name.clone()).or_default();
-            if let Some(m) = sig[i].service_rate_per_worker.filter(|m| m.is_finite() && *m > EPS) {
+            if let Some(m) = sig[i]
+                .service_rate_per_worker
+                .filter(|m| m.is_finite() && *m > EPS)
+            {
                 st.service_rate = Some(m);
             }
-            mu[i] = st.service_rate.or(f.service_rate_hint).unwrap_or(cfg.default_service_rate);
+            mu[i] = st
+                .service_rate
+                .or(f.service_rate_hint)
+                .unwrap_or(cfg.default_service_rate);
         }
         let fan_out = |u: usize, e: usize| -> f64 {
             let edge = &fns[u].emits_to[e];
@@ -235,8 +248,11 @@ impl Policy for Coordinated {
         };
         let own: Vec<f64> = (0..n)
             .map(|i| {
-                let from_upstream: f64 =
-                    graph.upstream_of(i).iter().map(|&(u, e)| sig[u].processed_rate * fan_out(u, e)).sum();
+                let from_upstream: f64 = graph
+                    .upstream_of(i)
+                    .iter()
+                    .map(|&(u, e)| sig[u].processed_rate * fan_out(u, e))
+                    .sum();
                 (sig[i].arrival_rate - from_upstream).max(0.0)
             })
             .collect();
@@ -253,20 +269,28 @@ impl Policy for Coordinated {
         let mut footprint = vec![vec![0.0; stores.len()]; n];
         for &i in order.iter().rev() {
             for (si, st) in stores.iter().enumerate() {
-                let own_ops: f64 =
-                    fns[i].reads.iter().filter(|r| r.store == st.name).map(|r| r.ops_per_message).sum();
+                let own_ops: f64 = fns[i]
+                    .reads
+                    .iter()
+                    .filter(|r| r.store == st.name)
+                    .map(|r| r.ops_per_message)
+                    .sum();
                 let below: f64 = fns[i]
                     .emits_to
                     .iter()
                     .enumerate()
-                    .map(|(e, edge)| fan_out(i, e) * footprint[graph.index_of(&edge.target).expect("edge")][si])
+                    .map(|(e, edge)| {
+                        fan_out(i, e) * footprint[graph.index_of(&edge.target).expect("edge")][si]
+                    })
                     .sum();
                 footprint[i][si] = own_ops + below;
             }
         }
         let mut own_limit = vec![f64::INFINITY; n];
         for (si, st) in stores.iter().enumerate() {
-            let demands: Vec<f64> = (0..n).map(|i| (own[i] + drain[i]) * footprint[i][si]).collect();
+            let demands: Vec<f64> = (0..n)
+                .map(|i| (own[i] + drain[i]) * footprint[i][si])
+                .collect();
             let total: f64 = demands.iter().sum();
             let usable = st.capacity * cfg.store_utilization;
             if total <= usable + EPS {
@@ -290,7 +314,11 @@ impl Policy for Coordinated {
             let mut inflow = vec![0.0; n];
             let mut out = vec![0.0; n];
             for &i in order {
-                let from_up: f64 = graph.upstream_of(i).iter().map(|&(u, e)| out[u] * fan_out(u, e)).sum();
+                let from_up: f64 = graph
+                    .upstream_of(i)
+                    .iter()
+                    .map(|&(u, e)| out[u] * fan_out(u, e))
+                    .sum();
                 inflow[i] = own[i] + from_up;
                 out[i] = ((own[i] + drain[i]).min(own_limit[i]) + from_up).min(cap[i]);
             }
@@ -319,7 +347,10 @@ impl Policy for Coordinated {
                         edge.target,
                         wanted_d,
                         cap[d],
-                        cause[d].as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+                        cause[d]
+                            .as_ref()
+                            .map(|c| format!(": {c}"))
+                            .unwrap_or_default()
                     ));
                 }
             }
@@ -327,8 +358,11 @@ impl Policy for Coordinated {
         // Pass C: feed-forward with the held-back outflows.
         let (inflow, out) = forward(&cap);
 
-        let mut decision =
-            Decision { at: now, policy: self.name().into(), functions: BTreeMap::new() };
+        let mut decision = Decision {
+            at: now,
+            policy: self.name().into(),
+            functions: BTreeMap::new(),
+        };
         for &i in order {
             let f = &fns[i];
             let s = &sig[i];
@@ -342,7 +376,11 @@ impl Policy for Coordinated {
             let idle_for = now.saturating_sub(st.last_active.unwrap_or(now));
             let needed = out[i] / (mu[i] * cfg.target_utilization);
             let held = cause[i].is_some() && out[i] < (inflow[i] + drain[i]).min(max_cap[i]) - EPS;
-            let concurrency_cap = if held { ceil_u32(out[i] / mu[i]).max(1) } else { f.max_workers };
+            let concurrency_cap = if held {
+                ceil_u32(out[i] / mu[i]).max(1)
+            } else {
+                f.max_workers
+            };
             let floor = if f.min_workers > 0 {
                 f.min_workers
             } else if active || idle_for < cfg.idle_window {
@@ -350,14 +388,27 @@ impl Policy for Coordinated {
             } else {
                 0
             };
-            let up = ceil_u32(needed).max(floor).min(f.max_workers).min(concurrency_cap.max(f.min_workers));
-            let down = ceil_u32(needed * (1.0 + cfg.scale_down_headroom)).max(floor).min(f.max_workers);
+            let up = ceil_u32(needed)
+                .max(floor)
+                .min(f.max_workers)
+                .min(concurrency_cap.max(f.min_workers));
+            let down = ceil_u32(needed * (1.0 + cfg.scale_down_headroom))
+                .max(floor)
+                .min(f.max_workers);
             st.history.push_back((now, down));
-            while st.history.front().is_some_and(|&(t, _)| now.saturating_sub(t) > cfg.scale_down_window) {
+            while st
+                .history
+                .front()
+                .is_some_and(|&(t, _)| now.saturating_sub(t) > cfg.scale_down_window)
+            {
                 st.history.pop_front();
             }
             let window_max = st.history.iter().map(|&(_, d)| d).max().unwrap_or(down);
-            let mut desired = if up > prev { up } else { prev.min(window_max.max(up)) };
+            let mut desired = if up > prev {
+                up
+            } else {
+                prev.min(window_max.max(up))
+            };
             if floor == 0 && !active {
                 desired = 0;
                 st.history.clear();
@@ -389,11 +440,23 @@ impl Policy for Coordinated {
                     drain_secs
                 );
             }
-            let _ = write!(reason, "; plan {:.1} msg/s at {:.1} msg/s/worker", out[i], mu[i]);
+            let _ = write!(
+                reason,
+                "; plan {:.1} msg/s at {:.1} msg/s/worker",
+                out[i], mu[i]
+            );
             if desired == 0 {
-                let _ = write!(reason, "; idle {:.0}s: scaled to zero", idle_for.as_secs_f64());
+                let _ = write!(
+                    reason,
+                    "; idle {:.0}s: scaled to zero",
+                    idle_for.as_secs_f64()
+                );
             } else if desired < prev {
-                let _ = write!(reason, "; scaling down (max over {:.0}s window)", cfg.scale_down_window.as_secs_f64());
+                let _ = write!(
+                    reason,
+                    "; scaling down (max over {:.0}s window)",
+                    cfg.scale_down_window.as_secs_f64()
+                );
             } else if desired == prev && up < prev {
                 let _ = write!(reason, "; holding {prev} (scale-down window)");
             }
@@ -403,11 +466,23 @@ impl Policy for Coordinated {
             let admission = if held {
                 let c = cause[i].clone().unwrap_or_default();
                 let _ = write!(reason, "; held back to {:.1} msg/s: {c}", out[i]);
-                Some(Admission { max_rate: out[i], max_concurrency: concurrency_cap, cause: c })
+                Some(Admission {
+                    max_rate: out[i],
+                    max_concurrency: concurrency_cap,
+                    cause: c,
+                })
             } else {
                 None
             };
-            decision.functions.insert(f.name.clone(), FunctionDecision { desired, current, admission, reason });
+            decision.functions.insert(
+                f.name.clone(),
+                FunctionDecision {
+                    desired,
+                    current,
+                    admission,
+                    reason,
+                },
+            );
         }
         // Workers kept by the scale-down window can read faster than planned. When a store is close to
         // capacity, every reader gets at most its planned rate plus its proportional part of the slack,
@@ -416,14 +491,25 @@ impl Policy for Coordinated {
             let planned: f64 = fns
                 .iter()
                 .enumerate()
-                .map(|(i, f)| out[i] * f.reads.iter().filter(|r| r.store == st.name).map(|r| r.ops_per_message).sum::<f64>())
+                .map(|(i, f)| {
+                    out[i]
+                        * f.reads
+                            .iter()
+                            .filter(|r| r.store == st.name)
+                            .map(|r| r.ops_per_message)
+                            .sum::<f64>()
+                })
                 .sum();
             if planned < cfg.store_guard * st.capacity {
                 continue;
             }
             let ratio = (st.capacity * cfg.store_utilization / planned).max(1.0);
             for (i, f) in fns.iter().enumerate() {
-                if !f.reads.iter().any(|r| r.store == st.name && r.ops_per_message > 0.0) {
+                if !f
+                    .reads
+                    .iter()
+                    .any(|r| r.store == st.name && r.ops_per_message > 0.0)
+                {
                     continue;
                 }
                 let l = out[i] * ratio;
@@ -435,9 +521,17 @@ impl Policy for Coordinated {
                         a.max_concurrency = a.max_concurrency.min(conc);
                     }
                     None => {
-                        let c = format!("store {} at {:.0}% of capacity", st.name, planned / st.capacity * 100.0);
+                        let c = format!(
+                            "store {} at {:.0}% of capacity",
+                            st.name,
+                            planned / st.capacity * 100.0
+                        );
                         let _ = write!(d.reason, "; rate capped at {l:.1} msg/s: {c}");
-                        d.admission = Some(Admission { max_rate: l, max_concurrency: conc, cause: c });
+                        d.admission = Some(Admission {
+                            max_rate: l,
+                            max_concurrency: conc,
+                            cause: c,
+                        });
                     }
                 }
             }
@@ -500,7 +594,10 @@ pub struct Independent {
 impl Independent {
     /// An independent policy with the given settings.
     pub fn new(config: IndependentConfig) -> Self {
-        Self { config, state: BTreeMap::new() }
+        Self {
+            config,
+            state: BTreeMap::new(),
+        }
     }
 }
 
@@ -515,7 +612,11 @@ impl Policy for Independent {
 
     fn decide(&mut self, graph: &Graph, signals: &Signals, now: Duration) -> Decision {
         let cfg = &self.config;
-        let mut decision = Decision { at: now, policy: self.name().into(), functions: BTreeMap::new() };
+        let mut decision = Decision {
+            at: now,
+            policy: self.name().into(),
+            functions: BTreeMap::new(),
+        };
         for f in graph.functions() {
             let s = signals.get(&f.name);
             let st = self.state.entry(f.name.clone()).or_default();
@@ -524,12 +625,19 @@ impl Policy for Independent {
             // SQS ApproximateNumberOfMessagesNotVisible counts messages being handled and those waiting
             // out a failed attempt's visibility timeout.
             let not_visible = (s.in_flight + s.delayed) as f64;
-            let metric = s.backlog as f64 + if cfg.scale_on_in_flight { not_visible } else { 0.0 };
+            let metric = s.backlog as f64
+                + if cfg.scale_on_in_flight {
+                    not_visible
+                } else {
+                    0.0
+                };
             if metric > 0.0 || st.last_active.is_none() {
                 st.last_active = Some(now);
             }
             let mut rec = ceil_u32(metric / cfg.target_per_worker);
-            if prev > 0 && (metric / (cfg.target_per_worker * prev as f64) - 1.0).abs() <= cfg.tolerance {
+            if prev > 0
+                && (metric / (cfg.target_per_worker * prev as f64) - 1.0).abs() <= cfg.tolerance
+            {
                 rec = prev;
             }
             // HPA scale-up limit per 15 s period: max(+100%, +4 pods); two periods per evaluation.
@@ -546,21 +654,44 @@ impl Policy for Independent {
             };
             let rec = rec.min(limit).clamp(floor, f.max_workers);
             st.history.push_back((now, rec));
-            while st.history.front().is_some_and(|&(t, _)| now.saturating_sub(t) > cfg.scale_down_window) {
+            while st
+                .history
+                .front()
+                .is_some_and(|&(t, _)| now.saturating_sub(t) > cfg.scale_down_window)
+            {
                 st.history.pop_front();
             }
             let window_max = st.history.iter().map(|&(_, d)| d).max().unwrap_or(rec);
-            let desired = if rec >= prev { rec } else { prev.min(window_max) };
-            let desired = if floor == 0 && metric == 0.0 { 0 } else { desired }.clamp(f.min_workers, f.max_workers);
+            let desired = if rec >= prev {
+                rec
+            } else {
+                prev.min(window_max)
+            };
+            let desired = if floor == 0 && metric == 0.0 {
+                0
+            } else {
+                desired
+            }
+            .clamp(f.min_workers, f.max_workers);
             st.last_desired = Some(desired);
             let reason = format!(
                 "queue length {metric:.0} / target {:.0} per worker = {rec}{}",
                 cfg.target_per_worker,
-                if desired > rec { format!("; holding {desired} (300 s stabilisation)") } else { String::new() }
+                if desired > rec {
+                    format!("; holding {desired} (300 s stabilisation)")
+                } else {
+                    String::new()
+                }
             );
-            decision
-                .functions
-                .insert(f.name.clone(), FunctionDecision { desired, current, admission: None, reason });
+            decision.functions.insert(
+                f.name.clone(),
+                FunctionDecision {
+                    desired,
+                    current,
+                    admission: None,
+                    reason,
+                },
+            );
         }
         decision
     }
@@ -616,7 +747,10 @@ pub struct LambdaLike {
 impl LambdaLike {
     /// A Lambda-like policy with the given settings.
     pub fn new(config: LambdaLikeConfig) -> Self {
-        Self { config, state: BTreeMap::new() }
+        Self {
+            config,
+            state: BTreeMap::new(),
+        }
     }
 }
 
@@ -631,7 +765,11 @@ impl Policy for LambdaLike {
 
     fn decide(&mut self, graph: &Graph, signals: &Signals, now: Duration) -> Decision {
         let cfg = &self.config;
-        let mut decision = Decision { at: now, policy: self.name().into(), functions: BTreeMap::new() };
+        let mut decision = Decision {
+            at: now,
+            policy: self.name().into(),
+            functions: BTreeMap::new(),
+        };
         for f in graph.functions() {
             let s = signals.get(&f.name);
             let st = self.state.entry(f.name.clone()).or_default();
@@ -654,13 +792,22 @@ impl Policy for LambdaLike {
             st.concurrency = Some(next);
             let desired = next.floor() as u32;
             let reason = if target > next + EPS {
-                format!("queue length {messages:.0}: growing toward {target:.0} by {:.1}/min", growth * 60.0 / elapsed.max(EPS))
+                format!(
+                    "queue length {messages:.0}: growing toward {target:.0} by {:.1}/min",
+                    growth * 60.0 / elapsed.max(EPS)
+                )
             } else {
                 format!("queue length {messages:.0}: concurrency {desired}")
             };
-            decision
-                .functions
-                .insert(f.name.clone(), FunctionDecision { desired, current, admission: None, reason });
+            decision.functions.insert(
+                f.name.clone(),
+                FunctionDecision {
+                    desired,
+                    current,
+                    admission: None,
+                    reason,
+                },
+            );
         }
         decision
     }
@@ -674,7 +821,9 @@ mod tests {
     fn chain() -> Graph {
         Graph::new(
             vec![
-                FunctionSpec::new("a", 1, 20).emits("b", 2.0).service_rate(10.0),
+                FunctionSpec::new("a", 1, 20)
+                    .emits("b", 2.0)
+                    .service_rate(10.0),
                 FunctionSpec::new("b", 1, 50).service_rate(5.0),
             ],
             vec![],
@@ -694,7 +843,12 @@ mod tests {
     }
 
     fn signals(list: &[(&str, FunctionSignals)]) -> Signals {
-        Signals { functions: list.iter().map(|(n, s)| (n.to_string(), s.clone())).collect() }
+        Signals {
+            functions: list
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.clone()))
+                .collect(),
+        }
     }
 
     #[test]
@@ -711,12 +865,19 @@ mod tests {
         let g = chain();
         let mut p = Coordinated::default();
         // a's arrivals jumped to 100 msg/s; b has seen nothing yet.
-        let s = signals(&[("a", sig(100.0, 10.0, 0, 2, 10.0)), ("b", sig(20.0, 20.0, 0, 5, 5.0))]);
+        let s = signals(&[
+            ("a", sig(100.0, 10.0, 0, 2, 10.0)),
+            ("b", sig(20.0, 20.0, 0, 5, 5.0)),
+        ]);
         let d = p.decide(&g, &s, Duration::from_secs(5));
         // a: 100 / (10 * 0.9) -> 12; b: 100 * 2 / (5 * 0.9) -> 45.
         assert_eq!(d.desired("a"), 12);
         assert_eq!(d.desired("b"), 45);
-        assert!(d.functions["b"].reason.contains("feed-forward from a"), "{}", d.functions["b"].reason);
+        assert!(
+            d.functions["b"].reason.contains("feed-forward from a"),
+            "{}",
+            d.functions["b"].reason
+        );
     }
 
     #[test]
@@ -724,65 +885,105 @@ mod tests {
         let g = chain();
         let mut p = Coordinated::default();
         // b receives 40 msg/s: 2 x 10 from a, plus 20 of its own from ingress.
-        let s = signals(&[("a", sig(10.0, 10.0, 0, 2, 10.0)), ("b", sig(40.0, 40.0, 0, 9, 5.0))]);
+        let s = signals(&[
+            ("a", sig(10.0, 10.0, 0, 2, 10.0)),
+            ("b", sig(40.0, 40.0, 0, 9, 5.0)),
+        ]);
         let d = p.decide(&g, &s, Duration::ZERO);
         assert_eq!(d.desired("b"), 9); // 40 / 4.5 = 8.9
-        assert!(d.functions["b"].reason.contains("own 20.0"), "{}", d.functions["b"].reason);
+        assert!(
+            d.functions["b"].reason.contains("own 20.0"),
+            "{}",
+            d.functions["b"].reason
+        );
     }
 
     #[test]
     fn backpressure_when_downstream_is_at_max() {
         let g = Graph::new(
             vec![
-                FunctionSpec::new("a", 1, 20).emits("b", 1.0).service_rate(10.0),
+                FunctionSpec::new("a", 1, 20)
+                    .emits("b", 1.0)
+                    .service_rate(10.0),
                 FunctionSpec::new("b", 1, 4).service_rate(5.0),
             ],
             vec![],
         )
         .unwrap();
         let mut p = Coordinated::default();
-        let s = signals(&[("a", sig(100.0, 20.0, 0, 2, 10.0)), ("b", sig(20.0, 20.0, 0, 4, 5.0))]);
+        let s = signals(&[
+            ("a", sig(100.0, 20.0, 0, 2, 10.0)),
+            ("b", sig(20.0, 20.0, 0, 4, 5.0)),
+        ]);
         let d = p.decide(&g, &s, Duration::ZERO);
         let a = d.functions["a"].admission.clone().expect("a is held back");
         assert!((a.max_rate - 20.0).abs() < 1e-6, "{a:?}");
         assert_eq!(a.max_concurrency, 2);
         assert!(a.cause.contains("downstream b"), "{}", a.cause);
         assert_eq!(d.desired("b"), 4);
-        assert!(d.desired("a") <= 3, "a is not scaled beyond what b can take: {}", d.desired("a"));
+        assert!(
+            d.desired("a") <= 3,
+            "a is not scaled beyond what b can take: {}",
+            d.desired("a")
+        );
     }
 
     #[test]
     fn store_capacity_is_shared_fairly_between_sources() {
         let g = Graph::new(
             vec![
-                FunctionSpec::new("chat", 1, 100).reads("auth", 1.0).service_rate(20.0),
-                FunctionSpec::new("login", 1, 20).reads("auth", 2.0).service_rate(10.0),
+                FunctionSpec::new("chat", 1, 100)
+                    .reads("auth", 1.0)
+                    .service_rate(20.0),
+                FunctionSpec::new("login", 1, 20)
+                    .reads("auth", 2.0)
+                    .service_rate(10.0),
             ],
             vec![StoreSpec::new("auth", 1000.0)],
         )
         .unwrap();
         let mut p = Coordinated::default();
-        let s = signals(&[("chat", sig(5000.0, 800.0, 0, 40, 20.0)), ("login", sig(20.0, 20.0, 0, 3, 10.0))]);
+        let s = signals(&[
+            ("chat", sig(5000.0, 800.0, 0, 40, 20.0)),
+            ("login", sig(20.0, 20.0, 0, 3, 10.0)),
+        ]);
         let d = p.decide(&g, &s, Duration::ZERO);
         // login's 40 ops/s are served in full; chat gets the rest of 950 usable ops/s.
         let chat = d.functions["chat"].admission.clone().expect("chat is held");
         assert!((chat.max_rate - 910.0).abs() < 1e-6, "{chat:?}");
         assert!(chat.cause.contains("store auth"));
-        assert!(d.functions["login"].admission.as_ref().is_none_or(|a| a.max_rate >= 20.0));
+        assert!(
+            d.functions["login"]
+                .admission
+                .as_ref()
+                .is_none_or(|a| a.max_rate >= 20.0)
+        );
         assert_eq!(d.desired("login"), 3);
     }
 
     #[test]
     fn scale_up_is_immediate_and_scale_down_waits_for_the_window() {
-        let g = Graph::new(vec![FunctionSpec::new("a", 1, 50).service_rate(10.0)], vec![]).unwrap();
+        let g = Graph::new(
+            vec![FunctionSpec::new("a", 1, 50).service_rate(10.0)],
+            vec![],
+        )
+        .unwrap();
         let mut p = Coordinated::default();
-        let d = p.decide(&g, &signals(&[("a", sig(90.0, 90.0, 0, 1, 10.0))]), Duration::ZERO);
+        let d = p.decide(
+            &g,
+            &signals(&[("a", sig(90.0, 90.0, 0, 1, 10.0))]),
+            Duration::ZERO,
+        );
         assert_eq!(d.desired("a"), 10);
         let low = signals(&[("a", sig(9.0, 9.0, 0, 10, 10.0))]);
         let mut t = Duration::ZERO;
         for _ in 0..12 {
             t += Duration::from_secs(5);
-            assert_eq!(p.decide(&g, &low, t).desired("a"), 10, "held during the 60 s window at {t:?}");
+            assert_eq!(
+                p.decide(&g, &low, t).desired("a"),
+                10,
+                "held during the 60 s window at {t:?}"
+            );
         }
         t += Duration::from_secs(5);
         // 9 msg/s needs 1 worker at 90%; scale-down keeps 15% headroom on top, so 2.
@@ -792,7 +993,12 @@ mod tests {
     #[test]
     fn scale_to_zero_after_idle_window_and_back_on_first_arrival() {
         let g = Graph::new(
-            vec![FunctionSpec::new("a", 0, 5).emits("b", 1.0).service_rate(10.0), FunctionSpec::new("b", 0, 5)],
+            vec![
+                FunctionSpec::new("a", 0, 5)
+                    .emits("b", 1.0)
+                    .service_rate(10.0),
+                FunctionSpec::new("b", 0, 5),
+            ],
             vec![],
         )
         .unwrap();
@@ -805,10 +1011,20 @@ mod tests {
             last = p.decide(&g, &idle, t);
         }
         assert_eq!((last.desired("a"), last.desired("b")), (0, 0));
-        let first = signals(&[("a", FunctionSignals { backlog: 1, ..FunctionSignals::default() })]);
+        let first = signals(&[(
+            "a",
+            FunctionSignals {
+                backlog: 1,
+                ..FunctionSignals::default()
+            },
+        )]);
         let d = p.decide(&g, &first, t + Duration::from_secs(5));
         assert_eq!(d.desired("a"), 1);
-        assert_eq!(d.desired("b"), 1, "b is woken in the same decision by feed-forward");
+        assert_eq!(
+            d.desired("b"),
+            1,
+            "b is woken in the same decision by feed-forward"
+        );
     }
 
     #[test]
@@ -816,18 +1032,43 @@ mod tests {
         let g = Graph::new(vec![FunctionSpec::new("a", 1, 100)], vec![]).unwrap();
         let mut p = Independent::default();
         assert_eq!(p.interval(), Duration::from_secs(30));
-        let s = |backlog| signals(&[("a", FunctionSignals { backlog, workers: 10, ..FunctionSignals::default() })]);
+        let s = |backlog| {
+            signals(&[(
+                "a",
+                FunctionSignals {
+                    backlog,
+                    workers: 10,
+                    ..FunctionSignals::default()
+                },
+            )])
+        };
         assert_eq!(p.decide(&g, &s(200), Duration::ZERO).desired("a"), 40);
-        assert_eq!(p.decide(&g, &s(20), Duration::from_secs(30)).desired("a"), 40);
-        assert_eq!(p.decide(&g, &s(20), Duration::from_secs(300)).desired("a"), 40);
-        assert_eq!(p.decide(&g, &s(20), Duration::from_secs(330)).desired("a"), 4);
+        assert_eq!(
+            p.decide(&g, &s(20), Duration::from_secs(30)).desired("a"),
+            40
+        );
+        assert_eq!(
+            p.decide(&g, &s(20), Duration::from_secs(300)).desired("a"),
+            40
+        );
+        assert_eq!(
+            p.decide(&g, &s(20), Duration::from_secs(330)).desired("a"),
+            4
+        );
     }
 
     #[test]
     fn lambda_like_growth_is_rate_limited() {
         let g = Graph::new(vec![FunctionSpec::new("a", 1, 100)], vec![]).unwrap();
         let mut p = LambdaLike::default();
-        let s = signals(&[("a", FunctionSignals { backlog: 10_000, workers: 1, ..FunctionSignals::default() })]);
+        let s = signals(&[(
+            "a",
+            FunctionSignals {
+                backlog: 10_000,
+                workers: 1,
+                ..FunctionSignals::default()
+            },
+        )]);
         let mut t = Duration::ZERO;
         p.decide(&g, &s, t);
         for _ in 0..60 {
@@ -836,8 +1077,19 @@ mod tests {
         }
         // 300/min of 1000 scaled to a max of 100: +30 in a minute.
         assert_eq!(p.decide(&g, &s, t).desired("a"), 31);
-        let empty = signals(&[("a", FunctionSignals { workers: 31, ..FunctionSignals::default() })]);
-        assert_eq!(p.decide(&g, &empty, t + Duration::from_secs(1)).desired("a"), 1, "scale-down is immediate");
+        let empty = signals(&[(
+            "a",
+            FunctionSignals {
+                workers: 31,
+                ..FunctionSignals::default()
+            },
+        )]);
+        assert_eq!(
+            p.decide(&g, &empty, t + Duration::from_secs(1))
+                .desired("a"),
+            1,
+            "scale-down is immediate"
+        );
     }
 
     #[test]

@@ -52,23 +52,33 @@ impl Signals {
     pub fn check(&self, graph: &Graph) -> Result<()> {
         for (name, s) in &self.functions {
             let Some(f) = graph.function(name) else {
-                return Err(Error::Signals(format!("signals for unknown function {name:?}")));
+                return Err(Error::Signals(format!(
+                    "signals for unknown function {name:?}"
+                )));
             };
             let ok = |v: f64| v.is_finite() && v >= 0.0;
             if !ok(s.arrival_rate) || !ok(s.processed_rate) {
-                return Err(Error::Signals(format!("{name}: rates must be finite and non-negative")));
+                return Err(Error::Signals(format!(
+                    "{name}: rates must be finite and non-negative"
+                )));
             }
             if let Some(mu) = s.service_rate_per_worker
                 && !ok(mu)
             {
-                return Err(Error::Signals(format!("{name}: service rate {mu} is not a rate")));
+                return Err(Error::Signals(format!(
+                    "{name}: service rate {mu} is not a rate"
+                )));
             }
             for (target, k) in &s.fan_out {
                 if !f.emits_to.iter().any(|e| &e.target == target) {
-                    return Err(Error::Signals(format!("{name}: fan-out measured to {target:?}, which it does not emit to")));
+                    return Err(Error::Signals(format!(
+                        "{name}: fan-out measured to {target:?}, which it does not emit to"
+                    )));
                 }
                 if !ok(*k) {
-                    return Err(Error::Signals(format!("{name} -> {target}: fan-out {k} is not a ratio")));
+                    return Err(Error::Signals(format!(
+                        "{name} -> {target}: fan-out {k} is not a ratio"
+                    )));
                 }
             }
         }

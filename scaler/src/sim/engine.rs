@@ -33,7 +33,10 @@ pub(crate) struct Histogram(BTreeMap<u64, u64>);
 
 impl Histogram {
     fn add(&mut self, seconds: f64, count: u64) {
-        *self.0.entry((seconds.max(0.0) * 10.0).round() as u64).or_default() += count;
+        *self
+            .0
+            .entry((seconds.max(0.0) * 10.0).round() as u64)
+            .or_default() += count;
     }
 
     pub(crate) fn merge(&mut self, other: &Histogram) {
@@ -126,8 +129,22 @@ impl Pipeline {
             })
             .collect();
         let rng = scenario.seed.max(1);
-        let tokens = scenario.stores.iter().map(|s| s.capacity * s.burst.max(0.0)).collect();
-        Ok(Self { scenario, graph, trace, t: 0.0, window_start: 0.0, fns, rng, next_sample: 0.0, tokens })
+        let tokens = scenario
+            .stores
+            .iter()
+            .map(|s| s.capacity * s.burst.max(0.0))
+            .collect();
+        Ok(Self {
+            scenario,
+            graph,
+            trace,
+            t: 0.0,
+            window_start: 0.0,
+            fns,
+            rng,
+            next_sample: 0.0,
+            tokens,
+        })
     }
 
     /// The graph of the model.
@@ -183,7 +200,11 @@ impl Pipeline {
             s.arrival_carry = want - k;
             let k = k as u64;
             if k > 0 {
-                s.queue.push_back(Cohort { birth: t, enqueued: t, count: k });
+                s.queue.push_back(Cohort {
+                    birth: t,
+                    enqueued: t,
+                    count: k,
+                });
                 s.visible += k;
                 s.arrivals += k;
                 s.w_arrivals += k;
@@ -232,7 +253,12 @@ impl Pipeline {
                 .functions
                 .iter()
                 .enumerate()
-                .flat_map(|(i, m)| m.reads.iter().filter(|r| r.0 == store.name).map(move |r| (i, r.1)))
+                .flat_map(|(i, m)| {
+                    m.reads
+                        .iter()
+                        .filter(|r| r.0 == store.name)
+                        .map(move |r| (i, r.1))
+                })
                 .map(|(i, ops)| attempts[i] as f64 * ops)
                 .sum();
             let bucket = (store.capacity * store.burst.max(dt)).max(store.capacity * dt);
@@ -290,9 +316,13 @@ impl Pipeline {
                     done.push(Cohort { count: ok, ..piece });
                 }
                 if piece.count > ok {
-                    let failed = Cohort { count: piece.count - ok, ..piece };
+                    let failed = Cohort {
+                        count: piece.count - ok,
+                        ..piece
+                    };
                     s.retrying += failed.count;
-                    s.retry.push_back((end + self.scenario.retry_backoff, failed));
+                    s.retry
+                        .push_back((end + self.scenario.retry_backoff, failed));
                 }
             }
             if stats {
@@ -308,10 +338,21 @@ impl Pipeline {
                     let whole = want.floor();
                     self.fns[i].emit_carry[e] = want - whole;
                     if whole >= 1.0 {
-                        emitted.push((d, Cohort { birth: c.birth, enqueued: end, count: whole as u64 }));
+                        emitted.push((
+                            d,
+                            Cohort {
+                                birth: c.birth,
+                                enqueued: end,
+                                count: whole as u64,
+                            },
+                        ));
                     }
                 }
-                let total: u64 = emitted.iter().filter(|(x, _)| *x == d).map(|(_, c)| c.count).sum();
+                let total: u64 = emitted
+                    .iter()
+                    .filter(|(x, _)| *x == d)
+                    .map(|(_, c)| c.count)
+                    .sum();
                 self.fns[i].w_emitted[e] += total;
             }
             for (d, c) in emitted {
@@ -334,7 +375,12 @@ impl Pipeline {
                 s.backlog_integral += backlog as f64 * dt;
             }
             if sample {
-                s.series.push(SeriesPoint { t: end, backlog, workers, ready: s.ready });
+                s.series.push(SeriesPoint {
+                    t: end,
+                    backlog,
+                    workers,
+                    ready: s.ready,
+                });
             }
         }
         if sample {
@@ -349,7 +395,10 @@ impl Pipeline {
         self.window_start = self.t;
         let mut out = Signals::default();
         for (m, s) in self.scenario.functions.iter().zip(&mut self.fns) {
-            let oldest_age = s.queue.front().map_or(0.0, |c| (self.t - c.enqueued).max(0.0));
+            let oldest_age = s
+                .queue
+                .front()
+                .map_or(0.0, |c| (self.t - c.enqueued).max(0.0));
             let fan_out = m
                 .emits_to
                 .iter()
@@ -383,7 +432,9 @@ impl Pipeline {
     /// Applies a decision: starts or stops workers (cancelling starting ones first) and sets admission.
     pub fn apply(&mut self, decision: &Decision) {
         for (m, s) in self.scenario.functions.iter().zip(&mut self.fns) {
-            let Some(d) = decision.functions.get(&m.name) else { continue };
+            let Some(d) = decision.functions.get(&m.name) else {
+                continue;
+            };
             let desired = d.desired.min(m.max_workers);
             let total = s.ready + s.starting.len() as u32;
             if desired > total {
@@ -409,7 +460,14 @@ impl Pipeline {
             .functions
             .iter()
             .zip(&self.fns)
-            .map(|(m, s)| (m.name.clone(), s.arrivals, s.processed, s.visible + s.retrying + s.inbox_count))
+            .map(|(m, s)| {
+                (
+                    m.name.clone(),
+                    s.arrivals,
+                    s.processed,
+                    s.visible + s.retrying + s.inbox_count,
+                )
+            })
             .collect()
     }
 
@@ -460,7 +518,9 @@ impl Pipeline {
 pub fn run(scenario: &Scenario, trace: &Trace, policy: &mut dyn Policy) -> Result<Report> {
     let mut p = Pipeline::new(scenario.clone(), trace.clone())?;
     let end = p.end();
-    let every = policy.interval().max(Duration::from_secs_f64(scenario.step));
+    let every = policy
+        .interval()
+        .max(Duration::from_secs_f64(scenario.step));
     let mut next = Duration::ZERO;
     while next <= end {
         p.advance_to(next);

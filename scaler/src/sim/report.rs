@@ -136,17 +136,47 @@ impl Report {
                 f.peak_workers,
                 f.errors
             );
-            let _ = write!(s, r##"<text x="{}" y="{}" text-anchor="end" fill="#1f77b4">{}</text>"##, LEFT - 5.0, y0 + 10.0, b_max as u64);
-            let _ = write!(s, r##"<text x="{}" y="{}" text-anchor="end" fill="#1f77b4">0</text>"##, LEFT - 5.0, y0 + ph);
-            let _ = write!(s, r##"<text x="{}" y="{}" fill="#ff7f0e">{}</text>"##, LEFT + plot_w + 5.0, y0 + 10.0, w_max as u64);
-            let _ = write!(s, r##"<text x="{}" y="{}" fill="#ff7f0e">0</text>"##, LEFT + plot_w + 5.0, y0 + ph);
+            let _ = write!(
+                s,
+                r##"<text x="{}" y="{}" text-anchor="end" fill="#1f77b4">{}</text>"##,
+                LEFT - 5.0,
+                y0 + 10.0,
+                b_max as u64
+            );
+            let _ = write!(
+                s,
+                r##"<text x="{}" y="{}" text-anchor="end" fill="#1f77b4">0</text>"##,
+                LEFT - 5.0,
+                y0 + ph
+            );
+            let _ = write!(
+                s,
+                r##"<text x="{}" y="{}" fill="#ff7f0e">{}</text>"##,
+                LEFT + plot_w + 5.0,
+                y0 + 10.0,
+                w_max as u64
+            );
+            let _ = write!(
+                s,
+                r##"<text x="{}" y="{}" fill="#ff7f0e">0</text>"##,
+                LEFT + plot_w + 5.0,
+                y0 + ph
+            );
             if !f.series.is_empty() {
                 let mut area = format!("M{:.1},{:.1}", x(f.series[0].t), yb(0.0));
                 for p in &f.series {
                     let _ = write!(area, " L{:.1},{:.1}", x(p.t), yb(p.backlog as f64));
                 }
-                let _ = write!(area, " L{:.1},{:.1} Z", x(f.series[f.series.len() - 1].t), yb(0.0));
-                let _ = write!(s, r##"<path d="{area}" fill="#1f77b4" fill-opacity="0.35" stroke="#1f77b4"/>"##);
+                let _ = write!(
+                    area,
+                    " L{:.1},{:.1} Z",
+                    x(f.series[f.series.len() - 1].t),
+                    yb(0.0)
+                );
+                let _ = write!(
+                    s,
+                    r##"<path d="{area}" fill="#1f77b4" fill-opacity="0.35" stroke="#1f77b4"/>"##
+                );
                 let mut line = String::new();
                 let mut last: Option<f64> = None;
                 for p in &f.series {
@@ -161,7 +191,10 @@ impl Report {
                     }
                     last = Some(py);
                 }
-                let _ = write!(s, r##"<path d="{line}" fill="none" stroke="#ff7f0e" stroke-width="1.5"/>"##);
+                let _ = write!(
+                    s,
+                    r##"<path d="{line}" fill="none" stroke="#ff7f0e" stroke-width="1.5"/>"##
+                );
             }
             let steps = 6;
             for k in 0..=steps {
@@ -181,7 +214,9 @@ impl Report {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A markdown table comparing runs side by side: one row per policy × function, then a total row per
@@ -191,7 +226,10 @@ pub fn compare(reports: &[Report]) -> String {
     let mut s = String::new();
     s.push_str("| policy | function | max backlog | mean backlog | p50 delay (s) | p99 delay (s) | errors | worker-s | peak workers | pending |\n");
     s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    let cheapest = reports.iter().map(Report::total_worker_seconds).fold(f64::INFINITY, f64::min);
+    let cheapest = reports
+        .iter()
+        .map(Report::total_worker_seconds)
+        .fold(f64::INFINITY, f64::min);
     for r in reports {
         for f in &r.functions {
             let _ = writeln!(
@@ -222,7 +260,11 @@ pub fn compare(reports: &[Report]) -> String {
             r.e2e_p99,
             r.total_errors(),
             total,
-            if cheapest > 0.0 { (total / cheapest - 1.0) * 100.0 } else { 0.0 },
+            if cheapest > 0.0 {
+                (total / cheapest - 1.0) * 100.0
+            } else {
+                0.0
+            },
             r.functions.iter().map(|f| f.peak_workers).sum::<u32>(),
             r.functions.iter().map(|f| f.pending).sum::<u64>()
         );

@@ -119,14 +119,26 @@ impl Scenario {
     pub fn jan2025() -> Self {
         Self {
             name: "jan2025".into(),
-            description: "inbound doubles within minutes; automation starts slowly and shares the db".into(),
+            description:
+                "inbound doubles within minutes; automation starts slowly and shares the db".into(),
             functions: vec![
                 f("inbound", 0.04, 5.0, (1, 20, 5), &[("platform", 1.0)], &[]),
-                f("platform", 0.1, 10.0, (1, 40, 12), &[("automation", 1.0), ("routing", 0.5)], &[("db", 1.0)]),
+                f(
+                    "platform",
+                    0.1,
+                    10.0,
+                    (1, 40, 12),
+                    &[("automation", 1.0), ("routing", 0.5)],
+                    &[("db", 1.0)],
+                ),
                 f("automation", 0.2, 90.0, (1, 60, 23), &[], &[("db", 2.0)]),
                 f("routing", 0.05, 5.0, (0, 10, 3), &[], &[]),
             ],
-            stores: vec![StoreModel { name: "db".into(), capacity: 700.0, burst: 1.0 }],
+            stores: vec![StoreModel {
+                name: "db".into(),
+                capacity: 700.0,
+                burst: 1.0,
+            }],
             step: 0.1,
             retry_backoff: 30.0,
             noise: 0.1,
@@ -142,14 +154,26 @@ impl Scenario {
     pub fn apr2020() -> Self {
         Self {
             name: "apr2020".into(),
-            description: "one source surges far above peak; chat, kb and login share the auth store".into(),
+            description:
+                "one source surges far above peak; chat, kb and login share the auth store".into(),
             functions: vec![
-                f("chat", 0.05, 5.0, (1, 60, 3), &[("notify", 1.0)], &[("auth", 1.0)]),
+                f(
+                    "chat",
+                    0.05,
+                    5.0,
+                    (1, 60, 3),
+                    &[("notify", 1.0)],
+                    &[("auth", 1.0)],
+                ),
                 f("kb", 0.05, 5.0, (1, 20, 2), &[], &[("auth", 1.0)]),
                 f("login", 0.1, 5.0, (1, 20, 2), &[], &[("auth", 2.0)]),
                 f("notify", 0.02, 5.0, (0, 20, 1), &[], &[]),
             ],
-            stores: vec![StoreModel { name: "auth".into(), capacity: 1000.0, burst: 1.0 }],
+            stores: vec![StoreModel {
+                name: "auth".into(),
+                capacity: 1000.0,
+                burst: 1.0,
+            }],
             step: 0.1,
             retry_backoff: 30.0,
             noise: 0.1,
@@ -173,24 +197,42 @@ impl Scenario {
                 emits_to: m
                     .emits_to
                     .iter()
-                    .map(|(t, k)| crate::graph::Edge { target: t.clone(), fan_out: *k })
+                    .map(|(t, k)| crate::graph::Edge {
+                        target: t.clone(),
+                        fan_out: *k,
+                    })
                     .collect(),
                 reads: m
                     .reads
                     .iter()
-                    .map(|(s, o)| crate::graph::StoreRead { store: s.clone(), ops_per_message: *o })
+                    .map(|(s, o)| crate::graph::StoreRead {
+                        store: s.clone(),
+                        ops_per_message: *o,
+                    })
                     .collect(),
                 service_rate_hint: (m.service_time > 0.0).then(|| 1.0 / m.service_time),
             })
             .collect();
-        let stores = self.stores.iter().map(|s| StoreSpec::new(s.name.clone(), s.capacity)).collect();
+        let stores = self
+            .stores
+            .iter()
+            .map(|s| StoreSpec::new(s.name.clone(), s.capacity))
+            .collect();
         Graph::new(functions, stores)
     }
 
     /// Checks the settings and that every function of the trace is in the model.
     pub fn check(&self, trace: &Trace) -> Result<()> {
-        let bad = |message: String| Err(Error::Scenario { scenario: self.name.clone(), message });
-        self.graph().map_err(|e| Error::Scenario { scenario: self.name.clone(), message: e.to_string() })?;
+        let bad = |message: String| {
+            Err(Error::Scenario {
+                scenario: self.name.clone(),
+                message,
+            })
+        };
+        self.graph().map_err(|e| Error::Scenario {
+            scenario: self.name.clone(),
+            message: e.to_string(),
+        })?;
         for m in &self.functions {
             if !(m.service_time.is_finite() && m.service_time > 0.0) {
                 return bad(format!("function {:?}: service_time must be > 0 s", m.name));
@@ -199,7 +241,10 @@ impl Scenario {
                 return bad(format!("function {:?}: startup must be >= 0 s", m.name));
             }
             if m.initial_workers > m.max_workers {
-                return bad(format!("function {:?}: initial_workers exceeds max_workers", m.name));
+                return bad(format!(
+                    "function {:?}: initial_workers exceeds max_workers",
+                    m.name
+                ));
             }
         }
         for st in &self.stores {
@@ -209,7 +254,10 @@ impl Scenario {
         }
         for m in &self.functions {
             if m.initial_workers > m.max_workers {
-                return bad(format!("function {:?}: initial_workers exceeds max_workers", m.name));
+                return bad(format!(
+                    "function {:?}: initial_workers exceeds max_workers",
+                    m.name
+                ));
             }
         }
         for (what, v, min) in [
@@ -220,7 +268,9 @@ impl Scenario {
             ("sample_every", self.sample_every, f64::MIN_POSITIVE),
         ] {
             if !(v.is_finite() && v >= min) {
-                return bad(format!("{what} must be a non-negative number of seconds, got {v}"));
+                return bad(format!(
+                    "{what} must be a non-negative number of seconds, got {v}"
+                ));
             }
         }
         if !(0.0..1.0).contains(&self.noise) {
@@ -228,7 +278,9 @@ impl Scenario {
         }
         for name in trace.functions() {
             if !self.functions.iter().any(|m| m.name == name) {
-                return bad(format!("the trace sends to {name:?}, which the model does not have"));
+                return bad(format!(
+                    "the trace sends to {name:?}, which the model does not have"
+                ));
             }
         }
         Ok(())

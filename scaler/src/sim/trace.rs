@@ -34,7 +34,10 @@ impl Trace {
             if fields.len() != 3 {
                 return Err(Error::Trace {
                     line,
-                    message: format!("expected 3 fields t_seconds,function,rate_per_second, got {}", fields.len()),
+                    message: format!(
+                        "expected 3 fields t_seconds,function,rate_per_second, got {}",
+                        fields.len()
+                    ),
                 });
             }
             if fields[0] == "t_seconds" {
@@ -45,17 +48,26 @@ impl Trace {
                 message: format!("t_seconds {:?} is not a number", fields[0]),
             })?;
             if !(t.is_finite() && t >= 0.0) {
-                return Err(Error::Trace { line, message: format!("t_seconds must be >= 0, got {t}") });
+                return Err(Error::Trace {
+                    line,
+                    message: format!("t_seconds must be >= 0, got {t}"),
+                });
             }
             if fields[1].is_empty() {
-                return Err(Error::Trace { line, message: "function name is empty".into() });
+                return Err(Error::Trace {
+                    line,
+                    message: "function name is empty".into(),
+                });
             }
             let rate: f64 = fields[2].parse().map_err(|_| Error::Trace {
                 line,
                 message: format!("rate_per_second {:?} is not a number", fields[2]),
             })?;
             if !(rate.is_finite() && rate >= 0.0) {
-                return Err(Error::Trace { line, message: format!("rate_per_second must be >= 0, got {rate}") });
+                return Err(Error::Trace {
+                    line,
+                    message: format!("rate_per_second must be >= 0, got {rate}"),
+                });
             }
             let rows = rates.entry(fields[1].to_string()).or_default();
             if rows.iter().any(|&(t0, _)| t0 == t) {
@@ -68,7 +80,10 @@ impl Trace {
             end = end.max(t);
         }
         if rates.is_empty() {
-            return Err(Error::Trace { line: 0, message: "the trace has no rows".into() });
+            return Err(Error::Trace {
+                line: 0,
+                message: "the trace has no rows".into(),
+            });
         }
         for rows in rates.values_mut() {
             rows.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -78,14 +93,18 @@ impl Trace {
 
     /// Reads and parses a CSV file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Trace { line: 0, message: format!("cannot read {}: {e}", path.display()) })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Trace {
+            line: 0,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
         Self::parse(&text)
     }
 
     /// Ingress rate into `function` at time `t` (seconds).
     pub fn rate_at(&self, function: &str, t: f64) -> f64 {
-        let Some(rows) = self.rates.get(function) else { return 0.0 };
+        let Some(rows) = self.rates.get(function) else {
+            return 0.0;
+        };
         let idx = rows.partition_point(|&(t0, _)| t0 <= t);
         if idx == 0 { 0.0 } else { rows[idx - 1].1 }
     }
@@ -102,7 +121,9 @@ impl Trace {
 
     /// Expected number of arrivals into `function` over the whole trace.
     pub fn total(&self, function: &str) -> f64 {
-        let Some(rows) = self.rates.get(function) else { return 0.0 };
+        let Some(rows) = self.rates.get(function) else {
+            return 0.0;
+        };
         rows.iter()
             .enumerate()
             .map(|(i, &(t, r))| r * (rows.get(i + 1).map_or(self.end, |n| n.0) - t))
@@ -116,8 +137,10 @@ mod tests {
 
     #[test]
     fn parses_piecewise_constant_rates() {
-        let t = Trace::parse("t_seconds,function,rate_per_second\n# comment\n0,a,10\n60,a,20\n\n30,b,1\n120,a,0\n")
-            .unwrap();
+        let t = Trace::parse(
+            "t_seconds,function,rate_per_second\n# comment\n0,a,10\n60,a,20\n\n30,b,1\n120,a,0\n",
+        )
+        .unwrap();
         assert_eq!(t.rate_at("a", 0.0), 10.0);
         assert_eq!(t.rate_at("a", 59.9), 10.0);
         assert_eq!(t.rate_at("a", 60.0), 20.0);
