@@ -15,8 +15,9 @@ build_guests
 
 if [ -x localstack/start.sh ]; then
   echo "==> starting the AWS emulator"
-  if eval "$(localstack/start.sh --env)"; then
-    export LEVEE_TEST_AWS_ENDPOINT="${AWS_ENDPOINT_URL:-}"
+  if emulator_env="$(localstack/start.sh)"; then
+    eval "$emulator_env"
+    export LEVEE_TEST_AWS_ENDPOINT="$AWS_ENDPOINT_URL"
   elif [ "${CI:-}" = "true" ]; then
     echo "error: the AWS emulator could not start (required when CI=true)" >&2
     exit 1

@@ -40,6 +40,19 @@ pub enum Command {
         #[arg(long, value_parser = parse_backend)]
         backend: Option<Backend>,
     },
+    /// Create (idempotently) the AWS resources the manifest needs: every queue with its
+    /// dead-letter queue and redrive policy, the kv table and the blob bucket. Uses the standard
+    /// AWS configuration (AWS_ENDPOINT_URL, AWS_REGION, profiles).
+    Provision {
+        /// The platform manifest.
+        #[arg(
+            long,
+            short = 'm',
+            default_value = "levee.toml",
+            env = "LEVEE_MANIFEST"
+        )]
+        manifest: PathBuf,
+    },
     /// Queue a message for a function; prints the message id.
     Send {
         /// The function to send to.

@@ -45,6 +45,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             data_dir,
             backend,
         } => up(manifest, listen, data_dir, backend).await,
+        Command::Provision { manifest } => {
+            let m = Manifest::load(&manifest)?;
+            let settings = levee::backends::aws_settings(&m.aws);
+            let sdk = levee::aws::load_sdk_config().await?;
+            let specs: Vec<_> = m
+                .functions
+                .iter()
+                .map(|(name, f)| levee::QueueSpec {
+                    name: name.clone(),
+                    max_receive: f.max_receive,
+                })
+                .collect();
+            let report = levee::provision(&sdk, &settings, &specs).await?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send {
             function,
             message,

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::aws::AwsSettings;
+use crate::store::CacheConfig;
 use crate::{Error, Result};
 
 /// Default HTTP listen address of `levee up`.
@@ -66,6 +68,9 @@ pub struct Platform {
     /// `embedded` (default) or `aws`.
     #[serde(default)]
     pub backend: Backend,
+    /// Message bodies larger than this many bytes go to blobs and the queue carries a reference
+    /// (embedded backend; the aws backend uses `aws.offload_threshold`). Default 200 KiB.
+    pub offload_threshold: Option<usize>,
 }
 
 /// `[functions.NAME]`: one capability function.
@@ -148,6 +153,12 @@ pub struct Manifest {
     pub platform: Platform,
     /// Functions by name, in name order.
     pub functions: BTreeMap<String, FunctionSpec>,
+    /// `[cache]`: the cache in front of the kv store.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// `[aws]`: resource names for the aws backend.
+    #[serde(default)]
+    pub aws: AwsSettings,
     /// Directory the manifest was read from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -194,6 +205,23 @@ impl Manifest {
             return bad(
                 "platform.listen".into(),
                 format!("expected HOST:PORT like 127.0.0.1:8080, got `{listen}`"),
+            );
+        }
+        self.cache.validate("cache")?;
+        self.aws.validate().map_err(|e| match e {
+            Error::Manifest(m) if !m.contains("aws.") => Error::Manifest(format!("aws: {m}")),
+            other => other,
+        })?;
+        if let Some(t) = self.platform.offload_threshold
+            && !(crate::aws::MIN_OFFLOAD_THRESHOLD..=crate::platform::MAX_BODY_BYTES).contains(&t)
+        {
+            return bad(
+                "platform.offload_threshold".into(),
+                format!(
+                    "must be {} to {} bytes, got {t}",
+                    crate::aws::MIN_OFFLOAD_THRESHOLD,
+                    crate::platform::MAX_BODY_BYTES
+                ),
             );
         }
         for (name, f) in &self.functions {

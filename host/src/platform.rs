@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::manifest::{Backend, Manifest};
 use crate::queue::{DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, ReceivedMessage};
 use crate::runtime::{Failure, Function, FunctionDef, Limits, Runtime, RuntimeConfig};
-use crate::store::Store;
+use crate::store::{CacheMetrics, CachedStore, Store};
 use crate::worker::{Backoff, PoolConfig, PoolStats, WorkerPool};
 use crate::{Error, Result, backends};
 
@@ -29,6 +29,8 @@ pub struct StartOptions {
     pub backend: Option<Backend>,
     /// Start worker pools (false: an API-only host, e.g. for `invoke` tests).
     pub run_workers: bool,
+    /// AWS configuration to use instead of the standard one (tests against an emulator).
+    pub aws_sdk: Option<aws_config::SdkConfig>,
 }
 
 /// One function's line in `levee status`.
@@ -48,10 +50,21 @@ pub struct FunctionStatus {
     pub invocations: u64,
 }
 
+/// The cache and circuit breaker in front of a store, in `levee status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreStatus {
+    pub name: String,
+    /// `embedded` or `aws`.
+    pub backend: Backend,
+    #[serde(flatten)]
+    pub cache: CacheMetrics,
+}
+
 /// `GET /v1/status`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub functions: Vec<FunctionStatus>,
+    pub stores: Vec<StoreStatus>,
 }
 
 /// The outcome of a synchronous `invoke`.
@@ -81,6 +94,7 @@ pub struct Platform {
     manifest: Manifest,
     queue: Arc<dyn Queue>,
     store: Arc<dyn Store>,
+    cache: CachedStore<dyn Store>,
     functions: BTreeMap<String, Arc<Function>>,
     pools: BTreeMap<String, Arc<WorkerPool>>,
     stop: watch::Sender<bool>,
@@ -97,7 +111,11 @@ impl Platform {
         let data_dir = opts.data_dir.clone().unwrap_or_else(|| manifest.data_dir());
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| Error::io(format!("creating data directory {}", data_dir.display()), e))?;
-        let backends = backends::open(&manifest, &data_dir).await?;
+        let backends = backends::open(&manifest, &data_dir, opts.aws_sdk.as_ref()).await?;
+        // Every function's kv goes through the cache: coalescing, timeouts, bounded concurrency
+        // and a circuit breaker shield the store during bursts and outages.
+        let cache = CachedStore::new("kv", backends.store.clone(), &manifest.cache)?;
+        let store: Arc<dyn Store> = Arc::new(cache.clone());
         let max_workers: u32 = manifest.functions.values().map(|f| f.max_workers()).sum();
         let runtime = Runtime::new(RuntimeConfig {
             max_instances: max_workers * 2 + 16,
@@ -128,7 +146,7 @@ impl Platform {
                         timeout: spec.timeout(),
                     },
                     emits_to: spec.emits_to.clone(),
-                    store: backends.store.clone(),
+                    store: store.clone(),
                 })
                 .map_err(|e| Error::Manifest(format!("functions.{name}.module: {e}")))?;
             functions.insert(name.clone(), f);
@@ -160,7 +178,8 @@ impl Platform {
         Ok(Arc::new(Self {
             manifest,
             queue: backends.queue,
-            store: backends.store,
+            store,
+            cache,
             functions,
             pools,
             stop,
@@ -189,7 +208,7 @@ impl Platform {
         &self.queue
     }
 
-    /// The store backend.
+    /// The store functions use (the cache in front of the backend's store).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -287,7 +306,12 @@ impl Platform {
                 invocations: p.invocations,
             });
         }
-        Ok(Status { functions })
+        let stores = vec![StoreStatus {
+            name: self.cache.name().to_string(),
+            backend: self.manifest.platform.backend,
+            cache: self.cache.metrics(),
+        }];
+        Ok(Status { functions, stores })
     }
 
     /// A value of a function's kv namespace.

@@ -27,7 +27,7 @@ macro_rules! store_contract_tests {
         $(
             #[::tokio::test]
             async fn $case() {
-                let (store, _keep) = $setup().await;
+                let Some((store, _keep)) = $setup().await else { return };
                 let prefix = $crate::contract::unique_prefix(stringify!($case));
                 $crate::contract::store::$case(store, &prefix).await;
             }

@@ -1,0 +1,35 @@
+//! The same queue and store contract suites as `contract_embedded`, against SQS and DynamoDB on
+//! the AWS emulator (moto started by `localstack/start.sh`, or `LEVEE_TEST_AWS_ENDPOINT`).
+//! Outside CI a missing emulator skips loudly; with CI=true it fails.
+
+use std::sync::Arc;
+
+use levee::{DynamoStore, Queue, SqsQueue, Store};
+use levee_tests::emulator::{Emulator, emulator};
+use levee_tests::{queue_contract_tests, store_contract_tests};
+
+async fn sqs_queue() -> Option<(Arc<dyn Queue>, Emulator)> {
+    let emu = emulator()?;
+    let sdk = emu.sdk_config().await;
+    let settings = emu.settings("contract");
+    Some((Arc::new(SqsQueue::new(&sdk, settings.queue_prefix)), emu))
+}
+
+async fn dynamo_store() -> Option<(Arc<dyn Store>, Emulator)> {
+    let emu = emulator()?;
+    let sdk = emu.sdk_config().await;
+    let settings = emu.settings("contract");
+    // The table is provisioned like `levee provision` does, with no queues.
+    levee::provision(&sdk, &settings, &[])
+        .await
+        .expect("provisioning the table");
+    Some((Arc::new(DynamoStore::new(&sdk, settings.table)), emu))
+}
+
+mod queue {
+    super::queue_contract_tests!(super::sqs_queue);
+}
+
+mod store {
+    super::store_contract_tests!(super::dynamo_store);
+}
