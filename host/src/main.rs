@@ -166,6 +166,7 @@ async fn up(
         data_dir,
         backend,
         run_workers: true,
+        aws_sdk: None,
     };
     let platform: Arc<Platform> = Platform::start(manifest, opts)
         .await
