@@ -3,6 +3,7 @@
 
 pub mod contract;
 pub mod emulator;
+pub mod pipeline;
 pub mod support;
 
 pub use support::*;

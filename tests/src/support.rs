@@ -72,7 +72,13 @@ impl Fn {
 
 /// Writes a manifest for `fns` into `dir` and returns its path.
 pub fn write_manifest(dir: &Path, fns: &[Fn]) -> PathBuf {
-    let mut text = String::from("[platform]\ndata_dir = \"data\"\n\n");
+    write_manifest_with(dir, "", fns)
+}
+
+/// Like [`write_manifest`], with extra `[platform]` lines and sections before the functions
+/// (`platform_extra` starts inside `[platform]`).
+pub fn write_manifest_with(dir: &Path, platform_extra: &str, fns: &[Fn]) -> PathBuf {
+    let mut text = format!("[platform]\ndata_dir = \"data\"\n{platform_extra}\n\n");
     for f in fns {
         text.push_str(&format!(
             "[functions.{}]\nmodule = \"{}\"\n{}\n\n",
@@ -103,6 +109,13 @@ pub fn pipeline_fns(concurrency: u32) -> Vec<Fn> {
         Fn::new("search-index", "search-index", &c),
         Fn::new("notify", "notify", &c),
     ]
+}
+
+/// Starts a platform in this process with workers running, with `opts` (workers forced on).
+pub async fn start_with(manifest: &Path, mut opts: StartOptions) -> Arc<Platform> {
+    let m = Manifest::load(manifest).expect("test manifest is valid");
+    opts.run_workers = true;
+    Platform::start(m, opts).await.expect("platform starts")
 }
 
 /// Starts a platform in this process with workers running.

@@ -100,6 +100,46 @@ pub struct SqsQueue {
     prefix: String,
     urls: RwLock<HashMap<String, String>>,
     totals: Mutex<HashMap<String, Totals>>,
+    leases: Mutex<Leases>,
+}
+
+/// Receipts this process was handed, so an old receipt is refused as stale even where SQS (or an
+/// emulator) would still accept it: a worker whose lease expired must not move a message that
+/// another worker now holds. Bounded: past the cap it forgets and SQS's own checks remain.
+#[derive(Default)]
+struct Leases {
+    message_of: HashMap<String, String>,
+    latest: HashMap<String, String>,
+}
+
+const MAX_TRACKED_LEASES: usize = 100_000;
+
+impl Leases {
+    fn received(&mut self, id: &str, receipt: &str) {
+        if self.message_of.len() >= MAX_TRACKED_LEASES {
+            self.message_of.clear();
+            self.latest.clear();
+        }
+        if let Some(old) = self.latest.insert(id.to_string(), receipt.to_string()) {
+            // Keep the old receipt known (as stale) so its use is refused.
+            self.message_of.insert(old, id.to_string());
+        }
+        self.message_of.insert(receipt.to_string(), id.to_string());
+    }
+
+    fn is_stale(&self, receipt: &str) -> bool {
+        self.message_of
+            .get(receipt)
+            .is_some_and(|id| self.latest.get(id).is_some_and(|r| r != receipt))
+    }
+
+    fn done(&mut self, receipt: &str) {
+        if let Some(id) = self.message_of.remove(receipt)
+            && self.latest.get(&id).is_some_and(|r| r == receipt)
+        {
+            self.latest.remove(&id);
+        }
+    }
 }
 
 impl std::fmt::Debug for SqsQueue {
@@ -129,6 +169,7 @@ impl SqsQueue {
             prefix: prefix.into(),
             urls: RwLock::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
+            leases: Mutex::new(Leases::default()),
         }
     }
 
@@ -478,6 +519,14 @@ impl SqsQueue {
         secs: i32,
     ) -> Result<()> {
         let (name, _) = self.names(queue)?;
+        if self
+            .leases
+            .lock()
+            .expect("leases poisoned")
+            .is_stale(receipt)
+        {
+            return Err(Error::StaleReceipt);
+        }
         let url = self.url(&name).await?;
         self.client
             .change_message_visibility()
@@ -611,7 +660,12 @@ impl Queue for SqsQueue {
                 ceil_secs(opts.wait),
             )
             .await?;
-        Ok(messages.iter().map(decode_received).collect())
+        let received: Vec<ReceivedMessage> = messages.iter().map(decode_received).collect();
+        let mut leases = self.leases.lock().expect("leases poisoned");
+        for m in &received {
+            leases.received(&m.id, &m.receipt);
+        }
+        Ok(received)
     }
 
     async fn complete(&self, queue: &str, receipt: &str, emitted: Vec<Emitted>) -> Result<()> {
@@ -653,6 +707,7 @@ impl Queue for SqsQueue {
                     )
                 }
             })?;
+        self.leases.lock().expect("leases poisoned").done(receipt);
         self.count(queue, |t| t.processed += 1);
         Ok(())
     }
@@ -663,7 +718,10 @@ impl Queue for SqsQueue {
         }
         let (name, _) = self.names(queue)?;
         let url = self.url(&name).await?;
-        self.delete_receipts(&name, &url, receipts).await
+        self.delete_receipts(&name, &url, receipts).await?;
+        let mut leases = self.leases.lock().expect("leases poisoned");
+        receipts.iter().for_each(|r| leases.done(r));
+        Ok(())
     }
 
     async fn retry_later(
@@ -711,7 +769,9 @@ impl Queue for SqsQueue {
             .filter(|c| is_sqs_char(*c))
             .take(4096)
             .collect();
-        let meta = format!("{},{}", message.receive_count, now_ms());
+        // The original id travels along: the DLQ copy gets a new SQS id, but users (and
+        // `levee dlq list`) know the message by the id `send` returned.
+        let meta = format!("{},{},{}", message.receive_count, now_ms(), message.id);
         let extra = [
             (ATTR_DEAD_REASON, reason.as_str()),
             (ATTR_DEAD_META, meta.as_str()),
@@ -1092,14 +1152,18 @@ fn decode_dead(m: &Message) -> DeadLetter {
             .map(str::to_string)
     };
     let meta = attr(ATTR_DEAD_META);
-    let (count, dead_at) = meta
-        .as_deref()
-        .and_then(|s| s.split_once(','))
+    let mut parts = meta.as_deref().unwrap_or_default().splitn(3, ',');
+    let (c, t, original) = (parts.next(), parts.next(), parts.next());
+    let (count, dead_at) = c
+        .zip(t)
         .and_then(|(c, t)| Some((c.parse().ok()?, t.parse().ok()?)))
         // Moved by the redrive policy: this receive counts too, the rest happened on the source.
         .unwrap_or_else(|| (receive_count(m).saturating_sub(1).max(1), sent_at_ms(m)));
     DeadLetter {
-        id: m.message_id().unwrap_or_default().to_string(),
+        id: original
+            .filter(|o| !o.is_empty())
+            .unwrap_or(m.message_id().unwrap_or_default())
+            .to_string(),
         body,
         attributes,
         reason: attr(ATTR_DEAD_REASON).unwrap_or_else(|| {
