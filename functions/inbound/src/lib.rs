@@ -1,8 +1,10 @@
 //! `inbound`: the entry point for customer messages from every channel.
 //!
-//! Validates a message (`{"org", "conversation", "channel", "from", "text"}`), normalises it,
-//! appends it to the conversation record `conv/{org}/{conversation}` at most once per message
-//! id, then hands it to `routing` (team assignment) and `search-index` (full-text index).
+//! Validates a message (`{"org", "conversation", "channel", "from", "text", "attachments"?}`),
+//! normalises it, appends it to the conversation record `conv/{org}/{conversation}` at most once
+//! per message id, then hands it to `routing` (team assignment) and `search-index` (full-text
+//! index). Attachments are checked and reduced to their metadata (see [`attachments`]); their
+//! data goes no further than this function.
 //!
 //! Redelivery: the record keeps the ids of the messages it holds, so a retried delivery does
 //! not append twice; it still emits, because the host only sends emits of a successful run and
@@ -10,6 +12,9 @@
 //! The kv has no compare-and-swap, so two messages of one conversation handled at the same
 //! instant can race on the record (last writer wins); per-id idempotency still holds.
 
+pub mod attachments;
+
+pub use attachments::Attachment;
 use levee_sdk::{Context, Error, Fields, Message, quote};
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +38,14 @@ pub const RECENT_LIMIT: usize = 10;
 /// window, since a message is retried at most `max_receive` times before it is dead-lettered.
 pub const SEEN_LIMIT: usize = 200;
 
-const FIELDS: [&str; 5] = ["org", "conversation", "channel", "from", "text"];
+const FIELDS: [&str; 6] = [
+    "org",
+    "conversation",
+    "channel",
+    "from",
+    "text",
+    "attachments",
+];
 
 /// A validated, normalised customer message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +60,10 @@ pub struct Inbound {
     pub from: String,
     /// Text with whitespace collapsed to single spaces.
     pub text: String,
+    /// Metadata of the attached files, in the order sent; omitted from JSON when empty, so a
+    /// message without attachments keeps its earlier shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 /// One stored message of a conversation.
@@ -61,6 +77,10 @@ pub struct Entry {
     pub from: String,
     /// Its text.
     pub text: String,
+    /// Its attachments' metadata (never their data); omitted when empty, and absent in
+    /// records written before attachments existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 /// The conversation record at `conv/{org}/{conversation}`.
@@ -108,6 +128,7 @@ impl Conversation {
             channel: msg.channel.clone(),
             from: msg.from.clone(),
             text: msg.text.clone(),
+            attachments: msg.attachments.clone(),
         });
         if self.recent.len() > RECENT_LIMIT {
             self.recent.drain(..self.recent.len() - RECENT_LIMIT);
@@ -141,7 +162,7 @@ pub struct IndexMessage {
     pub org: String,
     /// Conversation to index the text under.
     pub conversation: String,
-    /// Normalised text.
+    /// Normalised text, followed by the attachment names so files can be found by name.
     pub text: String,
 }
 
@@ -166,7 +187,7 @@ pub fn handle(msg: &Message, ctx: &mut dyn Context) -> Result<(), Error> {
             id: msg.id.clone(),
             org: inbound.org.clone(),
             conversation: inbound.conversation.clone(),
-            text: inbound.text.clone(),
+            text: index_text(&inbound),
         },
     )?;
     ctx.emit_json(
@@ -180,6 +201,16 @@ pub fn handle(msg: &Message, ctx: &mut dyn Context) -> Result<(), Error> {
 }
 
 levee_sdk::export!(handle);
+
+/// The text to index: the message text, then each attachment name.
+fn index_text(msg: &Inbound) -> String {
+    let mut text = msg.text.clone();
+    for a in &msg.attachments {
+        text.push(' ');
+        text.push_str(&a.name);
+    }
+    text
+}
 
 /// Validates and normalises a message body; errors name the field and what is allowed.
 pub fn parse(body: &serde_json::Map<String, serde_json::Value>) -> Result<Inbound, Error> {
@@ -250,12 +281,15 @@ pub fn parse(body: &serde_json::Map<String, serde_json::Value>) -> Result<Inboun
         ));
     }
 
+    let attachments = attachments::parse(&f)?;
+
     Ok(Inbound {
         org,
         conversation: conversation.to_string(),
         channel,
         from,
         text,
+        attachments,
     })
 }
 
@@ -512,10 +546,299 @@ mod tests {
         );
         assert_eq!(
             rejection(with("priority", json!("high"))),
-            r#"field "priority": unknown, expected only org, conversation, channel, from, text"#
+            r#"field "priority": unknown, expected only org, conversation, channel, from, text, attachments"#
         );
         let msg = rejection(json!(["not", "an", "object"]));
         assert_eq!(msg, "message body must be a JSON object, got an array");
+    }
+
+    fn attachment(name: &str, content_type: &str, data: &[u8]) -> Value {
+        json!({"name": name, "content_type": content_type, "data": attachments::encode(data)})
+    }
+
+    /// Deterministic bytes that are not all alike, so the checksum tells them apart.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_5_mib_attachment_is_recorded_and_emitted_as_metadata_only() {
+        let big = noise(5 * 1024 * 1024, 7);
+        let body = with(
+            "attachments",
+            json!([
+                attachment("scan.PNG", "Image/PNG", &big),
+                attachment("notes.txt", "text/plain", b"foobar")
+            ]),
+        );
+        let mut ctx = ctx();
+        run(&mut ctx, "m1", &body).unwrap();
+
+        let scan = json!({"name": "scan.PNG", "content_type": "image/png",
+                          "bytes": 5 * 1024 * 1024,
+                          "checksum": format!("{:016x}", attachments::fnv1a64(&big))});
+        let notes = json!({"name": "notes.txt", "content_type": "text/plain", "bytes": 6,
+                           "checksum": "85944171f73967e8"});
+
+        let stored = ctx.value("conv/acme/c-42").unwrap();
+        assert!(
+            stored.len() < 1024,
+            "the record must hold metadata only, got {} bytes",
+            stored.len()
+        );
+        let conv: Value = ctx.read_json("conv/acme/c-42").unwrap().unwrap();
+        assert_eq!(conv["recent"][0]["attachments"], json!([scan, notes]));
+        assert_eq!(conv["recent"][0]["text"], "my order has not arrived");
+
+        let routed = ctx.emitted_to(ROUTING).next().unwrap();
+        assert!(routed.body.len() < 1024, "{} bytes", routed.body.len());
+        assert_eq!(
+            routed.json::<Value>().unwrap(),
+            json!({"kind": "message", "id": "m1", "org": "acme", "conversation": "c-42",
+                   "channel": "chat", "from": "ann@example.com", "text": "my order has not arrived",
+                   "attachments": [scan, notes]})
+        );
+        let indexed: Value = ctx.emitted_to(SEARCH_INDEX).next().unwrap().json().unwrap();
+        assert_eq!(
+            indexed,
+            json!({"id": "m1", "org": "acme", "conversation": "c-42",
+                   "text": "my order has not arrived scan.PNG notes.txt"})
+        );
+    }
+
+    #[test]
+    fn empty_or_null_attachments_keep_the_earlier_shapes() {
+        for none in [json!([]), json!(null)] {
+            let mut ctx = ctx();
+            run(&mut ctx, "m1", &with("attachments", none)).unwrap();
+            let plain = {
+                let mut c = self::ctx();
+                run(&mut c, "m1", &valid()).unwrap();
+                c
+            };
+            assert_eq!(ctx.value("conv/acme/c-42"), plain.value("conv/acme/c-42"));
+            assert_eq!(ctx.emitted(), plain.emitted());
+        }
+    }
+
+    #[test]
+    fn records_written_before_attachments_existed_still_load() {
+        let mut ctx = ctx();
+        let old = json!({"org": "acme", "conversation": "c-42", "channel": "chat",
+                         "from": "ann@example.com", "message_count": 1,
+                         "recent": [{"id": "m0", "channel": "chat", "from": "ann@example.com",
+                                     "text": "hello"}],
+                         "seen_ids": ["m0"]});
+        levee_sdk::Context::put(&mut ctx, "conv/acme/c-42", old.to_string().as_bytes()).unwrap();
+        let body = with(
+            "attachments",
+            json!([attachment("a.pdf", "application/pdf", b"%PDF")]),
+        );
+        run(&mut ctx, "m1", &body).unwrap();
+        let conv: Conversation = ctx.read_json("conv/acme/c-42").unwrap().unwrap();
+        assert_eq!(conv.message_count, 2);
+        assert!(conv.recent[0].attachments.is_empty());
+        assert_eq!(conv.recent[1].attachments[0].bytes, 4);
+    }
+
+    #[test]
+    fn redelivery_with_attachments_does_not_append_twice() {
+        let mut ctx = ctx();
+        let body = with(
+            "attachments",
+            json!([attachment(
+                "a.bin",
+                "application/octet-stream",
+                &noise(1000, 1)
+            )]),
+        );
+        run(&mut ctx, "m1", &body).unwrap();
+        run(&mut ctx, "m1", &body).unwrap();
+        let conv: Conversation = ctx.read_json("conv/acme/c-42").unwrap().unwrap();
+        assert_eq!(conv.recent.len(), 1);
+        assert_eq!(ctx.emitted_to(ROUTING).count(), 2);
+    }
+
+    #[test]
+    fn bad_base64_is_named_with_its_index() {
+        let good = attachment("a.txt", "text/plain", b"hi");
+        let bad = json!({"name": "b.txt", "content_type": "text/plain", "data": "aGk*"});
+        assert_eq!(
+            rejection(with("attachments", json!([good, bad]))),
+            r#"field "attachments[1].data": expected base64 (standard alphabet, '=' padded), got '*' at offset 3"#
+        );
+        let short = json!({"name": "b.txt", "content_type": "text/plain", "data": "aGk"});
+        assert_eq!(
+            rejection(with("attachments", json!([short]))),
+            r#"field "attachments[0].data": expected base64 (standard alphabet, '=' padded), got 3 characters, not a multiple of 4"#
+        );
+        let number = json!({"name": "b.txt", "content_type": "text/plain", "data": 5});
+        assert_eq!(
+            rejection(with("attachments", json!([number]))),
+            r#"field "attachments[0].data": expected a base64 string, got 5"#
+        );
+        let missing = json!({"name": "b.txt", "content_type": "text/plain"});
+        assert_eq!(
+            rejection(with("attachments", json!([missing]))),
+            r#"field "attachments[0].data": expected a base64 string, got nothing (missing)"#
+        );
+    }
+
+    #[test]
+    fn too_many_attachments_are_refused() {
+        let list: Vec<Value> = (0..=attachments::MAX_ATTACHMENTS)
+            .map(|i| attachment(&format!("f{i}.txt"), "text/plain", b"x"))
+            .collect();
+        assert_eq!(
+            rejection(with("attachments", json!(list))),
+            r#"field "attachments": expected at most 20 attachments, got 21 attachments"#
+        );
+        let list = &list[..attachments::MAX_ATTACHMENTS];
+        run(&mut ctx(), "m1", &with("attachments", json!(list))).unwrap();
+    }
+
+    #[test]
+    fn the_total_decoded_size_is_bounded() {
+        let half = vec![0u8; 4 * 1024 * 1024];
+        let two_halves = json!([
+            attachment("a", "application/octet-stream", &half),
+            attachment("b", "application/octet-stream", &half)
+        ]);
+        run(&mut ctx(), "m1", &with("attachments", two_halves)).unwrap();
+
+        let over = json!([
+            attachment("a", "application/octet-stream", &half),
+            attachment("b", "application/octet-stream", &half),
+            attachment("c", "application/octet-stream", b"x")
+        ]);
+        assert_eq!(
+            rejection(with("attachments", over)),
+            r#"field "attachments": expected at most 8388608 bytes (8 MiB) of decoded data in total, got 8388609 bytes in attachments[0] to attachments[2]"#
+        );
+    }
+
+    #[test]
+    fn bad_names_and_content_types_are_named() {
+        let name_error = r#"expected a file name of 1 to 255 bytes of UTF-8 without '/' or control characters, not "." or "..", got "#;
+        for bad in ["../etc/passwd", "a\u{0}b", "..", "x\ty"] {
+            let msg = rejection(with(
+                "attachments",
+                json!([attachment(bad, "text/plain", b"x")]),
+            ));
+            assert_eq!(
+                msg,
+                format!(r#"field "attachments[0].name": {name_error}{}"#, quote(bad))
+            );
+        }
+        let long = "é".repeat(128);
+        assert!(
+            rejection(with(
+                "attachments",
+                json!([attachment(&long, "text/plain", b"x")])
+            ))
+            .starts_with(r#"field "attachments[0].name": expected a file name"#)
+        );
+        let fits = "é".repeat(127);
+        run(
+            &mut ctx(),
+            "m1",
+            &with(
+                "attachments",
+                json!([attachment(&fits, "text/plain", b"x")]),
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            rejection(with(
+                "attachments",
+                json!([attachment("  ", "text/plain", b"x")])
+            )),
+            r#"field "attachments[0].name": expected a non-empty string, got "  ""#
+        );
+
+        for bad in [
+            "image",
+            "image/",
+            "/png",
+            "text/plain; charset=utf-8",
+            "image/png/x",
+            "-a/b",
+        ] {
+            let msg = rejection(with("attachments", json!([attachment("a.png", bad, b"x")])));
+            assert_eq!(
+                msg,
+                format!(
+                    r#"field "attachments[0].content_type": expected a media type like "image/png" (type/subtype, at most 127 characters, no parameters), got {}"#,
+                    quote(bad)
+                )
+            );
+        }
+        for good in [
+            "image/svg+xml",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ] {
+            run(
+                &mut ctx(),
+                "m1",
+                &with("attachments", json!([attachment("a", good, b"x")])),
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn malformed_attachment_lists_are_named() {
+        assert_eq!(
+            rejection(with("attachments", json!({"name": "a"}))),
+            r#"field "attachments": expected an array, got an object"#
+        );
+        assert_eq!(
+            rejection(with("attachments", json!(["a.txt"]))),
+            r#"field "attachments[0]": expected an object, got "a.txt""#
+        );
+        let mut extra = attachment("a.txt", "text/plain", b"x");
+        extra["size"] = json!(1);
+        assert_eq!(
+            rejection(with("attachments", json!([extra]))),
+            r#"field "attachments[0].size": unknown, expected only name, content_type, data"#
+        );
+    }
+
+    /// The largest record the limits allow (longest texts, senders, names and content types,
+    /// in the characters JSON spends the most bytes on) must still fit one kv value; if it did
+    /// not, every later message of that conversation would fail to store.
+    #[test]
+    fn the_largest_possible_record_fits_a_kv_value() {
+        let mut ctx = ctx();
+        let content_type = format!("{}/{}", "a".repeat(63), "b".repeat(63));
+        let list: Vec<Value> = (0..attachments::MAX_ATTACHMENTS)
+            .map(|_| {
+                attachment(
+                    &"\"".repeat(attachments::MAX_NAME_BYTES),
+                    &content_type,
+                    b"",
+                )
+            })
+            .collect();
+        for i in 0..SEEN_LIMIT {
+            let body = json!({"org": "a".repeat(MAX_ORG_CHARS),
+                              "conversation": "c".repeat(MAX_CONVERSATION_CHARS),
+                              "channel": "chat", "from": "\u{1d11e}".repeat(MAX_FROM_CHARS),
+                              "text": "\u{1d11e}".repeat(MAX_TEXT_CHARS), "attachments": list});
+            run(&mut ctx, &format!("{i:064}"), &body).unwrap();
+        }
+        let key = conversation_key(
+            &"a".repeat(MAX_ORG_CHARS),
+            &"c".repeat(MAX_CONVERSATION_CHARS),
+        );
+        let size = ctx.value(&key).unwrap().len();
+        assert!(size <= levee_sdk::MAX_VALUE_LEN, "{size}");
     }
 
     #[test]
