@@ -159,6 +159,8 @@ fn route(msg: &Message, f: Fields<'_>, ctx: &mut dyn Context) -> Result<(), Erro
         "channel",
         "from",
         "text",
+        // Metadata of inbound's attachments: routing decides on the text alone.
+        "attachments",
     ])?;
     // A message posted without an upstream id is identified by its own delivery.
     let id = match f.get("id") {
@@ -489,6 +491,16 @@ mod tests {
         // The next message is routed by the new rules.
         handle(&message("m2", "c-1", "chat", "invoice again"), &mut ctx).unwrap();
         assert_eq!(assignment(&ctx, "c-1").team, "finance");
+    }
+
+    #[test]
+    fn attachment_metadata_from_inbound_is_accepted() {
+        let mut ctx = ctx();
+        let body = json!({"org": "acme", "conversation": "c-8", "channel": "email",
+            "text": "scan attached", "attachments": [{"name": "scan.pdf",
+            "content_type": "application/pdf", "bytes": 5242880, "checksum": "271652cceed06267"}]});
+        handle(&Message::from_json("q-78", &body), &mut ctx).unwrap();
+        assert_eq!(assignment(&ctx, "c-8").message_id, "q-78");
     }
 
     #[test]
