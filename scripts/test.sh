@@ -27,5 +27,5 @@ if [ -x localstack/start.sh ]; then
 fi
 
 echo "==> host and end-to-end tests"
-cargo build --workspace --all-targets
+cargo build --workspace --bins --tests
 cargo test --workspace --no-fail-fast

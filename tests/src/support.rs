@@ -160,7 +160,9 @@ pub fn levee_bin() -> PathBuf {
             .expect("target/<profile>");
         let bin = profile_dir.join("levee");
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "levee", "--bin", "levee"])
+            // The same selection as `cargo test --workspace`, so features unify the same way
+            // and this is a no-op after the test build instead of a second build of everything.
+            .args(["build", "--workspace", "--bins", "--tests"])
             .current_dir(repo_root())
             .status()
             .expect("running cargo to build the levee binary");

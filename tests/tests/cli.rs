@@ -141,3 +141,52 @@ fn client_commands_work_against_a_running_platform() {
     assert_ne!(code, 0);
     assert!(err.contains("is `levee up` running?"), "{err}");
 }
+
+#[test]
+fn sigterm_lets_in_flight_messages_finish_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(
+        dir.path(),
+        &[Fn::new(
+            "faulty",
+            "faulty",
+            "concurrency = 2\ntimeout_ms = 1500\nmax_receive = 1",
+        )],
+    );
+    let mut up = LeveeProcess::up(&manifest, free_port());
+    let addr = up.addr.clone();
+    // A handler that is still running when the signal arrives: it must be settled (here: it
+    // times out and is dead-lettered), not abandoned mid-flight.
+    let (code, _, err) = levee(&["send", "faulty", r#"{"action":"spin"}"#, "--addr", &addr]);
+    assert_eq!(code, 0, "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = up.child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = up.child.wait().unwrap();
+    assert!(exit.success(), "levee up exits 0 on SIGTERM: {exit:?}");
+    let log = std::fs::read_to_string(
+        dir.path()
+            .join(format!("levee-{}.log", addr.rsplit(':').next().unwrap())),
+    )
+    .unwrap();
+    assert!(
+        log.contains("finishing in-flight messages") && log.contains("stopped"),
+        "{log}"
+    );
+
+    // Restarted, the data shows the in-flight message was settled before the exit.
+    let again = LeveeProcess::up(&manifest, free_port());
+    let (code, out, _) = levee(&["status", "--json", "--addr", &again.addr]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let f = &v["functions"][0];
+    assert_eq!(
+        (f["dlq"].as_u64(), f["in_flight"].as_u64()),
+        (Some(1), Some(0)),
+        "{out}"
+    );
+}

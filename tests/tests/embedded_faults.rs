@@ -112,3 +112,36 @@ async fn invoke_reports_each_failure_kind() {
     assert_eq!(r.outcome, "ok", "{r:?}");
     p.shutdown().await;
 }
+
+/// A handler that runs longer than its lease keeps it: the message is not delivered to a second
+/// worker meanwhile, and it fails once, at its own deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_handlers_keep_their_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let fns = vec![Fn::new(
+        "faulty",
+        "faulty",
+        "concurrency = 4\nmax_receive = 1\ntimeout_ms = 3500\nvisibility_timeout_ms = 1000",
+    )];
+    let p = start(&write_manifest(dir.path(), &fns)).await;
+    let id = send(&p, r#"{"action":"spin"}"#).await;
+    let dead = eventually(Duration::from_secs(30), || async {
+        p.status().await.unwrap().functions[0].dlq == 1
+    })
+    .await;
+    assert!(dead, "{:?}", p.status().await.unwrap());
+    let letters = p.dlq_list("faulty", 10).await.unwrap();
+    assert_eq!(letters[0].id, id);
+    assert!(
+        letters[0].reason.contains("timeout") && letters[0].reason.contains("3500 ms"),
+        "failed at its own deadline, not by losing its 1 s lease: {}",
+        letters[0].reason
+    );
+    assert_eq!(letters[0].receive_count, 1, "never delivered twice");
+    assert_eq!(
+        p.pools()["faulty"].stats().invocations,
+        1,
+        "one invocation only"
+    );
+    p.shutdown().await;
+}
