@@ -240,13 +240,13 @@ fn print_status(v: &serde_json::Value) {
         println!(
             "{:<16} {:>8} {:>9} {:>6} {:>8} {:>8} {:>10} {:>7}  {}",
             f["name"].as_str().unwrap_or(""),
-            f["visible"],
-            f["in_flight"],
-            f["dlq"],
-            f["workers"],
+            f["visible"].to_string(),
+            f["in_flight"].to_string(),
+            f["dlq"].to_string(),
+            f["workers"].to_string(),
             desired,
-            f["processed"],
-            f["failed"],
+            f["processed"].to_string(),
+            f["failed"].to_string(),
             f["reason"].as_str().unwrap_or("-")
         );
     }

@@ -59,7 +59,17 @@ pub fn function_signals(prev: Option<&Sample>, cur: &Sample, dt: Duration) -> Fu
         .occupied_micros
         .saturating_sub(prev.pool.occupied_micros);
     if handled > 0 && occupied > 0 {
-        s.service_rate_per_worker = Some(handled as f64 / (occupied as f64 / 1e6));
+        let per_occupied_second = handled as f64 / (occupied as f64 / 1e6);
+        // Under a backlog that persisted through the interval every worker was wanted all along, so
+        // the pool's real throughput per worker is measured directly; it is lower than the occupancy
+        // figure when something besides the workers (the fetchers, the queue's writes) is the limit.
+        let saturated = prev.queue.visible > 0 && cur.queue.visible > 0 && cur.pool.workers > 0;
+        let per_worker = handled as f64 / secs / f64::from(cur.pool.workers.max(prev.pool.workers));
+        s.service_rate_per_worker = Some(if saturated {
+            per_occupied_second.min(per_worker)
+        } else {
+            per_occupied_second
+        });
     }
     s
 }
@@ -156,9 +166,20 @@ mod tests {
         let s = function_signals(Some(&before), &after, Duration::from_secs(5));
         assert!((s.arrival_rate - 803.0 / 5.0).abs() < 1e-9, "{s:?}");
         assert!((s.processed_rate - 120.0).abs() < 1e-9, "{s:?}");
-        assert_eq!(s.service_rate_per_worker, Some(152.5));
+        // A backlog at both readings: 610 handled in 5 s by up to 6 workers is 20.3 per worker,
+        // below the 152.5 per occupied second, so the pool, not the handler, is the limit.
+        let mu = s.service_rate_per_worker.unwrap();
+        assert!((mu - 610.0 / 5.0 / 6.0).abs() < 1e-9, "{mu}");
         assert_eq!((s.backlog, s.in_flight, s.workers), (296, 8, 6));
         assert_eq!(s.oldest_age, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn without_a_backlog_the_service_rate_is_per_occupied_second() {
+        let before = sample((0, 4, 0), (1000, 0), (1000, 2_000), 4);
+        let after = sample((0, 3, 0), (1600, 0), (1600, 6_000), 4);
+        let s = function_signals(Some(&before), &after, Duration::from_secs(5));
+        assert_eq!(s.service_rate_per_worker, Some(150.0));
     }
 
     #[test]
