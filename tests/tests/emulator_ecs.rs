@@ -118,7 +118,10 @@ async fn decisions_set_the_desired_count_of_each_function_service() {
     let mut policy = Coordinated::default();
     let decision = policy.decide(&graph, &signals, Duration::from_secs(10));
     // Feed-forward: routing and notify are sized from inbound's expected outflow in this decision.
-    assert!(decision.desired("routing") > 1 && decision.desired("notify") > 1, "{decision:?}");
+    assert!(
+        decision.desired("routing") > 1 && decision.desired("notify") > 1,
+        "{decision:?}"
+    );
 
     let mut actuator = EcsActuator::new(&sdk, settings.clone()).unwrap();
     actuator.apply(&decision).await.expect("update-service");

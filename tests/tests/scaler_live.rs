@@ -42,7 +42,10 @@ async fn scales_from_zero_on_a_burst_and_back_to_zero_when_idle() {
     );
     let st = noop(&p).await;
     assert_eq!(st.desired, Some(0), "{st:?}");
-    assert!(st.reason.as_deref().is_some_and(|r| !r.is_empty()), "{st:?}");
+    assert!(
+        st.reason.as_deref().is_some_and(|r| !r.is_empty()),
+        "{st:?}"
+    );
 
     // Watch the pool size while a burst arrives.
     let peak = Arc::new(AtomicU32::new(0));
