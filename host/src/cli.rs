@@ -90,6 +90,49 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Replay an arrival trace through a pipeline model with the real scaling policy; prints the
+    /// report table and writes report.md and SVG charts.
+    Sim {
+        /// The arrival trace: CSV `t_seconds,function,rate_per_second` (see scaler/traces/).
+        #[arg(long)]
+        trace: PathBuf,
+        /// coordinated, independent, lambda-like, or all (side by side).
+        #[arg(long, default_value = "coordinated")]
+        policy: String,
+        /// The pipeline model: jan2025 or apr2020.
+        #[arg(long, default_value = "jan2025")]
+        scenario: String,
+        /// Directory for report.md and the charts.
+        #[arg(long, default_value = "sim-out")]
+        out: PathBuf,
+    },
+    /// Send generated inbound customer messages to a running `levee up` (loopback only) at a steady
+    /// rate with an optional surge, printing each second what was sent and the platform's workers.
+    Load {
+        /// Steady rate in messages per second.
+        #[arg(long)]
+        rate: f64,
+        /// How long to send, in seconds.
+        #[arg(long)]
+        duration: u64,
+        /// Rate during the surge, in messages per second.
+        #[arg(long, requires = "surge_at")]
+        surge_rate: Option<f64>,
+        /// When the surge starts, in seconds from the beginning.
+        #[arg(long, requires = "surge_rate")]
+        surge_at: Option<u64>,
+        /// How long the surge lasts, in seconds.
+        #[arg(long, default_value_t = 30)]
+        surge_for: u64,
+        /// Seconds to keep watching the platform after sending stops.
+        #[arg(long, default_value_t = 10)]
+        tail: u64,
+        /// The function to send to.
+        #[arg(long, default_value = "inbound")]
+        function: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]

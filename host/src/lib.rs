@@ -14,6 +14,7 @@ pub mod platform;
 pub mod provision;
 pub mod queue;
 pub mod runtime;
+pub mod scaling;
 pub mod store;
 pub mod worker;
 

@@ -10,6 +10,10 @@ use levee::cli::{Cli, Command, DlqCommand, KvCommand, read_message};
 use levee::client::{call, encode_segment};
 use levee::manifest::Manifest;
 use levee::platform::{Platform, StartOptions};
+use levee::scaling::load::{LoadOptions, Surge};
+use levee::scaling::sim::SimOptions;
+use std::io::Write as _;
+use std::time::Duration;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -140,6 +144,41 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sim {
+            trace,
+            policy,
+            scenario,
+            out,
+        } => sim(trace, policy, scenario, out),
+        Command::Load {
+            rate,
+            duration,
+            surge_rate,
+            surge_at,
+            surge_for,
+            tail,
+            function,
+            addr,
+        } => {
+            let opts = LoadOptions {
+                addr: addr.addr,
+                function,
+                rate,
+                duration: Duration::from_secs(duration),
+                surge: surge_rate.zip(surge_at).map(|(rate, at)| Surge {
+                    rate,
+                    at: Duration::from_secs(at),
+                    length: Duration::from_secs(surge_for),
+                }),
+                tail: Duration::from_secs(tail),
+            };
+            let summary = levee::scaling::load::run(&opts, &mut |line| println!("{line}")).await?;
+            Ok(if summary.errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
         Command::Dlq {
             command: DlqCommand::Redrive { function, addr },
         } => {
@@ -175,10 +214,16 @@ async fn up(
     println!("data directory: {}", platform.data_dir().display());
     for (name, spec) in &platform.manifest().functions {
         println!(
-            "  {name:<14} workers {:<3} emits_to [{}]",
+            "  {name:<14} workers {:<3} ({}..{}) emits_to [{}]",
             spec.concurrency,
+            spec.min_workers(),
+            spec.max_workers(),
             spec.emits_to.join(", ")
         );
+    }
+    match platform.manifest().platform.scaler.policy_name() {
+        Some(p) => println!("scaler: {p}"),
+        None => println!("scaler: off (pools keep their concurrency)"),
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(levee::ingress::serve(listener, platform.clone(), stop_rx));
@@ -202,19 +247,56 @@ async fn wait_for_signal() {
 
 fn print_status(v: &serde_json::Value) {
     println!(
-        "{:<16} {:>8} {:>9} {:>6} {:>8} {:>10} {:>7}",
-        "FUNCTION", "VISIBLE", "IN_FLIGHT", "DLQ", "WORKERS", "PROCESSED", "FAILED"
+        "{:<16} {:>8} {:>9} {:>6} {:>8} {:>8} {:>10} {:>7}  REASON",
+        "FUNCTION", "VISIBLE", "IN_FLIGHT", "DLQ", "WORKERS", "DESIRED", "PROCESSED", "FAILED"
     );
     for f in v["functions"].as_array().into_iter().flatten() {
+        let desired = f["desired"]
+            .as_u64()
+            .map_or_else(|| "-".to_string(), |d| d.to_string());
         println!(
-            "{:<16} {:>8} {:>9} {:>6} {:>8} {:>10} {:>7}",
+            "{:<16} {:>8} {:>9} {:>6} {:>8} {:>8} {:>10} {:>7}  {}",
             f["name"].as_str().unwrap_or(""),
-            f["visible"],
-            f["in_flight"],
-            f["dlq"],
-            f["workers"],
-            f["processed"],
-            f["failed"]
+            f["visible"].to_string(),
+            f["in_flight"].to_string(),
+            f["dlq"].to_string(),
+            f["workers"].to_string(),
+            desired,
+            f["processed"].to_string(),
+            f["failed"].to_string(),
+            f["reason"].as_str().unwrap_or("-")
         );
     }
+}
+
+fn sim(
+    trace: std::path::PathBuf,
+    policy: String,
+    scenario: String,
+    out: std::path::PathBuf,
+) -> Result<ExitCode> {
+    let opts = SimOptions {
+        trace,
+        policy,
+        scenario,
+        out,
+    };
+    // Progress in 10% steps per policy on stderr; the table goes to stdout.
+    let mut last = (String::new(), -1i64);
+    let output = levee::scaling::sim::run(&opts, &mut |policy, done| {
+        let step = (done * 10.0).floor() as i64;
+        if last.0 != policy || last.1 != step {
+            last = (policy.to_string(), step);
+            eprint!("\rsimulating {policy:<12} {:>3}%", step * 10);
+            if step >= 10 {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        }
+    })?;
+    println!("{}", output.table);
+    for f in &output.files {
+        println!("wrote {}", f.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

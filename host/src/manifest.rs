@@ -71,6 +71,41 @@ pub struct Platform {
     /// Message bodies larger than this many bytes go to blobs and the queue carries a reference
     /// (embedded backend; the aws backend uses `aws.offload_threshold`). Default 200 KiB.
     pub offload_threshold: Option<usize>,
+    /// Scaling policy `levee up` runs: `coordinated` (default), `independent`, `lambda-like` or `off`.
+    #[serde(default)]
+    pub scaler: ScalerChoice,
+    /// Scale-down stabilisation window of the scaler in ms (default: the policy's own).
+    pub scale_down_window_ms: Option<u64>,
+    /// How long a `min_workers = 0` function must be idle before it goes to zero, in ms (default:
+    /// the policy's own).
+    pub idle_window_ms: Option<u64>,
+}
+
+/// `[platform] scaler`: which policy sizes the worker pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScalerChoice {
+    /// Levee's coordinated policy (feed-forward over the graph, backpressure).
+    #[default]
+    Coordinated,
+    /// KEDA-like: each function on its own queue length.
+    Independent,
+    /// Lambda-on-SQS-like: each function alone, growth limited per minute.
+    LambdaLike,
+    /// No scaler: pools keep `concurrency` workers.
+    Off,
+}
+
+impl ScalerChoice {
+    /// The policy name (`levee_scaler::by_name`), or `None` for `off`.
+    pub fn policy_name(self) -> Option<&'static str> {
+        match self {
+            ScalerChoice::Coordinated => Some("coordinated"),
+            ScalerChoice::Independent => Some("independent"),
+            ScalerChoice::LambdaLike => Some("lambda-like"),
+            ScalerChoice::Off => None,
+        }
+    }
 }
 
 /// `[functions.NAME]`: one capability function.
@@ -96,6 +131,9 @@ pub struct FunctionSpec {
     pub max_receive: u32,
     /// Upper bound of workers the scaler may run (default: `concurrency`).
     pub max_workers: Option<u32>,
+    /// Lower bound of workers the scaler keeps (default: `concurrency`; 0 lets an idle function
+    /// scale to zero).
+    pub min_workers: Option<u32>,
     /// Lease (visibility timeout) of a received message in ms, renewed while the handler runs
     /// (default: `timeout_ms` + 30 s).
     pub visibility_timeout_ms: Option<u64>,
@@ -131,6 +169,10 @@ impl FunctionSpec {
         self.max_workers
             .unwrap_or(self.concurrency)
             .max(self.concurrency)
+    }
+    /// Fewest workers the scaler keeps running.
+    pub fn min_workers(&self) -> u32 {
+        self.min_workers.unwrap_or(self.concurrency)
     }
     /// How long a received message stays leased before it is renewed or redelivered.
     pub fn visibility_timeout(&self) -> Duration {
@@ -224,6 +266,19 @@ impl Manifest {
                 ),
             );
         }
+        for (key, v) in [
+            ("scale_down_window_ms", self.platform.scale_down_window_ms),
+            ("idle_window_ms", self.platform.idle_window_ms),
+        ] {
+            if let Some(ms) = v
+                && !(1..=24 * 3600 * 1000).contains(&ms)
+            {
+                return bad(
+                    format!("platform.{key}"),
+                    format!("must be 1 to 86400000 (24 h), got {ms}"),
+                );
+            }
+        }
         for (name, f) in &self.functions {
             let field = |k: &str| format!("functions.{name}.{k}");
             if !valid_name(name) {
@@ -282,6 +337,14 @@ impl Manifest {
                         "must be {} (concurrency) to {MAX_CONCURRENCY}, got {max}",
                         f.concurrency
                     ),
+                );
+            }
+            if let Some(min) = f.min_workers
+                && min > f.max_workers()
+            {
+                return bad(
+                    field("min_workers"),
+                    format!("must be 0 to {} (max_workers), got {min}", f.max_workers()),
                 );
             }
             if let Some(v) = f.visibility_timeout_ms
@@ -441,5 +504,38 @@ module = "routing.wasm"
         assert!(e.contains("platform.listen"), "{e}");
         let e = err("[functions.a]\nemits_to = []\n");
         assert!(e.contains("module"), "{e}");
+    }
+
+    #[test]
+    fn scaling_fields() {
+        let m = Manifest::parse(GOOD, Path::new("/x")).unwrap();
+        assert_eq!(m.platform.scaler, ScalerChoice::Coordinated);
+        assert_eq!(
+            m.functions["inbound"].min_workers(),
+            4,
+            "defaults to concurrency"
+        );
+        let m = Manifest::parse(
+            "[platform]\nscaler = \"lambda-like\"\nidle_window_ms = 500\n\
+             [functions.a]\nmodule = \"a.wasm\"\nconcurrency = 1\nmin_workers = 0\nmax_workers = 8\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(m.platform.scaler.policy_name(), Some("lambda-like"));
+        assert_eq!(m.platform.idle_window_ms, Some(500));
+        let a = &m.functions["a"];
+        assert_eq!((a.min_workers(), a.max_workers()), (0, 8));
+        let e = err("[functions.a]\nmodule = \"a.wasm\"\nmin_workers = 9\nmax_workers = 8\n");
+        assert!(
+            e.contains("functions.a.min_workers") && e.contains("0 to 8"),
+            "{e}"
+        );
+        let e = err("[platform]\nscaler = \"keda\"\n[functions.a]\nmodule = \"a.wasm\"\n");
+        assert!(
+            e.contains("coordinated") && e.contains("platform.scaler"),
+            "{e}"
+        );
+        let e = err("[platform]\nidle_window_ms = 0\n[functions.a]\nmodule = \"a.wasm\"\n");
+        assert!(e.contains("platform.idle_window_ms"), "{e}");
     }
 }

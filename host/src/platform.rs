@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use levee_scaler::StatusHandle;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -48,6 +49,10 @@ pub struct FunctionStatus {
     pub oldest_age_ms: Option<u64>,
     pub max_workers: u32,
     pub invocations: u64,
+    /// Workers the scaler last asked for (absent when the scaler is off or has not decided yet).
+    pub desired: Option<u32>,
+    /// Why, in words, from the scaler's last decision.
+    pub reason: Option<String>,
 }
 
 /// The cache and circuit breaker in front of a store, in `levee status`.
@@ -99,6 +104,7 @@ pub struct Platform {
     pools: BTreeMap<String, Arc<WorkerPool>>,
     stop: watch::Sender<bool>,
     data_dir: PathBuf,
+    scaler: Option<StatusHandle>,
     _runtime: Runtime,
 }
 
@@ -175,6 +181,11 @@ impl Platform {
                 pools.insert(name.clone(), pool);
             }
         }
+        let scaler = if opts.run_workers {
+            crate::scaling::spawn_local(&manifest, backends.queue.clone(), &pools, stop_rx)?
+        } else {
+            None
+        };
         Ok(Arc::new(Self {
             manifest,
             queue: backends.queue,
@@ -184,6 +195,7 @@ impl Platform {
             pools,
             stop,
             data_dir,
+            scaler,
             _runtime: runtime,
         }))
     }
@@ -274,8 +286,15 @@ impl Platform {
         })
     }
 
-    /// Per-function queue depths, totals and workers.
+    /// The scaler's last decision, tick count and last error (`None` when the scaler is off).
+    pub fn scaler(&self) -> Option<&StatusHandle> {
+        self.scaler.as_ref()
+    }
+
+    /// Per-function queue depths, totals, workers and the scaler's last decision.
     pub async fn status(&self) -> Result<Status> {
+        let scaler = self.scaler.as_ref().map(StatusHandle::get);
+        let decision = scaler.as_ref().and_then(|s| s.decision.as_ref());
         let mut functions = Vec::with_capacity(self.functions.len());
         for (name, spec) in &self.manifest.functions {
             let q = self.queue.stats(name).await?;
@@ -290,6 +309,7 @@ impl Platform {
                     succeeded: 0,
                     failed_attempts: 0,
                     busy_micros: 0,
+                    occupied_micros: 0,
                 });
             functions.push(FunctionStatus {
                 name: name.clone(),
@@ -304,6 +324,12 @@ impl Platform {
                 oldest_age_ms: q.oldest_age_ms,
                 max_workers: p.max_workers,
                 invocations: p.invocations,
+                desired: decision
+                    .and_then(|d| d.functions.get(name))
+                    .map(|d| d.desired),
+                reason: decision
+                    .and_then(|d| d.functions.get(name))
+                    .map(|d| d.reason.clone()),
             });
         }
         let stores = vec![StoreStatus {

@@ -191,7 +191,9 @@ async fn fetch_loop(shared: Arc<Shared>) {
                     handlers.spawn(async move {
                         let worker = acquire_worker(&s).await;
                         drop(slot);
+                        let held = tokio::time::Instant::now();
                         handle(&s, msg).await;
+                        s.counters.occupied(held.elapsed());
                         release_worker(&s, worker);
                     });
                 }

@@ -13,6 +13,7 @@ pub struct WorkerCounters {
     succeeded: AtomicU64,
     failed: AtomicU64,
     busy_micros: AtomicU64,
+    occupied_micros: AtomicU64,
 }
 
 /// A snapshot of a pool.
@@ -25,6 +26,10 @@ pub struct PoolStats {
     pub failed_attempts: u64,
     /// Total time spent in handlers, in µs (the scaler derives service rate from it).
     pub busy_micros: u64,
+    /// Total time workers were held by messages (handler, lease renewals and settling: outbox sends
+    /// and the delete), in µs: what one worker's service time really is, so the scaler's service
+    /// rate per worker comes from it.
+    pub occupied_micros: u64,
 }
 
 impl WorkerCounters {
@@ -39,6 +44,11 @@ impl WorkerCounters {
             .fetch_add(inv.elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
+    pub(super) fn occupied(&self, d: std::time::Duration) {
+        self.occupied_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
     pub(super) fn snapshot(&self, workers: u32, max_workers: u32) -> PoolStats {
         PoolStats {
             workers,
@@ -47,6 +57,7 @@ impl WorkerCounters {
             succeeded: self.succeeded.load(Ordering::Relaxed),
             failed_attempts: self.failed.load(Ordering::Relaxed),
             busy_micros: self.busy_micros.load(Ordering::Relaxed),
+            occupied_micros: self.occupied_micros.load(Ordering::Relaxed),
         }
     }
 }

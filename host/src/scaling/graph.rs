@@ -1,0 +1,85 @@
+//! The scaler's dependency graph from the manifest: one node per function with its worker bounds,
+//! one edge per `emits_to` entry with a prior fan-out of 1.0 (the policy prefers a measured one).
+
+use levee_scaler::{FunctionSpec as Node, Graph};
+
+use crate::manifest::Manifest;
+use crate::{Error, Result};
+
+/// Messages a function is assumed to emit to each downstream per message it handles, until measured.
+pub const PRIOR_FAN_OUT: f64 = 1.0;
+
+/// Builds the graph of `manifest`'s functions.
+pub fn graph_from_manifest(manifest: &Manifest) -> Result<Graph> {
+    let nodes = manifest
+        .functions
+        .iter()
+        .map(|(name, f)| {
+            f.emits_to.iter().fold(
+                Node::new(name.clone(), f.min_workers(), f.max_workers()),
+                |n, target| n.emits(target.clone(), PRIOR_FAN_OUT),
+            )
+        })
+        .collect();
+    Graph::new(nodes, vec![]).map_err(|e| Error::Manifest(format!("functions: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn functions_bounds_and_edges_come_from_the_manifest() {
+        let m = Manifest::parse(
+            r#"
+[functions.inbound]
+module = "i.wasm"
+emits_to = ["routing", "search-index"]
+concurrency = 4
+max_workers = 16
+[functions.routing]
+module = "r.wasm"
+emits_to = ["notify"]
+[functions.search-index]
+module = "s.wasm"
+concurrency = 1
+min_workers = 0
+max_workers = 8
+[functions.notify]
+module = "n.wasm"
+"#,
+            Path::new("."),
+        )
+        .unwrap();
+        let g = graph_from_manifest(&m).unwrap();
+        let inbound = g.function("inbound").unwrap();
+        assert_eq!((inbound.min_workers, inbound.max_workers), (4, 16));
+        let targets: Vec<(&str, f64)> = inbound
+            .emits_to
+            .iter()
+            .map(|e| (e.target.as_str(), e.fan_out))
+            .collect();
+        assert_eq!(targets, vec![("routing", 1.0), ("search-index", 1.0)]);
+        let si = g.function("search-index").unwrap();
+        assert_eq!((si.min_workers, si.max_workers), (0, 8));
+        let notify = g.function("notify").unwrap();
+        assert_eq!((notify.min_workers, notify.max_workers), (2, 2));
+        let order = g.topological_names();
+        let pos = |n: &str| order.iter().position(|x| *x == n).unwrap();
+        assert!(pos("inbound") < pos("routing") && pos("routing") < pos("notify"));
+    }
+
+    #[test]
+    fn a_cycle_is_a_manifest_error() {
+        let m = Manifest::parse(
+            "[functions.a]\nmodule = \"a.wasm\"\nemits_to = [\"b\"]\n\
+             [functions.b]\nmodule = \"b.wasm\"\nemits_to = [\"a\"]\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let e = graph_from_manifest(&m).unwrap_err().to_string();
+        assert!(e.contains("cycle") && e.contains("functions"), "{e}");
+    }
+}

@@ -1,0 +1,474 @@
+//! `levee load`: a load generator against a running `levee up` on a loopback address. It sends
+//! generated inbound customer messages at a steady rate with an optional surge, bounded in count and
+//! time, prints each second what it sent and what the platform's scaler did, and at the end the
+//! peak workers per function and how soon after the surge began each one reached it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::Method;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::client::{call, encode_segment};
+use crate::{Error, Result};
+
+/// Highest rate accepted (msg/s), for the steady and the surge rate.
+pub const MAX_RATE: f64 = 20_000.0;
+/// Longest run accepted.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// Requests in flight at once; beyond it sends are skipped (and counted), never queued without bound.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// A request that takes longer counts as an error.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often sends are paced.
+const STEP: Duration = Duration::from_millis(20);
+
+/// A surge on top of the steady rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Surge {
+    /// Rate during the surge (msg/s), instead of the steady one.
+    pub rate: f64,
+    /// When it starts, from the beginning of the run.
+    pub at: Duration,
+    /// How long it lasts.
+    pub length: Duration,
+}
+
+/// What to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadOptions {
+    /// HOST:PORT of the running platform (loopback only).
+    pub addr: String,
+    /// Function to send to.
+    pub function: String,
+    /// Steady rate (msg/s).
+    pub rate: f64,
+    /// How long to send.
+    pub duration: Duration,
+    pub surge: Option<Surge>,
+    /// How long to keep watching the platform after sending stops.
+    pub tail: Duration,
+}
+
+impl LoadOptions {
+    /// Checks bounds and the address; errors name the option.
+    pub fn validate(&self) -> Result<SocketAddr> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        let rate_ok = |r: f64| r.is_finite() && (0.0..=MAX_RATE).contains(&r);
+        if !rate_ok(self.rate) {
+            return bad(format!(
+                "--rate must be 0 to {MAX_RATE} msg/s, got {}",
+                self.rate
+            ));
+        }
+        if self.duration.is_zero() || self.duration > MAX_DURATION {
+            return bad(format!(
+                "--duration must be 1 to {} s, got {:?}",
+                MAX_DURATION.as_secs(),
+                self.duration
+            ));
+        }
+        if self.tail > MAX_DURATION {
+            return bad(format!(
+                "--tail must be at most {} s",
+                MAX_DURATION.as_secs()
+            ));
+        }
+        if let Some(s) = &self.surge {
+            if !rate_ok(s.rate) {
+                return bad(format!(
+                    "--surge-rate must be 0 to {MAX_RATE} msg/s, got {}",
+                    s.rate
+                ));
+            }
+            if s.at >= self.duration {
+                return bad(format!(
+                    "--surge-at ({:?}) must be before the end of --duration ({:?})",
+                    s.at, self.duration
+                ));
+            }
+            if s.length.is_zero() {
+                return bad("--surge-for must be at least 1 s".into());
+            }
+        }
+        let addr = self
+            .addr
+            .to_socket_addrs()
+            .map_err(|e| Error::Invalid(format!("--addr {}: {e}", self.addr)))?
+            .next()
+            .ok_or_else(|| Error::Invalid(format!("--addr {} resolves to nothing", self.addr)))?;
+        if !addr.ip().is_loopback() {
+            return bad(format!(
+                "--addr {} is not a loopback address: levee load only targets a platform on this machine",
+                self.addr
+            ));
+        }
+        Ok(addr)
+    }
+
+    /// The sending rate at `t` from the start.
+    pub fn rate_at(&self, t: Duration) -> f64 {
+        match &self.surge {
+            Some(s) if t >= s.at && t < s.at + s.length => s.rate,
+            _ => self.rate,
+        }
+    }
+
+    /// Messages due by `t`: the integral of the rate, so pacing has no drift.
+    pub fn due_by(&self, t: Duration) -> u64 {
+        let t = t.min(self.duration).as_secs_f64();
+        let steady = self.rate * t;
+        let extra = self.surge.map_or(0.0, |s| {
+            let from = s.at.as_secs_f64();
+            let to = (s.at + s.length).as_secs_f64();
+            let overlap = (t.min(to) - from).max(0.0);
+            (s.rate - self.rate) * overlap
+        });
+        (steady + extra).max(0.0).floor() as u64
+    }
+}
+
+const ORGS: [&str; 6] = ["acme", "globex", "initech", "umbrella", "hooli", "stark"];
+const CHANNELS: [&str; 4] = ["chat", "email", "sms", "whatsapp"];
+const TEXTS: [&str; 8] = [
+    "Hi, my order hasn't arrived yet. Can you check the status?",
+    "I was charged twice for my subscription this month.",
+    "How do I reset my password? The link in the email expired.",
+    "Thanks, that fixed it!",
+    "The app crashes when I open the settings page on Android.",
+    "Can I change the delivery address for order 4471?",
+    "I'd like to cancel my plan at the end of the billing period.",
+    "Is there a discount for annual billing for teams over 50 seats?",
+];
+
+/// The `n`-th generated inbound message: a valid `{"org","conversation","channel","from","text"}`.
+pub fn message(n: u64) -> Vec<u8> {
+    // A multiplicative hash spreads consecutive n over orgs, channels and conversations.
+    let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let org = ORGS[(h >> 7) as usize % ORGS.len()];
+    let channel = CHANNELS[(h >> 17) as usize % CHANNELS.len()];
+    let customer = (h >> 27) % 5000;
+    let from = match channel {
+        "email" => format!("customer{customer}@example.com"),
+        "sms" | "whatsapp" => format!("+1555{customer:07}"),
+        _ => format!("visitor-{customer}"),
+    };
+    serde_json::json!({
+        "org": org,
+        "conversation": format!("conv-{}", (h >> 37) % 2000),
+        "channel": channel,
+        "from": from,
+        "text": TEXTS[(h >> 47) as usize % TEXTS.len()],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// One function's line of `/v1/status` as the load generator reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub workers: u64,
+    pub desired: Option<u64>,
+    pub backlog: u64,
+}
+
+/// The highest worker count a function reached and when (first reached), from the start of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Peak {
+    pub workers: u64,
+    pub at: Duration,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadSummary {
+    pub sent: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    /// Workers per function at the first reading.
+    pub initial: BTreeMap<String, u64>,
+    pub peaks: BTreeMap<String, Peak>,
+}
+
+impl LoadSummary {
+    /// Records a status reading at `t`.
+    pub fn observe(&mut self, t: Duration, status: &BTreeMap<String, Observed>) {
+        for (name, o) in status {
+            self.initial.entry(name.clone()).or_insert(o.workers);
+            let p = self.peaks.entry(name.clone()).or_insert(Peak {
+                workers: o.workers,
+                at: t,
+            });
+            if o.workers > p.workers {
+                *p = Peak {
+                    workers: o.workers,
+                    at: t,
+                };
+            }
+        }
+    }
+
+    /// The closing summary: per function the workers at the start, the peak, and when it was reached
+    /// (seconds after the surge began, or after the start without a surge).
+    pub fn render(&self, surge: Option<&Surge>) -> String {
+        let mut s = format!(
+            "sent {} messages, {} errors, {} skipped (more than {MAX_IN_FLIGHT} requests in flight)\n",
+            self.sent, self.errors, self.skipped
+        );
+        let since = surge.map_or("start", |_| "surge start");
+        let _ = writeln!(
+            s,
+            "{:<16} {:>8} {:>6} {:>22}",
+            "FUNCTION",
+            "INITIAL",
+            "PEAK",
+            format!("PEAK AT (s after {since})")
+        );
+        for (name, p) in &self.peaks {
+            let origin = surge.map_or(Duration::ZERO, |s| s.at);
+            let when = if p.workers == self.initial.get(name).copied().unwrap_or(0) {
+                "never rose".to_string()
+            } else if p.at >= origin {
+                format!("{:.0}", (p.at - origin).as_secs_f64())
+            } else {
+                format!("{:.0} before", (origin - p.at).as_secs_f64())
+            };
+            let _ = writeln!(
+                s,
+                "{:<16} {:>8} {:>6} {:>22}",
+                name,
+                self.initial.get(name).copied().unwrap_or(0),
+                p.workers,
+                when
+            );
+        }
+        s
+    }
+}
+
+/// Parses `/v1/status` into per function workers, desired and backlog.
+pub fn parse_status(v: &serde_json::Value) -> BTreeMap<String, Observed> {
+    v["functions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| {
+            Some((
+                f["name"].as_str()?.to_string(),
+                Observed {
+                    workers: f["workers"].as_u64().unwrap_or(0),
+                    desired: f["desired"].as_u64(),
+                    backlog: f["visible"].as_u64().unwrap_or(0)
+                        + f["in_flight"].as_u64().unwrap_or(0)
+                        + f["delayed"].as_u64().unwrap_or(0),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Runs the load; `print` gets one line per second and the summary.
+pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Result<LoadSummary> {
+    let addr = opts.validate()?.to_string();
+    let path = format!("/v1/functions/{}/messages", encode_segment(&opts.function));
+    // Fail fast on a wrong address or function instead of counting thousands of errors.
+    call(&addr, Method::GET, "/v1/status", vec![])
+        .await?
+        .json()?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut tasks = JoinSet::new();
+    let mut summary = LoadSummary {
+        sent: 0,
+        errors: 0,
+        skipped: 0,
+        initial: BTreeMap::new(),
+        peaks: BTreeMap::new(),
+    };
+    let start = Instant::now();
+    let end = opts.duration + opts.tail;
+    let mut issued = 0u64;
+    let mut next_report = Duration::from_secs(1);
+    let (mut last_sent, mut last_errors) = (0u64, 0u64);
+    if let Ok(v) = status(&addr).await {
+        summary.observe(Duration::ZERO, &parse_status(&v));
+    }
+    let mut tick = tokio::time::interval(STEP);
+    loop {
+        tick.tick().await;
+        let t = start.elapsed();
+        while tasks.try_join_next().is_some() {}
+        let due = opts.due_by(t);
+        while issued < due {
+            issued += 1;
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                summary.skipped += 1;
+                continue;
+            };
+            let (addr, path, sent, errors) =
+                (addr.clone(), path.clone(), sent.clone(), errors.clone());
+            let body = message(issued);
+            tasks.spawn(async move {
+                let ok = matches!(
+                    tokio::time::timeout(REQUEST_TIMEOUT, call(&addr, Method::POST, &path, body)).await,
+                    Ok(Ok(a)) if a.status.is_success()
+                );
+                if ok { &sent } else { &errors }.fetch_add(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+        if t >= next_report {
+            let secs = next_report.as_secs();
+            next_report += Duration::from_secs(1);
+            let (s, e) = (sent.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+            let mut line = format!(
+                "t={secs:>4}s target {:>6.0}/s sent {:>6}/s errors {:>4}",
+                if t <= opts.duration {
+                    opts.rate_at(t)
+                } else {
+                    0.0
+                },
+                s - last_sent,
+                e - last_errors
+            );
+            (last_sent, last_errors) = (s, e);
+            match status(&addr).await {
+                Ok(v) => {
+                    let st = parse_status(&v);
+                    summary.observe(t, &st);
+                    for (name, o) in &st {
+                        let desired = o.desired.map_or("-".to_string(), |d| d.to_string());
+                        let _ = write!(line, " | {name} {}/{desired} q{}", o.workers, o.backlog);
+                    }
+                }
+                Err(e) => {
+                    let _ = write!(line, " | status unavailable: {e}");
+                }
+            }
+            print(&line);
+        }
+        if t >= end {
+            break;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    summary.sent = sent.load(Ordering::Relaxed);
+    summary.errors = errors.load(Ordering::Relaxed);
+    print(&summary.render(opts.surge.as_ref()));
+    Ok(summary)
+}
+
+async fn status(addr: &str) -> Result<serde_json::Value> {
+    call(addr, Method::GET, "/v1/status", vec![]).await?.json()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> LoadOptions {
+        LoadOptions {
+            addr: "127.0.0.1:8080".into(),
+            function: "inbound".into(),
+            rate: 100.0,
+            duration: Duration::from_secs(60),
+            surge: Some(Surge {
+                rate: 400.0,
+                at: Duration::from_secs(10),
+                length: Duration::from_secs(20),
+            }),
+            tail: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn pacing_integrates_the_surge() {
+        let o = opts();
+        assert_eq!(o.due_by(Duration::from_secs(10)), 1000);
+        assert_eq!(o.due_by(Duration::from_secs(15)), 1000 + 2000);
+        assert_eq!(o.due_by(Duration::from_secs(60)), 100 * 40 + 400 * 20);
+        assert_eq!(
+            o.due_by(Duration::from_secs(600)),
+            o.due_by(o.duration),
+            "bounded"
+        );
+        assert_eq!(o.rate_at(Duration::from_secs(29)), 400.0);
+        assert_eq!(o.rate_at(Duration::from_secs(30)), 100.0);
+    }
+
+    #[test]
+    fn only_loopback_and_bounded_runs() {
+        assert!(opts().validate().is_ok());
+        let mut o = opts();
+        o.addr = "10.1.2.3:8080".into();
+        assert!(o.validate().unwrap_err().to_string().contains("loopback"));
+        let mut o = opts();
+        o.rate = 1e9;
+        assert!(o.validate().unwrap_err().to_string().contains("--rate"));
+        let mut o = opts();
+        o.surge.as_mut().unwrap().at = Duration::from_secs(60);
+        assert!(o.validate().unwrap_err().to_string().contains("--surge-at"));
+        let mut o = opts();
+        o.duration = Duration::ZERO;
+        assert!(o.validate().unwrap_err().to_string().contains("--duration"));
+    }
+
+    #[test]
+    fn messages_are_valid_and_varied() {
+        let mut orgs = std::collections::BTreeSet::new();
+        let mut channels = std::collections::BTreeSet::new();
+        for n in 0..200 {
+            let v: serde_json::Value = serde_json::from_slice(&message(n)).unwrap();
+            for k in ["org", "conversation", "channel", "from", "text"] {
+                assert!(v[k].as_str().is_some_and(|s| !s.is_empty()), "{k} in {v}");
+            }
+            orgs.insert(v["org"].as_str().unwrap().to_string());
+            channels.insert(v["channel"].as_str().unwrap().to_string());
+        }
+        assert_eq!((orgs.len(), channels.len()), (ORGS.len(), CHANNELS.len()));
+    }
+
+    #[test]
+    fn peaks_and_when_they_were_reached() {
+        let mut s = LoadSummary {
+            sent: 0,
+            errors: 0,
+            skipped: 0,
+            initial: BTreeMap::new(),
+            peaks: BTreeMap::new(),
+        };
+        let at = |w| {
+            BTreeMap::from([(
+                "inbound".to_string(),
+                Observed {
+                    workers: w,
+                    desired: Some(w),
+                    backlog: 0,
+                },
+            )])
+        };
+        s.observe(Duration::ZERO, &at(2));
+        s.observe(Duration::from_secs(12), &at(6));
+        s.observe(Duration::from_secs(13), &at(6));
+        s.observe(Duration::from_secs(20), &at(3));
+        assert_eq!(
+            s.peaks["inbound"],
+            Peak {
+                workers: 6,
+                at: Duration::from_secs(12)
+            }
+        );
+        let text = s.render(opts().surge.as_ref());
+        assert!(
+            text.contains("inbound") && text.contains(" 2 ") && text.contains(" 6 "),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! The host side of the scaler: the dependency graph from the manifest ([`graph_from_manifest`]), the
+//! live signal source over queue stats and pool counters ([`QueueSignals`]), actuators for local worker
+//! pools ([`PoolActuator`]) and ECS services ([`EcsActuator`]), the policy chosen in the manifest
+//! ([`policy_for`], [`spawn_local`] for `levee up`), the `levee sim` runner ([`sim`]) and the
+//! `levee load` generator ([`load`]).
+
+mod ecs;
+mod graph;
+pub mod load;
+mod local;
+pub mod sim;
+mod source;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use levee_scaler::{
+    Coordinated, CoordinatedConfig, Decision, Graph, Independent, IndependentConfig, LambdaLike,
+    LambdaLikeConfig, Policy, Signals, StatusHandle,
+};
+use tokio::sync::watch;
+
+pub use ecs::{EcsActuator, EcsSettings};
+pub use graph::{PRIOR_FAN_OUT, graph_from_manifest};
+pub use local::{PoolActuator, workers_for};
+pub use source::{QueueSignals, Sample, function_signals};
+
+use crate::manifest::Manifest;
+use crate::queue::Queue;
+use crate::worker::WorkerPool;
+use crate::{Error, Result};
+
+/// A policy chosen at run time (the controller is generic over a sized policy).
+pub struct AnyPolicy(pub Box<dyn Policy>);
+
+impl Policy for AnyPolicy {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn interval(&self) -> Duration {
+        self.0.interval()
+    }
+    fn decide(&mut self, graph: &Graph, signals: &Signals, now: Duration) -> Decision {
+        self.0.decide(graph, signals, now)
+    }
+}
+
+/// The policy `[platform] scaler` names, with the manifest's windows applied; `None` for `off`.
+pub fn policy_for(manifest: &Manifest) -> Option<AnyPolicy> {
+    let p = &manifest.platform;
+    let window = p.scale_down_window_ms.map(Duration::from_millis);
+    let idle = p.idle_window_ms.map(Duration::from_millis);
+    let policy: Box<dyn Policy> = match p.scaler.policy_name()? {
+        "coordinated" => {
+            let mut c = CoordinatedConfig::default();
+            c.scale_down_window = window.unwrap_or(c.scale_down_window);
+            c.idle_window = idle.unwrap_or(c.idle_window);
+            Box::new(Coordinated::new(c))
+        }
+        "independent" => {
+            let mut c = IndependentConfig::default();
+            c.scale_down_window = window.unwrap_or(c.scale_down_window);
+            c.cooldown = idle.unwrap_or(c.cooldown);
+            Box::new(Independent::new(c))
+        }
+        // Lambda has neither window: idle concurrency costs nothing there.
+        _ => Box::new(LambdaLike::new(LambdaLikeConfig::default())),
+    };
+    Some(AnyPolicy(policy))
+}
+
+/// Starts the controller over the platform's pools when the manifest asks for a scaler; it stops when
+/// `stop` turns true. Returns the handle on its last decision, or `None` when the scaler is off.
+pub fn spawn_local(
+    manifest: &Manifest,
+    queue: Arc<dyn Queue>,
+    pools: &BTreeMap<String, Arc<WorkerPool>>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<StatusHandle>> {
+    let Some(policy) = policy_for(manifest) else {
+        return Ok(None);
+    };
+    let graph = Arc::new(graph_from_manifest(manifest)?);
+    let controller = levee_scaler::Controller::new(
+        graph,
+        policy,
+        QueueSignals::new(queue, pools.clone()),
+        PoolActuator::new(pools.clone()),
+    );
+    let status = controller.status();
+    tokio::spawn(async move {
+        let stopped = async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        controller.run(stopped).await;
+    });
+    Ok(Some(status))
+}
+
+/// Checks a policy name for the CLI (`coordinated`, `independent`, `lambda-like`).
+pub fn check_policy(name: &str) -> Result<()> {
+    levee_scaler::by_name(name)
+        .map(|_| ())
+        .map_err(|e| Error::Invalid(e.to_string()))
+}

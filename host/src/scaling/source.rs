@@ -1,0 +1,212 @@
+//! The live [`SignalSource`]: reads every function's queue stats and worker-pool counters and turns
+//! the running totals into rates over the interval since the previous reading. Time comes in as an
+//! argument (the controller's), so the computation is a pure function of two samples.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use levee_scaler::{FunctionSignals, SignalSource, Signals};
+
+use crate::queue::{Queue, QueueStats};
+use crate::worker::{PoolStats, WorkerPool};
+
+/// What one function looked like at one reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub queue: QueueStats,
+    pub pool: PoolStats,
+}
+
+impl Sample {
+    /// Messages in the queue in any state but dead-lettered.
+    fn depth(&self) -> u64 {
+        self.queue.visible + self.queue.in_flight + self.queue.delayed
+    }
+
+    /// Messages that left the queue for good (completed or dead-lettered), a running total.
+    fn left(&self) -> u64 {
+        self.queue.processed + self.queue.failed
+    }
+}
+
+/// Signals of one function from the sample before (if any) and the current one, `dt` apart.
+///
+/// The queue has no running total of sends, so arrivals come from conservation: what entered in the
+/// interval is what left plus what the depth grew by. The service rate per worker is invocations per
+/// second of worker occupancy (handler, lease renewal and settling), not of handler time alone: on a
+/// fast handler the outbox sends and the delete are most of a worker's time.
+pub fn function_signals(prev: Option<&Sample>, cur: &Sample, dt: Duration) -> FunctionSignals {
+    let mut s = FunctionSignals {
+        backlog: cur.queue.visible,
+        in_flight: cur.queue.in_flight,
+        delayed: cur.queue.delayed,
+        oldest_age: Duration::from_millis(cur.queue.oldest_age_ms.unwrap_or(0)),
+        workers: cur.pool.workers,
+        ..FunctionSignals::default()
+    };
+    let secs = dt.as_secs_f64();
+    let Some(prev) = prev.filter(|_| secs > 0.0) else {
+        return s;
+    };
+    let left = cur.left().saturating_sub(prev.left());
+    let entered = (left as i128 + cur.depth() as i128 - prev.depth() as i128).max(0);
+    s.arrival_rate = entered as f64 / secs;
+    s.processed_rate = cur.queue.processed.saturating_sub(prev.queue.processed) as f64 / secs;
+    let handled = cur.pool.invocations.saturating_sub(prev.pool.invocations);
+    let occupied = cur
+        .pool
+        .occupied_micros
+        .saturating_sub(prev.pool.occupied_micros);
+    if handled > 0 && occupied > 0 {
+        let per_occupied_second = handled as f64 / (occupied as f64 / 1e6);
+        // Under a backlog that persisted through the interval every worker was wanted all along, so
+        // the pool's real throughput per worker is measured directly; it is lower than the occupancy
+        // figure when something besides the workers (the fetchers, the queue's writes) is the limit.
+        let saturated = prev.queue.visible > 0 && cur.queue.visible > 0 && cur.pool.workers > 0;
+        let per_worker = handled as f64 / secs / f64::from(cur.pool.workers.max(prev.pool.workers));
+        s.service_rate_per_worker = Some(if saturated {
+            per_occupied_second.min(per_worker)
+        } else {
+            per_occupied_second
+        });
+    }
+    s
+}
+
+/// Queue stats and pool counters of the running platform as the scaler's signals.
+pub struct QueueSignals {
+    queue: Arc<dyn Queue>,
+    pools: BTreeMap<String, Arc<WorkerPool>>,
+    prev: Option<(Duration, BTreeMap<String, Sample>)>,
+}
+
+impl QueueSignals {
+    /// Signals of every function with a pool in `pools`.
+    pub fn new(queue: Arc<dyn Queue>, pools: BTreeMap<String, Arc<WorkerPool>>) -> Self {
+        Self {
+            queue,
+            pools,
+            prev: None,
+        }
+    }
+}
+
+impl SignalSource for QueueSignals {
+    async fn signals(&mut self, now: Duration) -> levee_scaler::Result<Signals> {
+        let mut samples = BTreeMap::new();
+        for (name, pool) in &self.pools {
+            let queue =
+                self.queue.stats(name).await.map_err(|e| {
+                    levee_scaler::Error::Signals(format!("queue stats of {name}: {e}"))
+                })?;
+            samples.insert(
+                name.clone(),
+                Sample {
+                    queue,
+                    pool: pool.stats(),
+                },
+            );
+        }
+        let (dt, prev) = match &self.prev {
+            Some((at, prev)) => (now.saturating_sub(*at), Some(prev)),
+            None => (Duration::ZERO, None),
+        };
+        let functions = samples
+            .iter()
+            .map(|(name, cur)| {
+                let before = prev.and_then(|p| p.get(name));
+                (name.clone(), function_signals(before, cur, dt))
+            })
+            .collect();
+        self.prev = Some((now, samples));
+        Ok(Signals { functions })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(
+        (visible, in_flight, delayed): (u64, u64, u64),
+        (processed, failed): (u64, u64),
+        (invocations, occupied_ms): (u64, u64),
+        workers: u32,
+    ) -> Sample {
+        Sample {
+            queue: QueueStats {
+                visible,
+                in_flight,
+                delayed,
+                dlq: failed,
+                oldest_age_ms: Some(1500),
+                processed,
+                failed,
+                retried: 0,
+            },
+            pool: PoolStats {
+                workers,
+                max_workers: 8,
+                invocations,
+                succeeded: processed,
+                failed_attempts: 0,
+                busy_micros: occupied_ms * 100,
+                occupied_micros: occupied_ms * 1000,
+            },
+        }
+    }
+
+    #[test]
+    fn rates_come_from_deltas_between_readings() {
+        let before = sample((100, 4, 0), (1000, 2), (1010, 2_000), 4);
+        // 5 s later: 600 completed, 3 dead-lettered, depth grew by 200 (visible 296, in flight 8):
+        // 803 arrived. 610 invocations in 4 s of occupancy: 152.5 per worker-second.
+        let after = sample((296, 8, 0), (1600, 5), (1620, 6_000), 6);
+        let s = function_signals(Some(&before), &after, Duration::from_secs(5));
+        assert!((s.arrival_rate - 803.0 / 5.0).abs() < 1e-9, "{s:?}");
+        assert!((s.processed_rate - 120.0).abs() < 1e-9, "{s:?}");
+        // A backlog at both readings: 610 handled in 5 s by up to 6 workers is 20.3 per worker,
+        // below the 152.5 per occupied second, so the pool, not the handler, is the limit.
+        let mu = s.service_rate_per_worker.unwrap();
+        assert!((mu - 610.0 / 5.0 / 6.0).abs() < 1e-9, "{mu}");
+        assert_eq!((s.backlog, s.in_flight, s.workers), (296, 8, 6));
+        assert_eq!(s.oldest_age, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn without_a_backlog_the_service_rate_is_per_occupied_second() {
+        let before = sample((0, 4, 0), (1000, 0), (1000, 2_000), 4);
+        let after = sample((0, 3, 0), (1600, 0), (1600, 6_000), 4);
+        let s = function_signals(Some(&before), &after, Duration::from_secs(5));
+        assert_eq!(s.service_rate_per_worker, Some(150.0));
+    }
+
+    #[test]
+    fn a_draining_queue_has_no_negative_arrivals_and_idle_pools_no_service_rate() {
+        let before = sample((500, 10, 0), (0, 0), (0, 0), 2);
+        let after = sample((100, 10, 0), (300, 0), (300, 1_000), 2);
+        let s = function_signals(Some(&before), &after, Duration::from_secs(2));
+        // 300 left, depth fell by 400: more left than the depth explains would be negative; clamp.
+        assert_eq!(s.arrival_rate, 0.0);
+        let idle = function_signals(Some(&after), &after, Duration::from_secs(2));
+        assert_eq!(
+            (
+                idle.arrival_rate,
+                idle.processed_rate,
+                idle.service_rate_per_worker
+            ),
+            (0.0, 0.0, None)
+        );
+    }
+
+    #[test]
+    fn the_first_reading_has_levels_but_no_rates() {
+        let cur = sample((7, 1, 2), (50, 0), (50, 100), 3);
+        let s = function_signals(None, &cur, Duration::ZERO);
+        assert_eq!((s.backlog, s.in_flight, s.delayed, s.workers), (7, 1, 2, 3));
+        assert_eq!((s.arrival_rate, s.service_rate_per_worker), (0.0, None));
+        let same_instant = function_signals(Some(&cur), &cur, Duration::ZERO);
+        assert_eq!(same_instant.arrival_rate, 0.0);
+    }
+}
