@@ -6,6 +6,9 @@
 //! stderr): median ns per message over several rounds, the wasm/native ratio, and the aggregate
 //! rate with 1 and 2 threads invoking at once.
 //!
+//! `LEVEE_BENCH_GUEST_DIR=DIR` loads the `.wasm` files from DIR instead of building
+//! `functions/`, to compare guest builds (e.g. linker flags) on the same host.
+//!
 //! Workload: every message is the first of a new conversation (`inbound` reads the missing
 //! record, writes it, emits two messages), so the native and the Wasm run do the same work
 //! message after message. The Wasm side's kv is a `MemoryStore` behind the host's async `kv`
@@ -84,7 +87,7 @@ fn load(runtime: &Runtime, name: &str, emits_to: &[&str]) -> Arc<Function> {
     runtime
         .load(FunctionDef {
             name: name.into(),
-            module: levee_tests::guest(name),
+            module: guest(name),
             limits: Limits {
                 memory_bytes: 64 << 20,
                 timeout: Duration::from_secs(5),
@@ -93,6 +96,13 @@ fn load(runtime: &Runtime, name: &str, emits_to: &[&str]) -> Arc<Function> {
             store: Arc::new(levee::MemoryStore::new()),
         })
         .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
+fn guest(name: &str) -> std::path::PathBuf {
+    match std::env::var_os("LEVEE_BENCH_GUEST_DIR") {
+        Some(dir) => std::path::Path::new(&dir).join(format!("{}.wasm", name.replace('-', "_"))),
+        None => levee_tests::guest(name),
+    }
 }
 
 fn wasm_op<'a>(
@@ -150,8 +160,10 @@ fn threaded_rate(
 }
 
 fn main() {
-    eprintln!("building guest components (functions/ for wasm32-wasip2) ...");
-    levee_tests::guests();
+    if std::env::var_os("LEVEE_BENCH_GUEST_DIR").is_none() {
+        eprintln!("building guest components (functions/ for wasm32-wasip2) ...");
+        levee_tests::guests();
+    }
     let tokio_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
