@@ -310,6 +310,9 @@ impl Platform {
                     failed_attempts: 0,
                     busy_micros: 0,
                     occupied_micros: 0,
+                    latency_samples: 0,
+                    latency_p50_ms: 0,
+                    latency_p99_ms: 0,
                 });
             functions.push(FunctionStatus {
                 name: name.clone(),

@@ -19,6 +19,10 @@ use crate::runtime::{Failure, Function, Invocation};
 pub use backoff::Backoff;
 pub use stats::{PoolStats, WorkerCounters};
 
+/// Attribute carried by emitted messages: the send time (ms since the Unix epoch) of the message
+/// that started the chain, so the last function of a pipeline measures end-to-end latency.
+pub const ORIGIN_ATTRIBUTE: &str = "levee-origin-ms";
+
 /// How a pool leases and retries.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -238,13 +242,39 @@ async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
     let invocation = run_keeping_lease(s, &msg).await;
     s.counters.record(&invocation);
     let result = match invocation.outcome {
-        Ok(emitted) => s.queue.complete(name, &msg.receipt, emitted).await,
+        Ok(mut emitted) => {
+            let origin = origin_ms(&msg);
+            for e in &mut emitted {
+                set_origin(&mut e.message.attributes, origin);
+            }
+            let done = s.queue.complete(name, &msg.receipt, emitted).await;
+            if done.is_ok() {
+                s.counters
+                    .record_latency(crate::platform::now_ms().saturating_sub(origin));
+            }
+            done
+        }
         Err(failure) => settle_failure(s, &msg, failure).await,
     };
     if let Err(e) = result {
         // The lease will expire and the message will be delivered again: at least once.
         tracing::warn!(function = %name, id = %msg.id, "settling message failed, it will be redelivered: {e}");
     }
+}
+
+/// When the first message of this message's chain through the pipeline was sent: its
+/// [`ORIGIN_ATTRIBUTE`] if an upstream worker set one, else its own send time.
+fn origin_ms(msg: &ReceivedMessage) -> u64 {
+    msg.attributes
+        .iter()
+        .find(|(k, _)| k == ORIGIN_ATTRIBUTE)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(msg.sent_at_ms)
+}
+
+fn set_origin(attributes: &mut Vec<(String, String)>, origin: u64) {
+    attributes.retain(|(k, _)| k != ORIGIN_ATTRIBUTE);
+    attributes.push((ORIGIN_ATTRIBUTE.to_string(), origin.to_string()));
 }
 
 async fn settle_failure(s: &Shared, msg: &ReceivedMessage, failure: Failure) -> crate::Result<()> {
@@ -289,5 +319,55 @@ async fn run_keeping_lease(s: &Arc<Shared>, msg: &ReceivedMessage) -> Invocation
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(attributes: Vec<(String, String)>) -> ReceivedMessage {
+        ReceivedMessage {
+            id: "m1".into(),
+            receipt: "r1".into(),
+            body: b"{}".to_vec(),
+            attributes,
+            receive_count: 1,
+            sent_at_ms: 1_000,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn origin_is_the_send_time_of_a_source_message() {
+        assert_eq!(origin_ms(&received(vec![])), 1_000);
+    }
+
+    #[test]
+    fn origin_is_carried_from_upstream() {
+        let attrs = vec![(ORIGIN_ATTRIBUTE.to_string(), "400".to_string())];
+        assert_eq!(origin_ms(&received(attrs)), 400);
+    }
+
+    #[test]
+    fn a_malformed_origin_falls_back_to_the_send_time() {
+        let attrs = vec![(ORIGIN_ATTRIBUTE.to_string(), "soon".to_string())];
+        assert_eq!(origin_ms(&received(attrs)), 1_000);
+    }
+
+    #[test]
+    fn set_origin_replaces_an_existing_origin_and_keeps_other_attributes() {
+        let mut attrs = vec![
+            ("trace".to_string(), "t1".to_string()),
+            (ORIGIN_ATTRIBUTE.to_string(), "1".to_string()),
+        ];
+        set_origin(&mut attrs, 400);
+        assert_eq!(
+            attrs,
+            vec![
+                ("trace".to_string(), "t1".to_string()),
+                (ORIGIN_ATTRIBUTE.to_string(), "400".to_string()),
+            ]
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Live counters of a worker pool, read by `levee status` and the scaler.
+//! Live counters of a worker pool, read by `levee status`, the scaler and the benchmarks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,6 +14,7 @@ pub struct WorkerCounters {
     failed: AtomicU64,
     busy_micros: AtomicU64,
     occupied_micros: AtomicU64,
+    latency: LatencyHistogram,
 }
 
 /// A snapshot of a pool.
@@ -30,6 +31,12 @@ pub struct PoolStats {
     /// and the delete), in µs: what one worker's service time really is, so the scaler's service
     /// rate per worker comes from it.
     pub occupied_micros: u64,
+    /// Messages whose completion recorded a latency (see [`WorkerCounters::record_latency`]).
+    pub latency_samples: u64,
+    /// Median latency from the origin send to completion, in ms (0 without samples).
+    pub latency_p50_ms: u64,
+    /// 99th percentile of the same, in ms.
+    pub latency_p99_ms: u64,
 }
 
 impl WorkerCounters {
@@ -49,6 +56,12 @@ impl WorkerCounters {
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Records the latency of a message completed successfully: from when its origin (the first
+    /// message of its chain through the pipeline) was sent until its completion was committed.
+    pub(super) fn record_latency(&self, ms: u64) {
+        self.latency.record(ms);
+    }
+
     pub(super) fn snapshot(&self, workers: u32, max_workers: u32) -> PoolStats {
         PoolStats {
             workers,
@@ -58,6 +71,146 @@ impl WorkerCounters {
             failed_attempts: self.failed.load(Ordering::Relaxed),
             busy_micros: self.busy_micros.load(Ordering::Relaxed),
             occupied_micros: self.occupied_micros.load(Ordering::Relaxed),
+            latency_samples: self.latency.count(),
+            latency_p50_ms: self.latency.quantile(0.50),
+            latency_p99_ms: self.latency.quantile(0.99),
         }
+    }
+}
+
+/// Values below this are counted exactly (one bucket per ms).
+const LINEAR: u64 = 64;
+/// Sub-buckets per power of two above [`LINEAR`]: quantiles are within 1/16 (6%) of the truth.
+const SUB_BITS: u32 = 4;
+/// Powers of two covered above [`LINEAR`] (64 ms · 2^26 is beyond any latency worth telling apart).
+const OCTAVES: usize = 26;
+const BUCKETS: usize = LINEAR as usize + (OCTAVES << SUB_BITS);
+
+/// A lock-free log-linear histogram of millisecond latencies, in the manner of HDR histograms:
+/// exact below 64 ms, 16 buckets per power of two above.
+#[derive(Debug)]
+struct LatencyHistogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    fn record(&self, ms: u64) {
+        self.buckets[bucket_of(ms)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The smallest bucket bound below which at least `q` of the samples fall (0 when empty).
+    fn quantile(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return bucket_value(i);
+            }
+        }
+        bucket_value(BUCKETS - 1)
+    }
+}
+
+fn bucket_of(ms: u64) -> usize {
+    if ms < LINEAR {
+        return ms as usize;
+    }
+    let octave = 63 - ms.leading_zeros(); // >= 6 since ms >= 64
+    let first = LINEAR.trailing_zeros();
+    let sub = (ms >> (octave - SUB_BITS)) & ((1 << SUB_BITS) - 1);
+    let i = LINEAR as usize + (((octave - first) as usize) << SUB_BITS) + sub as usize;
+    i.min(BUCKETS - 1)
+}
+
+/// The upper bound of bucket `i` (the largest value it holds): quantiles err on the slow side.
+fn bucket_value(i: usize) -> u64 {
+    if i < LINEAR as usize {
+        return i as u64;
+    }
+    let j = i - LINEAR as usize;
+    let octave = (j >> SUB_BITS) as u32 + LINEAR.trailing_zeros();
+    let sub = (j & ((1 << SUB_BITS) - 1)) as u64;
+    let width = 1u64 << (octave - SUB_BITS);
+    (1u64 << octave) + (sub + 1) * width - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_latencies_are_exact() {
+        let h = LatencyHistogram::default();
+        for ms in 1..=100 {
+            h.record(ms.min(50));
+        }
+        // 50 samples of 1..=50 ms, then 50 more of 50 ms.
+        assert_eq!(h.count(), 100);
+        assert_eq!(h.quantile(0.25), 25);
+        assert_eq!(h.quantile(0.50), 50);
+        assert_eq!(h.quantile(0.99), 50);
+    }
+
+    #[test]
+    fn large_latencies_are_within_a_sixteenth() {
+        let h = LatencyHistogram::default();
+        for _ in 0..98 {
+            h.record(10);
+        }
+        h.record(1_000);
+        h.record(250_000);
+        assert_eq!(h.quantile(0.50), 10);
+        let p99 = h.quantile(0.99);
+        assert!((1_000..=1_000 + 1_000 / 16).contains(&p99), "p99 {p99}");
+        let max = h.quantile(1.0);
+        assert!(
+            (250_000..=250_000 + 250_000 / 16).contains(&max),
+            "max {max}"
+        );
+    }
+
+    #[test]
+    fn buckets_are_contiguous_and_ordered() {
+        // Every value lands in a bucket whose bound is >= it, and the previous bucket's is < it.
+        for ms in (0..5_000).chain([1 << 20, (1 << 20) + 12_345, 1 << 31]) {
+            let i = bucket_of(ms);
+            assert!(bucket_value(i) >= ms, "{ms} in bucket {i}");
+            if i > 0 {
+                assert!(bucket_value(i - 1) < ms, "{ms} in bucket {i}");
+            }
+        }
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn empty_histogram_reports_zero() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.quantile(0.5), 0);
+        assert_eq!(h.count(), 0);
     }
 }
