@@ -267,6 +267,23 @@ fn print_status(v: &serde_json::Value) {
             f["reason"].as_str().unwrap_or("-")
         );
     }
+    for st in v["stores"].as_array().into_iter().flatten() {
+        let n = |k: &str| st[k].to_string();
+        println!(
+            "\nstore {} ({}): breaker {}, cache hits {} misses {} coalesced {} stale {}, store reads {} writes {}, timeouts {} rejected {}",
+            st["name"].as_str().unwrap_or(""),
+            st["backend"].as_str().unwrap_or(""),
+            st["breaker"].as_str().unwrap_or("?"),
+            n("hits"),
+            n("misses"),
+            n("coalesced_waits"),
+            n("stale_serves"),
+            n("store_reads"),
+            n("store_writes"),
+            n("timeouts"),
+            n("rejected"),
+        );
+    }
 }
 
 fn sim(

@@ -127,6 +127,14 @@ fn client_commands_work_against_a_running_platform() {
     let (code, out, _) = with(&["status"]);
     assert_eq!(code, 0);
     assert!(out.contains("FUNCTION") && out.contains("faulty"), "{out}");
+    assert!(
+        out.contains("store kv (embedded): breaker closed"),
+        "cache metrics shown: {out}"
+    );
+    assert!(
+        v["stores"][0]["hits"].is_u64() && v["stores"][0]["breaker"] == "closed",
+        "{v}"
+    );
 
     let (code, out, _) = with(&["dlq", "redrive", "faulty"]);
     assert_eq!(code, 0);
