@@ -310,9 +310,7 @@ impl Platform {
                     failed_attempts: 0,
                     busy_micros: 0,
                     occupied_micros: 0,
-                    latency_samples: 0,
-                    latency_p50_ms: 0,
-                    latency_p99_ms: 0,
+                    ..Default::default()
                 });
             functions.push(FunctionStatus {
                 name: name.clone(),

@@ -1,10 +1,14 @@
-//! End-to-end throughput and latency on the embedded backend: messages per second through one
-//! no-op function and through the four-function sample pipeline (inbound → routing → notify,
-//! inbound → search-index), with p50/p99 latency from the send of the source message to the
-//! committed completion (delete) of the last message of its chain.
+//! End-to-end throughput and latency: messages per second through one no-op function and through
+//! the four-function sample pipeline (inbound → routing → notify, inbound → search-index), with
+//! p50/p99 latency from the send of the source message to the committed completion (delete) of the
+//! last message of its chain; and the latency of small messages while a flood of large events
+//! (offloaded to blobs) goes through the same function.
 //!
 //! Run: `cargo bench -p levee-tests --bench pipeline` (`PIPELINE_BENCH_SCALE=0.2` for a quick
-//! run). Each scenario runs on a fresh in-process platform in a temp dir, twice:
+//! run) on the embedded backend; `PIPELINE_BENCH_BACKEND=aws` runs the same scenarios on the AWS
+//! backends of the emulator (moto or LocalStack, started as the tests start it; default scale 0.1
+//! there, a local reference, not a claim about AWS). Each scenario runs on a fresh in-process
+//! platform in a temp dir (on the emulator: freshly provisioned queues, table and bucket), twice:
 //! - saturation: 8 tasks send N source messages in batches of 10 as fast as the queue takes
 //!   them while the workers run; throughput is N over the time from the first send until the
 //!   last completion. Latency here includes the backlog the senders build up.
@@ -14,7 +18,8 @@
 //! Latencies come from the worker pools' histograms (`PoolStats::latency_p50_ms`/`p99`): each
 //! completion records now minus the origin send time, which workers carry down the pipeline in
 //! the `levee-origin-ms` attribute; the pipeline's figure is that of `notify`, the end of the
-//! longest chain. Progress goes to stderr, the table to stdout.
+//! longest chain. Pools keep the latency of large bodies (above the 200 KiB offload threshold)
+//! apart, which the flood scenario reads. Progress goes to stderr, the tables to stdout.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,11 +73,47 @@ fn inbound_body(n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-fn scale() -> f64 {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Embedded,
+    Aws,
+}
+
+impl Backend {
+    fn from_env() -> Self {
+        match std::env::var("PIPELINE_BENCH_BACKEND").as_deref() {
+            Ok("aws") => Backend::Aws,
+            Ok("embedded") | Err(_) => Backend::Embedded,
+            Ok(other) => panic!("PIPELINE_BENCH_BACKEND={other}: expected embedded or aws"),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded backend (SQLite WAL, blobs on disk)",
+            Backend::Aws => "AWS backends on the emulator (SQS, DynamoDB, S3)",
+        }
+    }
+}
+
+fn scale(backend: Backend) -> f64 {
     std::env::var("PIPELINE_BENCH_SCALE")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0)
+        .unwrap_or(match backend {
+            Backend::Embedded => 1.0,
+            Backend::Aws => 0.1,
+        })
+}
+
+/// A fresh platform running `fns` on `backend`, its manifest in `dir`.
+async fn platform(backend: Backend, dir: &std::path::Path, tag: &str, fns: &[Fn]) -> Arc<Platform> {
+    match backend {
+        Backend::Embedded => start(&write_manifest(dir, fns)).await,
+        Backend::Aws => levee_tests::emulator::aws_platform(dir, tag, fns)
+            .await
+            .expect("PIPELINE_BENCH_BACKEND=aws needs the emulator (localstack/start.sh)"),
+    }
 }
 
 fn noop(concurrency: u32, messages: u64) -> Scenario {
@@ -143,9 +184,9 @@ async fn processed(p: &Arc<Platform>, name: &str) -> u64 {
     p.queue().stats(name).await.expect("queue stats").processed
 }
 
-async fn run(s: &Scenario, rate: Option<f64>) -> Outcome {
+async fn run(backend: Backend, s: &Scenario, rate: Option<f64>) -> Outcome {
     let dir = tempfile::tempdir().expect("temp dir");
-    let p = start(&write_manifest(dir.path(), &s.fns)).await;
+    let p = platform(backend, dir.path(), "bench", &s.fns).await;
     let expected = s.messages / SENDERS * SENDERS;
     let t0 = Instant::now();
     let sender = tokio::spawn(send_all(p.clone(), s.source, s.body, s.messages, rate));
@@ -194,14 +235,94 @@ async fn run(s: &Scenario, rate: Option<f64>) -> Outcome {
     }
 }
 
+/// What the flood scenario measured.
+struct Flood {
+    /// The pool's figures: small and large bodies' latencies apart.
+    stats: PoolStats,
+    large_sent: u64,
+}
+
+/// Small messages at `small_rate` per second for `secs` to one no-op function with 8 workers,
+/// and, when `large_rate` > 0, large events of `large_bytes` at `large_rate` per second to the
+/// same function at the same time. Returns the pool's latency figures, which keep small and large
+/// bodies apart.
+async fn run_flood(
+    backend: Backend,
+    small_rate: f64,
+    large_rate: f64,
+    large_bytes: usize,
+    secs: f64,
+) -> Flood {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fns = [Fn::new("noop", "noop", "concurrency = 8")];
+    let p = platform(backend, dir.path(), "flood", &fns).await;
+    let small_total = ((small_rate * secs) as u64 / BATCH).max(1) * BATCH;
+    let large_total = (large_rate * secs) as u64;
+    let t0 = Instant::now();
+    let small = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < small_total {
+                let due = Duration::from_secs_f64(sent as f64 / small_rate);
+                tokio::time::sleep_until((t0 + due).into()).await;
+                let batch = (0..BATCH)
+                    .map(|i| OutgoingMessage::new(noop_body(sent + i)))
+                    .collect();
+                p.queue().send("noop", batch).await.expect("send");
+                sent += BATCH;
+            }
+        })
+    };
+    let large = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            // Text, so its size on the queue is its size (binary would travel as base64).
+            let body = format!(r#"{{"blob": "{}"}}"#, "x".repeat(large_bytes));
+            for n in 0..large_total {
+                let due = Duration::from_secs_f64(n as f64 / large_rate);
+                tokio::time::sleep_until((t0 + due).into()).await;
+                let m = OutgoingMessage::new(body.clone().into_bytes());
+                p.queue().send("noop", vec![m]).await.expect("send large");
+            }
+        })
+    };
+    let expected = small_total + large_total;
+    let mut last_report = Instant::now();
+    while processed(&p, "noop").await < expected {
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            eprintln!(
+                "    {:>5.1} s: {} / {expected}",
+                t0.elapsed().as_secs_f64(),
+                processed(&p, "noop").await
+            );
+            last_report = Instant::now();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "flood not done after 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    small.await.expect("small sender");
+    large.await.expect("large sender");
+    let stats = p.pools()["noop"].stats();
+    p.shutdown().await;
+    Flood {
+        stats,
+        large_sent: large_total,
+    }
+}
+
 fn main() {
+    let backend = Backend::from_env();
     eprintln!("building guest components (functions/ for wasm32-wasip2) ...");
     levee_tests::guests();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let k = scale();
+    let k = scale(backend);
     let n = |base: f64| ((base * k) as u64).max(SENDERS * BATCH);
     let scenarios = vec![
         noop(8, n(40_000.0)),
@@ -214,18 +335,21 @@ fn main() {
     rt.block_on(async {
         for s in &scenarios {
             eprintln!("{}: {} source messages, saturation", s.label, s.messages);
-            let sat = run(s, None).await;
+            let sat = run(backend, s, None).await;
             let paced_rate = (sat.rate / 2.0).max(10.0);
             eprintln!(
                 "  {:.0} msg/s; now paced at {paced_rate:.0} msg/s",
                 sat.rate
             );
-            let paced = run(s, Some(paced_rate)).await;
+            let paced = run(backend, s, Some(paced_rate)).await;
             rows.push((s.label.clone(), s.messages, sat, paced_rate, paced));
         }
     });
     println!();
-    println!("End to end on the embedded backend (latency: origin send to last completion)");
+    println!(
+        "End to end on the {} (latency: origin send to last completion)",
+        backend.label()
+    );
     println!(
         "| scenario | source msgs | saturation msg/s | invocations/s | p50 / p99 at saturation | paced at msg/s | p50 / p99 paced |"
     );
@@ -239,6 +363,50 @@ fn main() {
             sat.latency.latency_p99_ms,
             paced.latency.latency_p50_ms,
             paced.latency.latency_p99_ms,
+        );
+    }
+
+    // Small messages with and without a flood of 1 MiB events through the same function.
+    let (small_rate, large_rate) = match backend {
+        Backend::Embedded => (1000.0, 20.0),
+        Backend::Aws => (100.0, 4.0),
+    };
+    let secs = (20.0 * k.max(0.25)).min(60.0);
+    let large_bytes = 1 << 20;
+    let floods = rt.block_on(async {
+        let mut out = Vec::new();
+        for large in [0.0, large_rate] {
+            eprintln!(
+                "flood: small {small_rate}/s, large {large}/s of {} KiB, {secs} s",
+                large_bytes / 1024
+            );
+            out.push((
+                large,
+                run_flood(backend, small_rate, large, large_bytes, secs).await,
+            ));
+        }
+        out
+    });
+    println!();
+    println!(
+        "Small messages (noop, 8 workers, {small_rate:.0}/s for {secs:.0} s) beside a flood of {} KiB events to the same function, on the {}",
+        large_bytes / 1024,
+        backend.label()
+    );
+    println!("| large events/s | large events sent | small p50 / p99 | large p50 / p99 |");
+    println!("|---|---|---|---|");
+    for (rate, f) in floods {
+        let large = if f.stats.large_latency_samples > 0 {
+            format!(
+                "{} / {} ms",
+                f.stats.large_latency_p50_ms, f.stats.large_latency_p99_ms
+            )
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {rate:.0} | {} | {} / {} ms | {large} |",
+            f.large_sent, f.stats.latency_p50_ms, f.stats.latency_p99_ms
         );
     }
 }

@@ -176,3 +176,39 @@ pub fn unique(tag: &str) -> String {
         .to_ascii_lowercase();
     format!("t{run:08x}-{}-{tag}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
+
+/// Provisions the queues, table and bucket of `fns` on the emulator under names unique to `tag`
+/// (checking that all of them were created, none found), and starts a platform on the AWS
+/// backends with its workers running. `None` when there is no emulator (outside CI).
+pub async fn aws_platform(
+    dir: &std::path::Path,
+    tag: &str,
+    fns: &[crate::Fn],
+) -> Option<std::sync::Arc<levee::platform::Platform>> {
+    let emu = emulator()?;
+    let sdk = emu.sdk_config().await;
+    let s = emu.settings(tag);
+    let extra = format!(
+        "backend = \"aws\"\n\n[aws]\nqueue_prefix = \"{}\"\ntable = \"{}\"\nbucket = \"{}\"",
+        s.queue_prefix, s.table, s.bucket
+    );
+    let specs: Vec<_> = fns
+        .iter()
+        .map(|f| levee::QueueSpec {
+            name: f.name.clone(),
+            max_receive: 5,
+        })
+        .collect();
+    let report = levee::provision(&sdk, &s, &specs).await.expect("provision");
+    assert_eq!(
+        report.created(),
+        2 * fns.len() + 2,
+        "a queue and a DLQ per function, a table and a bucket: {report}"
+    );
+    let manifest = crate::write_manifest_with(dir, &extra, fns);
+    let opts = levee::platform::StartOptions {
+        aws_sdk: Some(sdk),
+        ..Default::default()
+    };
+    Some(crate::start_with(&manifest, opts).await)
+}

@@ -22,11 +22,27 @@ async fn a_5_mib_event_flows_and_its_blob_is_removed() {
     large_event_flows(&p, 5, Duration::from_secs(60)).await;
     p.shutdown().await;
     let blobs = dir.path().join("data").join("blobs");
-    let left = std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(
-        left,
-        0,
-        "offloaded bodies are deleted once their messages complete ({})",
-        blobs.display()
+    let left = files_under(&blobs);
+    assert!(
+        left.is_empty(),
+        "offloaded bodies are deleted once their messages complete: {left:?}"
     );
+}
+
+/// Regular files below `dir` (empty directories such as `blobs/.tmp` do not count).
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                files_under(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
 }

@@ -153,9 +153,7 @@ mod tests {
                 failed_attempts: 0,
                 busy_micros: occupied_ms * 100,
                 occupied_micros: occupied_ms * 1000,
-                latency_samples: 0,
-                latency_p50_ms: 0,
-                latency_p99_ms: 0,
+                ..Default::default()
             },
         }
     }

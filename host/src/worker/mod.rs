@@ -249,8 +249,10 @@ async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
             }
             let done = s.queue.complete(name, &msg.receipt, emitted).await;
             if done.is_ok() {
-                s.counters
-                    .record_latency(crate::platform::now_ms().saturating_sub(origin));
+                s.counters.record_latency(
+                    msg.body.len(),
+                    crate::platform::now_ms().saturating_sub(origin),
+                );
             }
             done
         }

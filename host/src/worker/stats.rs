@@ -15,10 +15,15 @@ pub struct WorkerCounters {
     busy_micros: AtomicU64,
     occupied_micros: AtomicU64,
     latency: LatencyHistogram,
+    large_latency: LatencyHistogram,
 }
 
+/// Bodies above this many bytes count as large (the default offload threshold): their latency is
+/// kept apart so a flood of large events cannot hide, or be hidden by, the latency of the rest.
+pub const LARGE_BODY_BYTES: usize = crate::aws::DEFAULT_OFFLOAD_THRESHOLD;
+
 /// A snapshot of a pool.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct PoolStats {
     pub workers: u32,
     pub max_workers: u32,
@@ -31,12 +36,17 @@ pub struct PoolStats {
     /// and the delete), in µs: what one worker's service time really is, so the scaler's service
     /// rate per worker comes from it.
     pub occupied_micros: u64,
-    /// Messages whose completion recorded a latency (see [`WorkerCounters::record_latency`]).
+    /// Messages of ordinary size (body up to [`LARGE_BODY_BYTES`]) whose completion recorded a
+    /// latency (see [`WorkerCounters::record_latency`]).
     pub latency_samples: u64,
-    /// Median latency from the origin send to completion, in ms (0 without samples).
+    /// Median latency of those from the origin send to completion, in ms (0 without samples).
     pub latency_p50_ms: u64,
     /// 99th percentile of the same, in ms.
     pub latency_p99_ms: u64,
+    /// The same three figures for large messages (body above [`LARGE_BODY_BYTES`]).
+    pub large_latency_samples: u64,
+    pub large_latency_p50_ms: u64,
+    pub large_latency_p99_ms: u64,
 }
 
 impl WorkerCounters {
@@ -58,8 +68,12 @@ impl WorkerCounters {
 
     /// Records the latency of a message completed successfully: from when its origin (the first
     /// message of its chain through the pipeline) was sent until its completion was committed.
-    pub(super) fn record_latency(&self, ms: u64) {
-        self.latency.record(ms);
+    pub(super) fn record_latency(&self, body_bytes: usize, ms: u64) {
+        if body_bytes > LARGE_BODY_BYTES {
+            self.large_latency.record(ms);
+        } else {
+            self.latency.record(ms);
+        }
     }
 
     pub(super) fn snapshot(&self, workers: u32, max_workers: u32) -> PoolStats {
@@ -74,6 +88,9 @@ impl WorkerCounters {
             latency_samples: self.latency.count(),
             latency_p50_ms: self.latency.quantile(0.50),
             latency_p99_ms: self.latency.quantile(0.99),
+            large_latency_samples: self.large_latency.count(),
+            large_latency_p50_ms: self.large_latency.quantile(0.50),
+            large_latency_p99_ms: self.large_latency.quantile(0.99),
         }
     }
 }
@@ -205,6 +222,18 @@ mod tests {
             }
         }
         assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn large_bodies_are_counted_apart() {
+        let c = WorkerCounters::default();
+        for _ in 0..10 {
+            c.record_latency(100, 5);
+        }
+        c.record_latency(LARGE_BODY_BYTES + 1, 50);
+        let s = c.snapshot(1, 1);
+        assert_eq!((s.latency_samples, s.latency_p99_ms), (10, 5));
+        assert_eq!((s.large_latency_samples, s.large_latency_p50_ms), (1, 50));
     }
 
     #[test]
