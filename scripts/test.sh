@@ -29,3 +29,7 @@ fi
 echo "==> host and end-to-end tests"
 cargo build --workspace --bins --tests
 cargo test --workspace --no-fail-fast
+
+echo "==> lints (clippy, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+(cd functions && CARGO_TARGET_DIR="$ROOT/functions/target" cargo clippy --workspace --all-targets -- -D warnings)

@@ -45,6 +45,8 @@ pub struct AwsSettings {
     pub bucket: String,
     /// Bytes above which a message body is offloaded to the bucket (default 200 KiB, at most 1 MiB).
     pub offload_threshold: usize,
+    /// `[aws.ecs]`: the ECS services the scaler sizes (`levee scale`); absent: no ECS.
+    pub ecs: Option<crate::scaling::EcsSettings>,
 }
 
 impl Default for AwsSettings {
@@ -54,6 +56,7 @@ impl Default for AwsSettings {
             table: DEFAULT_TABLE.to_string(),
             bucket: DEFAULT_BUCKET.to_string(),
             offload_threshold: DEFAULT_OFFLOAD_THRESHOLD,
+            ecs: None,
         }
     }
 }
@@ -99,7 +102,14 @@ impl AwsSettings {
             )));
         }
         check_offload_threshold(self.offload_threshold)
-            .map_err(|e| Error::Manifest(format!("aws.offload_threshold: {e}")))
+            .map_err(|e| Error::Manifest(format!("aws.offload_threshold: {e}")))?;
+        if let Some(ecs) = &self.ecs {
+            ecs.validate().map_err(|e| match e {
+                Error::Invalid(m) => Error::Manifest(m),
+                other => other,
+            })?;
+        }
+        Ok(())
     }
 }
 

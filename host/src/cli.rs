@@ -39,6 +39,22 @@ pub enum Command {
         /// Backend: embedded (one SQLite file) or aws (SQS, DynamoDB, S3 from the AWS configuration).
         #[arg(long, value_parser = parse_backend)]
         backend: Option<Backend>,
+        /// Run workers for this function only (repeatable); e.g. one ECS service per function.
+        #[arg(long = "function", value_name = "NAME")]
+        functions: Vec<String>,
+    },
+    /// Run the scaler of a fleet on AWS: every tick it reads each function's SQS queue and ECS
+    /// service (`[aws.ecs]` in the manifest) and sets the services' desired counts. Run one of
+    /// these beside the function services (`levee up --backend aws --function NAME`).
+    Scale {
+        /// The platform manifest.
+        #[arg(
+            long,
+            short = 'm',
+            default_value = "levee.toml",
+            env = "LEVEE_MANIFEST"
+        )]
+        manifest: PathBuf,
     },
     /// Create (idempotently) the AWS resources the manifest needs: every queue with its
     /// dead-letter queue and redrive policy, the kv table and the blob bucket. Uses the standard

@@ -48,7 +48,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             data_dir,
             backend,
-        } => up(manifest, listen, data_dir, backend).await,
+            functions,
+        } => up(manifest, listen, data_dir, backend, functions).await,
+        Command::Scale { manifest } => scale(manifest).await,
         Command::Provision { manifest } => {
             let m = Manifest::load(&manifest)?;
             let settings = levee::backends::aws_settings(&m.aws);
@@ -197,6 +199,7 @@ async fn up(
     listen: Option<String>,
     data_dir: Option<std::path::PathBuf>,
     backend: Option<levee::manifest::Backend>,
+    functions: Vec<String>,
 ) -> Result<ExitCode> {
     let manifest = Manifest::load(&manifest_path)?;
     let listen = listen.unwrap_or_else(|| manifest.listen());
@@ -205,7 +208,8 @@ async fn up(
         data_dir,
         backend,
         run_workers: true,
-        aws_sdk: None,
+        only: (!functions.is_empty()).then_some(functions),
+        ..Default::default()
     };
     let platform: Arc<Platform> = Platform::start(manifest, opts)
         .await
@@ -213,6 +217,10 @@ async fn up(
     println!("levee listening on http://{addr}");
     println!("data directory: {}", platform.data_dir().display());
     for (name, spec) in &platform.manifest().functions {
+        if !platform.pools().contains_key(name) {
+            println!("  {name:<14} (no workers on this host)");
+            continue;
+        }
         println!(
             "  {name:<14} workers {:<3} ({}..{}) emits_to [{}]",
             spec.concurrency,
@@ -222,6 +230,9 @@ async fn up(
         );
     }
     match platform.manifest().platform.scaler.policy_name() {
+        _ if levee::scaling::ecs_mode(platform.manifest()) => {
+            println!("scaler: ECS services, sized by `levee scale` (pools keep their concurrency)")
+        }
         Some(p) => println!("scaler: {p}"),
         None => println!("scaler: off (pools keep their concurrency)"),
     }
@@ -233,6 +244,58 @@ async fn up(
     platform.shutdown().await;
     let _ = server.await;
     eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `levee scale`: the fleet's controller, printing each decision that changes a desired count.
+async fn scale(manifest_path: std::path::PathBuf) -> Result<ExitCode> {
+    let mut manifest = Manifest::load(&manifest_path)?;
+    manifest.platform.backend = levee::manifest::Backend::Aws;
+    let sdk = levee::aws::load_sdk_config().await?;
+    let data_dir = manifest.data_dir();
+    let backends = levee::backends::open(&manifest, &data_dir, Some(&sdk))
+        .await
+        .context("opening the AWS backends")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut status = levee::scaling::spawn_fleet(&manifest, backends.queue, &sdk, stop_rx)?;
+    let ecs = levee::backends::aws_settings(&manifest.aws)
+        .ecs
+        .expect("spawn_fleet checked [aws.ecs]");
+    println!(
+        "levee scale: {} policy, ECS cluster {}, services {}",
+        manifest.platform.scaler.policy_name().unwrap_or("-"),
+        ecs.cluster,
+        ecs.service_pattern
+    );
+    let mut last = std::collections::BTreeMap::new();
+    let mut last_error = None;
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            alive = status.changed() => if !alive { break },
+        }
+        let st = status.get();
+        if let Some((at, e)) = &st.last_error
+            && last_error.as_ref() != Some(at)
+        {
+            eprintln!("levee scale: {e}");
+            last_error = Some(*at);
+        }
+        let Some(d) = &st.decision else { continue };
+        for (name, f) in &d.functions {
+            let workers = levee::scaling::workers_for(f);
+            if last.insert(name.clone(), workers) != Some(workers) {
+                println!(
+                    "{name:<14} workers {workers:<3} tasks {:<3} {}",
+                    ecs.tasks(workers),
+                    f.reason
+                );
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::manifest::{Backend, Manifest};
 use crate::queue::{DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, ReceivedMessage};
 use crate::runtime::{Failure, Function, FunctionDef, Limits, Runtime, RuntimeConfig};
-use crate::store::{CacheMetrics, CachedStore, Store};
+use crate::store::{CacheMetrics, CachedStore, FaultyStore, Store};
 use crate::worker::{Backoff, PoolConfig, PoolStats, WorkerPool};
 use crate::{Error, Result, backends};
 
@@ -32,6 +32,12 @@ pub struct StartOptions {
     pub run_workers: bool,
     /// AWS configuration to use instead of the standard one (tests against an emulator).
     pub aws_sdk: Option<aws_config::SdkConfig>,
+    /// Put a [`FaultyStore`] between the cache and the backend's store, reachable through
+    /// [`Platform::store_faults`], to stage store outages (fault-injection tests and drills).
+    pub inject_store_faults: bool,
+    /// Run workers for these functions only (`levee up --function`, one ECS service per
+    /// function); `None` runs them all. Every function can still be sent to and invoked.
+    pub only: Option<Vec<String>>,
 }
 
 /// One function's line in `levee status`.
@@ -100,6 +106,7 @@ pub struct Platform {
     queue: Arc<dyn Queue>,
     store: Arc<dyn Store>,
     cache: CachedStore<dyn Store>,
+    faults: Option<Arc<FaultyStore<dyn Store>>>,
     functions: BTreeMap<String, Arc<Function>>,
     pools: BTreeMap<String, Arc<WorkerPool>>,
     stop: watch::Sender<bool>,
@@ -120,7 +127,13 @@ impl Platform {
         let backends = backends::open(&manifest, &data_dir, opts.aws_sdk.as_ref()).await?;
         // Every function's kv goes through the cache: coalescing, timeouts, bounded concurrency
         // and a circuit breaker shield the store during bursts and outages.
-        let cache = CachedStore::new("kv", backends.store.clone(), &manifest.cache)?;
+        let (raw_store, faults) = if opts.inject_store_faults {
+            let f = Arc::new(FaultyStore::new(backends.store.clone()));
+            (f.clone() as Arc<dyn Store>, Some(f))
+        } else {
+            (backends.store.clone(), None)
+        };
+        let cache = CachedStore::new("kv", raw_store, &manifest.cache)?;
         let store: Arc<dyn Store> = Arc::new(cache.clone());
         let max_workers: u32 = manifest.functions.values().map(|f| f.max_workers()).sum();
         let runtime = Runtime::new(RuntimeConfig {
@@ -159,8 +172,22 @@ impl Platform {
         }
         let (stop, stop_rx) = watch::channel(false);
         let mut pools = BTreeMap::new();
+        if let Some(only) = &opts.only {
+            for name in only {
+                if !manifest.functions.contains_key(name) {
+                    let known: Vec<&str> = manifest.functions.keys().map(String::as_str).collect();
+                    return Err(Error::Invalid(format!(
+                        "--function {name}: the manifest has no such function (it has: {})",
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
         if opts.run_workers {
             for (name, spec) in &manifest.functions {
+                if opts.only.as_ref().is_some_and(|only| !only.contains(name)) {
+                    continue;
+                }
                 let cfg = PoolConfig {
                     workers: spec.concurrency,
                     max_workers: spec.max_workers(),
@@ -191,6 +218,7 @@ impl Platform {
             queue: backends.queue,
             store,
             cache,
+            faults,
             functions,
             pools,
             stop,
@@ -218,6 +246,12 @@ impl Platform {
     /// The queue backend.
     pub fn queue(&self) -> &Arc<dyn Queue> {
         &self.queue
+    }
+
+    /// The fault injector in front of the backend's store, when started with
+    /// [`StartOptions::inject_store_faults`].
+    pub fn store_faults(&self) -> Option<&Arc<FaultyStore<dyn Store>>> {
+        self.faults.as_ref()
     }
 
     /// The store functions use (the cache in front of the backend's store).

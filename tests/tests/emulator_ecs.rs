@@ -1,5 +1,6 @@
-//! The ECS actuator against the AWS emulator: the coordinated policy's decision for the sample
-//! pipeline sets the desired count of one ECS service per function.
+//! The ECS side of the scaler against the AWS emulator: the coordinated policy's decision for the
+//! sample pipeline sets the desired count of one ECS service per function, and the fleet's
+//! controller (`levee scale`) does so by itself from the SQS queues of a live backlog.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_ecs::types::{ContainerDefinition, Service};
 use levee::manifest::Manifest;
-use levee::scaling::{EcsActuator, EcsSettings, graph_from_manifest};
+use levee::scaling::{EcsActuator, EcsSettings, graph_from_manifest, spawn_fleet};
 use levee_scaler::{Actuator, Coordinated, FunctionSignals, Policy, Signals};
 use levee_tests::emulator::unique;
 use levee_tests::with_emulator;
@@ -57,14 +58,11 @@ async fn desired_counts(
         .collect()
 }
 
-#[tokio::test]
-async fn decisions_set_the_desired_count_of_each_function_service() {
-    let emu = with_emulator!();
-    let sdk = emu.sdk_config().await;
-    let ecs = aws_sdk_ecs::Client::new(&sdk);
-    let cluster = unique("ecs");
+/// Creates the cluster of `settings`, a task definition and one service per function (desired 1);
+/// returns the task definition family.
+async fn create_cluster(ecs: &aws_sdk_ecs::Client, cluster: &str) -> String {
     ecs.create_cluster()
-        .cluster_name(&cluster)
+        .cluster_name(cluster)
         .send()
         .await
         .expect("create-cluster");
@@ -81,25 +79,132 @@ async fn decisions_set_the_desired_count_of_each_function_service() {
         .send()
         .await
         .expect("register-task-definition");
-    let manifest = Manifest::parse(MANIFEST, Path::new(".")).unwrap();
-    let settings = EcsSettings {
-        cluster: cluster.clone(),
-        service_pattern: format!("{cluster}-{{function}}"),
-        workers_per_task: 2,
-    };
+    family
+}
+
+async fn create_services(
+    ecs: &aws_sdk_ecs::Client,
+    settings: &EcsSettings,
+    family: &str,
+    manifest: &Manifest,
+) -> Vec<String> {
     let mut services = Vec::new();
     for name in manifest.functions.keys() {
         let service = settings.service(name);
         ecs.create_service()
-            .cluster(&cluster)
+            .cluster(&settings.cluster)
             .service_name(&service)
-            .task_definition(&family)
+            .task_definition(family)
             .desired_count(1)
             .send()
             .await
             .expect("create-service");
         services.push(service);
     }
+    services
+}
+
+#[tokio::test]
+async fn the_fleet_controller_sizes_the_services_from_a_live_backlog() {
+    let emu = with_emulator!();
+    let sdk = emu.sdk_config().await;
+    let ecs = aws_sdk_ecs::Client::new(&sdk);
+    let aws = emu.settings("fleet");
+    let cluster = unique("fleet");
+    let family = create_cluster(&ecs, &cluster).await;
+    let text = format!(
+        "[platform]\nbackend = \"aws\"\nscaler = \"coordinated\"\n\n[aws]\nqueue_prefix = \"{}\"\n\
+         table = \"{}\"\nbucket = \"{}\"\n\n[aws.ecs]\ncluster = \"{cluster}\"\n\
+         service_pattern = \"{cluster}-{{function}}\"\nworkers_per_task = 1\n{MANIFEST}",
+        aws.queue_prefix, aws.table, aws.bucket
+    );
+    let manifest = Manifest::parse(&text, Path::new(".")).expect("manifest with [aws.ecs]");
+    let settings = manifest.aws.ecs.clone().unwrap();
+    let services = create_services(&ecs, &settings, &family, &manifest).await;
+    let specs: Vec<_> = manifest
+        .functions
+        .iter()
+        .map(|(name, f)| levee::QueueSpec {
+            name: name.clone(),
+            max_receive: f.max_receive,
+        })
+        .collect();
+    levee::provision(&sdk, &aws, &specs)
+        .await
+        .expect("provision");
+    let dir = tempfile::tempdir().unwrap();
+    let backends = levee::backends::open(&manifest, dir.path(), Some(&sdk))
+        .await
+        .expect("aws backends");
+    // A backlog no worker drains (no host runs here): 300 customer messages at inbound.
+    for batch in 0..30 {
+        let msgs = (0..10)
+            .map(|i| {
+                levee::OutgoingMessage::new(format!(r#"{{"n": {}}}"#, batch * 10 + i).into_bytes())
+            })
+            .collect();
+        backends.queue.send("inbound", msgs).await.expect("send");
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let status =
+        spawn_fleet(&manifest, backends.queue.clone(), &sdk, stop_rx).expect("fleet controller");
+    let inbound = settings.service("inbound");
+    let mut got = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        got = desired_counts(&ecs, &cluster, &services).await;
+        if got[&inbound] > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let st = status.get();
+    assert!(
+        got[&inbound] > 1,
+        "inbound's service scaled up for its backlog: {got:?} {st:?}"
+    );
+    let decision = st.decision.clone().expect("a decision");
+    assert_eq!(
+        decision.functions.len(),
+        4,
+        "every function is decided: {decision:?}"
+    );
+    assert_eq!(
+        got[&inbound] as u32,
+        settings.tasks(levee::scaling::workers_for(&decision.functions["inbound"])),
+        "the desired count is the decision's: {decision:?}"
+    );
+    assert!(st.last_error.is_none(), "no ECS or SQS error: {st:?}");
+    let _ = stop_tx.send(true);
+
+    // Without [aws.ecs] the fleet controller refuses to start, naming the section.
+    let plain = Manifest::parse(
+        &format!("[platform]\nbackend = \"aws\"\n{MANIFEST}"),
+        Path::new("."),
+    )
+    .unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let e = spawn_fleet(&plain, backends.queue.clone(), &sdk, rx)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("aws.ecs"), "{e}");
+}
+
+#[tokio::test]
+async fn decisions_set_the_desired_count_of_each_function_service() {
+    let emu = with_emulator!();
+    let sdk = emu.sdk_config().await;
+    let ecs = aws_sdk_ecs::Client::new(&sdk);
+    let cluster = unique("ecs");
+    let family = create_cluster(&ecs, &cluster).await;
+    let manifest = Manifest::parse(MANIFEST, Path::new(".")).unwrap();
+    let settings = EcsSettings {
+        cluster: cluster.clone(),
+        service_pattern: format!("{cluster}-{{function}}"),
+        workers_per_task: 2,
+    };
+    let services = create_services(&ecs, &settings, &family, &manifest).await;
 
     // A surge at inbound: 400 msg/s arriving, 2000 waiting, 100 msg/s per worker measured everywhere.
     let graph = graph_from_manifest(&manifest).unwrap();

@@ -21,12 +21,12 @@ use levee_scaler::{
 };
 use tokio::sync::watch;
 
-pub use ecs::{EcsActuator, EcsSettings};
+pub use ecs::{EcsActuator, EcsSettings, Fleet, FleetSignals, apply_fleet};
 pub use graph::{PRIOR_FAN_OUT, graph_from_manifest};
 pub use local::{PoolActuator, workers_for};
 pub use source::{QueueSignals, Sample, function_signals};
 
-use crate::manifest::Manifest;
+use crate::manifest::{Backend, Manifest};
 use crate::queue::Queue;
 use crate::worker::WorkerPool;
 use crate::{Error, Result};
@@ -76,30 +76,94 @@ pub fn spawn_local(
     manifest: &Manifest,
     queue: Arc<dyn Queue>,
     pools: &BTreeMap<String, Arc<WorkerPool>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<Option<StatusHandle>> {
     let Some(policy) = policy_for(manifest) else {
         return Ok(None);
     };
+    if ecs_mode(manifest) {
+        // The fleet's scaler (`levee scale`) sizes the ECS services; this host keeps its pools.
+        tracing::info!(
+            "[aws.ecs] is set: worker pools keep their concurrency, `levee scale` sizes the services"
+        );
+        return Ok(None);
+    }
     let graph = Arc::new(graph_from_manifest(manifest)?);
     let controller = levee_scaler::Controller::new(
         graph,
         policy,
-        QueueSignals::new(queue, pools.clone()),
+        QueueSignals::new(queue, pools.clone()).with_edges(edges(manifest)),
         PoolActuator::new(pools.clone()),
     );
     let status = controller.status();
     tokio::spawn(async move {
-        let stopped = async move {
-            while !*stop.borrow() {
-                if stop.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
-        controller.run(stopped).await;
+        controller.run(stopped(stop)).await;
     });
     Ok(Some(status))
+}
+
+/// Whether the manifest runs on ECS: the aws backend with an `[aws.ecs]` section.
+pub fn ecs_mode(manifest: &Manifest) -> bool {
+    manifest.platform.backend == Backend::Aws && manifest.aws.ecs.is_some()
+}
+
+/// Starts the fleet's controller (`levee scale`): signals from every function's queue and ECS
+/// service, decisions applied to the services' desired counts. Needs the aws backend, an
+/// `[aws.ecs]` section and a scaler policy; the error names what is missing.
+pub fn spawn_fleet(
+    manifest: &Manifest,
+    queue: Arc<dyn Queue>,
+    sdk: &aws_config::SdkConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<StatusHandle> {
+    if manifest.platform.backend != Backend::Aws {
+        return Err(Error::Manifest(
+            "platform.backend must be `aws` to scale ECS services (or pass --backend aws)".into(),
+        ));
+    }
+    let Some(settings) = crate::backends::aws_settings(&manifest.aws).ecs else {
+        return Err(Error::Manifest(
+            "aws.ecs is missing: add an [aws.ecs] section with the cluster of the function services".into(),
+        ));
+    };
+    let Some(policy) = policy_for(manifest) else {
+        return Err(Error::Manifest(
+            "platform.scaler is `off`: choose coordinated, independent or lambda-like".into(),
+        ));
+    };
+    let graph = Arc::new(graph_from_manifest(manifest)?);
+    let functions = manifest.functions.keys().cloned().collect();
+    let source = QueueSignals::new(queue, BTreeMap::new())
+        .with_functions(functions)
+        .with_edges(edges(manifest));
+    let controller = levee_scaler::Controller::new(
+        graph,
+        policy,
+        FleetSignals::new(source, sdk, settings.clone())?,
+        EcsActuator::new(sdk, settings)?,
+    );
+    let status = controller.status();
+    tokio::spawn(async move {
+        controller.run(stopped(stop)).await;
+    });
+    Ok(status)
+}
+
+fn edges(manifest: &Manifest) -> BTreeMap<String, Vec<String>> {
+    manifest
+        .functions
+        .iter()
+        .map(|(name, f)| (name.clone(), f.emits_to.clone()))
+        .collect()
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Checks a policy name for the CLI (`coordinated`, `independent`, `lambda-like`).

@@ -9,13 +9,16 @@ use std::time::Duration;
 use levee_scaler::{FunctionSignals, SignalSource, Signals};
 
 use crate::queue::{Queue, QueueStats};
-use crate::worker::{PoolStats, WorkerPool};
+use crate::worker::{EmitCounts, PoolStats, WorkerPool};
 
 /// What one function looked like at one reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
     pub queue: QueueStats,
     pub pool: PoolStats,
+    /// Completions and emitted messages per target, with every `emits_to` target present (0 if
+    /// nothing went there yet), so an edge that carries nothing measures a fan-out of 0.
+    pub emits: EmitCounts,
 }
 
 impl Sample {
@@ -35,7 +38,8 @@ impl Sample {
 /// The queue has no running total of sends, so arrivals come from conservation: what entered in the
 /// interval is what left plus what the depth grew by. The service rate per worker is invocations per
 /// second of worker occupancy (handler, lease renewal and settling), not of handler time alone: on a
-/// fast handler the outbox sends and the delete are most of a worker's time.
+/// fast handler the outbox sends and the delete are most of a worker's time. The fan-out per edge is
+/// messages emitted to the target per message completed in the interval.
 pub fn function_signals(prev: Option<&Sample>, cur: &Sample, dt: Duration) -> FunctionSignals {
     let mut s = FunctionSignals {
         backlog: cur.queue.visible,
@@ -53,6 +57,14 @@ pub fn function_signals(prev: Option<&Sample>, cur: &Sample, dt: Duration) -> Fu
     let entered = (left as i128 + cur.depth() as i128 - prev.depth() as i128).max(0);
     s.arrival_rate = entered as f64 / secs;
     s.processed_rate = cur.queue.processed.saturating_sub(prev.queue.processed) as f64 / secs;
+    let completed = cur.emits.completed.saturating_sub(prev.emits.completed);
+    if completed > 0 {
+        for (target, n) in &cur.emits.emitted {
+            let before = prev.emits.emitted.get(target).copied().unwrap_or(0);
+            let k = n.saturating_sub(before) as f64 / completed as f64;
+            s.fan_out.insert(target.clone(), k);
+        }
+    }
     let handled = cur.pool.invocations.saturating_sub(prev.pool.invocations);
     let occupied = cur
         .pool
@@ -77,7 +89,11 @@ pub fn function_signals(prev: Option<&Sample>, cur: &Sample, dt: Duration) -> Fu
 /// Queue stats and pool counters of the running platform as the scaler's signals.
 pub struct QueueSignals {
     queue: Arc<dyn Queue>,
+    /// The functions read: those with a pool, unless [`QueueSignals::with_functions`] says more.
+    functions: Vec<String>,
     pools: BTreeMap<String, Arc<WorkerPool>>,
+    /// `emits_to` of each function, so edges that carried nothing measure a fan-out of 0.
+    edges: BTreeMap<String, Vec<String>>,
     prev: Option<(Duration, BTreeMap<String, Sample>)>,
 }
 
@@ -86,25 +102,46 @@ impl QueueSignals {
     pub fn new(queue: Arc<dyn Queue>, pools: BTreeMap<String, Arc<WorkerPool>>) -> Self {
         Self {
             queue,
+            functions: pools.keys().cloned().collect(),
             pools,
+            edges: BTreeMap::new(),
             prev: None,
         }
+    }
+
+    /// Reads these functions; those without a local pool report queue signals only (no workers,
+    /// no service rate), as the scaler of a fleet (`levee scale`) sees them.
+    pub fn with_functions(mut self, functions: Vec<String>) -> Self {
+        self.functions = functions;
+        self
+    }
+
+    /// Declares each function's `emits_to` targets (from the manifest).
+    pub fn with_edges(mut self, edges: BTreeMap<String, Vec<String>>) -> Self {
+        self.edges = edges;
+        self
     }
 }
 
 impl SignalSource for QueueSignals {
     async fn signals(&mut self, now: Duration) -> levee_scaler::Result<Signals> {
         let mut samples = BTreeMap::new();
-        for (name, pool) in &self.pools {
+        for name in &self.functions {
+            let pool = self.pools.get(name);
             let queue =
                 self.queue.stats(name).await.map_err(|e| {
                     levee_scaler::Error::Signals(format!("queue stats of {name}: {e}"))
                 })?;
+            let mut emits = pool.map(|p| p.emit_counts()).unwrap_or_default();
+            for target in self.edges.get(name).into_iter().flatten() {
+                emits.emitted.entry(target.clone()).or_insert(0);
+            }
             samples.insert(
                 name.clone(),
                 Sample {
                     queue,
-                    pool: pool.stats(),
+                    pool: pool.map(|p| p.stats()).unwrap_or_default(),
+                    emits,
                 },
             );
         }
@@ -155,7 +192,37 @@ mod tests {
                 occupied_micros: occupied_ms * 1000,
                 ..Default::default()
             },
+            emits: EmitCounts::default(),
         }
+    }
+
+    #[test]
+    fn fan_out_per_edge_is_emitted_per_completed() {
+        let mut before = sample((0, 0, 0), (100, 0), (100, 1_000), 2);
+        before.emits.completed = 100;
+        before.emits.emitted = [
+            ("routing".to_string(), 100),
+            ("search-index".to_string(), 0),
+        ]
+        .into();
+        let mut after = sample((0, 0, 0), (300, 0), (300, 3_000), 2);
+        after.emits.completed = 300;
+        after.emits.emitted = [
+            ("routing".to_string(), 250),
+            ("search-index".to_string(), 0),
+        ]
+        .into();
+        let s = function_signals(Some(&before), &after, Duration::from_secs(2));
+        assert_eq!(s.fan_out["routing"], 0.75);
+        assert_eq!(
+            s.fan_out["search-index"], 0.0,
+            "an edge that carried nothing measures 0"
+        );
+        let idle = function_signals(Some(&after), &after, Duration::from_secs(2));
+        assert!(
+            idle.fan_out.is_empty(),
+            "no completions, no measurement: {idle:?}"
+        );
     }
 
     #[test]

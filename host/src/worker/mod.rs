@@ -17,7 +17,7 @@ use crate::queue::{MAX_BATCH, Queue, ReceiveOptions, ReceivedMessage};
 use crate::runtime::{Failure, Function, Invocation};
 
 pub use backoff::Backoff;
-pub use stats::{PoolStats, WorkerCounters};
+pub use stats::{EmitCounts, PoolStats, WorkerCounters};
 
 /// Attribute carried by emitted messages: the send time (ms since the Unix epoch) of the message
 /// that started the chain, so the last function of a pipeline measures end-to-end latency.
@@ -143,6 +143,11 @@ impl WorkerPool {
             .snapshot(self.workers(), self.shared.cfg.max_workers)
     }
 
+    /// Messages completed and what they emitted per target, running totals (measured fan-out).
+    pub fn emit_counts(&self) -> EmitCounts {
+        self.shared.counters.emit_counts()
+    }
+
     /// Waits for the fetchers and every in-flight handler to finish (after `stop` was set).
     pub async fn join(&self) {
         let mut tasks = self.tasks.lock().await;
@@ -247,8 +252,10 @@ async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
             for e in &mut emitted {
                 set_origin(&mut e.message.attributes, origin);
             }
+            let targets: Vec<String> = emitted.iter().map(|e| e.queue.clone()).collect();
             let done = s.queue.complete(name, &msg.receipt, emitted).await;
             if done.is_ok() {
+                s.counters.record_emits(targets.iter().map(String::as_str));
                 s.counters.record_latency(
                     msg.body.len(),
                     crate::platform::now_ms().saturating_sub(origin),

@@ -1,5 +1,7 @@
 //! Live counters of a worker pool, read by `levee status`, the scaler and the benchmarks.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
@@ -16,6 +18,15 @@ pub struct WorkerCounters {
     occupied_micros: AtomicU64,
     latency: LatencyHistogram,
     large_latency: LatencyHistogram,
+    emits: Mutex<EmitCounts>,
+}
+
+/// Messages completed and the messages they emitted per target function, running totals: the
+/// scaler's measured fan-out per edge is the ratio of their increments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmitCounts {
+    pub completed: u64,
+    pub emitted: BTreeMap<String, u64>,
 }
 
 /// Bodies above this many bytes count as large (the default offload threshold): their latency is
@@ -74,6 +85,24 @@ impl WorkerCounters {
         } else {
             self.latency.record(ms);
         }
+    }
+
+    /// Records a completed message and the target function of each message it emitted.
+    pub(super) fn record_emits<'a>(&self, targets: impl IntoIterator<Item = &'a str>) {
+        let mut e = self.emits.lock().expect("emit counters poisoned");
+        e.completed += 1;
+        for t in targets {
+            match e.emitted.get_mut(t) {
+                Some(n) => *n += 1,
+                None => {
+                    e.emitted.insert(t.to_string(), 1);
+                }
+            }
+        }
+    }
+
+    pub(super) fn emit_counts(&self) -> EmitCounts {
+        self.emits.lock().expect("emit counters poisoned").clone()
     }
 
     pub(super) fn snapshot(&self, workers: u32, max_workers: u32) -> PoolStats {
@@ -234,6 +263,18 @@ mod tests {
         let s = c.snapshot(1, 1);
         assert_eq!((s.latency_samples, s.latency_p99_ms), (10, 5));
         assert_eq!((s.large_latency_samples, s.large_latency_p50_ms), (1, 50));
+    }
+
+    #[test]
+    fn emits_are_counted_per_target() {
+        let c = WorkerCounters::default();
+        c.record_emits(["routing", "search-index"]);
+        c.record_emits(["routing"]);
+        c.record_emits([]);
+        let e = c.emit_counts();
+        assert_eq!(e.completed, 3);
+        assert_eq!(e.emitted["routing"], 2);
+        assert_eq!(e.emitted["search-index"], 1);
     }
 
     #[test]
