@@ -18,18 +18,25 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `--manifest`, shared by the commands that read the manifest.
+#[derive(Debug, clap::Args)]
+pub struct ManifestArg {
+    /// The platform manifest.
+    #[arg(
+        long = "manifest",
+        short = 'm',
+        default_value = "levee.toml",
+        env = "LEVEE_MANIFEST"
+    )]
+    pub path: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the platform: every function in the manifest, with its queue, workers and the HTTP API.
     Up {
-        /// The platform manifest.
-        #[arg(
-            long,
-            short = 'm',
-            default_value = "levee.toml",
-            env = "LEVEE_MANIFEST"
-        )]
-        manifest: PathBuf,
+        #[command(flatten)]
+        manifest: ManifestArg,
         /// HTTP listen address (default: the manifest's, else 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<String>,
@@ -43,31 +50,21 @@ pub enum Command {
         #[arg(long = "function", value_name = "NAME")]
         functions: Vec<String>,
     },
-    /// Run the scaler of a fleet on AWS: every tick it reads each function's SQS queue and ECS
-    /// service (`[aws.ecs]` in the manifest) and sets the services' desired counts. Run one of
-    /// these beside the function services (`levee up --backend aws --function NAME`).
+    /// Run the scaler of a fleet on AWS: size the functions' ECS services
+    ///
+    /// Every tick it reads each function's SQS queue and ECS service (`[aws.ecs]` in the
+    /// manifest) and sets the services' desired counts. Run one of these beside the function
+    /// services (`levee up --backend aws --function NAME`).
     Scale {
-        /// The platform manifest.
-        #[arg(
-            long,
-            short = 'm',
-            default_value = "levee.toml",
-            env = "LEVEE_MANIFEST"
-        )]
-        manifest: PathBuf,
+        #[command(flatten)]
+        manifest: ManifestArg,
     },
     /// Create (idempotently) the AWS resources the manifest needs: every queue with its
     /// dead-letter queue and redrive policy, the kv table and the blob bucket. Uses the standard
     /// AWS configuration (AWS_ENDPOINT_URL, AWS_REGION, profiles).
     Provision {
-        /// The platform manifest.
-        #[arg(
-            long,
-            short = 'm',
-            default_value = "levee.toml",
-            env = "LEVEE_MANIFEST"
-        )]
-        manifest: PathBuf,
+        #[command(flatten)]
+        manifest: ManifestArg,
     },
     /// Queue a message for a function; prints the message id.
     Send {

@@ -34,7 +34,11 @@ fn main() -> ExitCode {
 fn init_tracing(server: bool) {
     let default = if server { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        // aws_config warns about every region and credential source it tries (IMDS is refused off
+        // EC2); what matters reaches the user as the error of the command.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{default},aws_config=error"))
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -49,21 +53,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             data_dir,
             backend,
             functions,
-        } => up(manifest, listen, data_dir, backend, functions).await,
-        Command::Scale { manifest } => scale(manifest).await,
+        } => up(manifest.path, listen, data_dir, backend, functions).await,
+        Command::Scale { manifest } => scale(manifest.path).await,
         Command::Provision { manifest } => {
-            let m = Manifest::load(&manifest)?;
+            let m = Manifest::load(&manifest.path)?;
             let settings = levee::backends::aws_settings(&m.aws);
             let sdk = levee::aws::load_sdk_config().await?;
-            let specs: Vec<_> = m
-                .functions
-                .iter()
-                .map(|(name, f)| levee::QueueSpec {
-                    name: name.clone(),
-                    max_receive: f.max_receive,
-                })
-                .collect();
-            let report = levee::provision(&sdk, &settings, &specs).await?;
+            let report = levee::provision(&sdk, &settings, &m.queue_specs()).await?;
             print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
@@ -251,6 +247,8 @@ async fn up(
 async fn scale(manifest_path: std::path::PathBuf) -> Result<ExitCode> {
     let mut manifest = Manifest::load(&manifest_path)?;
     manifest.platform.backend = levee::manifest::Backend::Aws;
+    // Settle what the manifest lacks before touching AWS.
+    let (ecs, _) = levee::scaling::fleet_config(&manifest)?;
     let sdk = levee::aws::load_sdk_config().await?;
     let data_dir = manifest.data_dir();
     let backends = levee::backends::open(&manifest, &data_dir, Some(&sdk))
@@ -258,9 +256,6 @@ async fn scale(manifest_path: std::path::PathBuf) -> Result<ExitCode> {
         .context("opening the AWS backends")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut status = levee::scaling::spawn_fleet(&manifest, backends.queue, &sdk, stop_rx)?;
-    let ecs = levee::backends::aws_settings(&manifest.aws)
-        .ecs
-        .expect("spawn_fleet checked [aws.ecs]");
     println!(
         "levee scale: {} policy, ECS cluster {}, services {}",
         manifest.platform.scaler.policy_name().unwrap_or("-"),

@@ -207,6 +207,17 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The queue of every function, as `levee provision` and the platform create them.
+    pub fn queue_specs(&self) -> Vec<crate::queue::QueueSpec> {
+        self.functions
+            .iter()
+            .map(|(name, f)| crate::queue::QueueSpec {
+                name: name.clone(),
+                max_receive: f.max_receive,
+            })
+            .collect()
+    }
+
     /// Reads and validates a manifest file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)

@@ -121,15 +121,7 @@ async fn the_fleet_controller_sizes_the_services_from_a_live_backlog() {
     let manifest = Manifest::parse(&text, Path::new(".")).expect("manifest with [aws.ecs]");
     let settings = manifest.aws.ecs.clone().unwrap();
     let services = create_services(&ecs, &settings, &family, &manifest).await;
-    let specs: Vec<_> = manifest
-        .functions
-        .iter()
-        .map(|(name, f)| levee::QueueSpec {
-            name: name.clone(),
-            max_receive: f.max_receive,
-        })
-        .collect();
-    levee::provision(&sdk, &aws, &specs)
+    levee::provision(&sdk, &aws, &manifest.queue_specs())
         .await
         .expect("provision");
     let dir = tempfile::tempdir().unwrap();

@@ -116,21 +116,7 @@ pub fn spawn_fleet(
     sdk: &aws_config::SdkConfig,
     stop: watch::Receiver<bool>,
 ) -> Result<StatusHandle> {
-    if manifest.platform.backend != Backend::Aws {
-        return Err(Error::Manifest(
-            "platform.backend must be `aws` to scale ECS services (or pass --backend aws)".into(),
-        ));
-    }
-    let Some(settings) = crate::backends::aws_settings(&manifest.aws).ecs else {
-        return Err(Error::Manifest(
-            "aws.ecs is missing: add an [aws.ecs] section with the cluster of the function services".into(),
-        ));
-    };
-    let Some(policy) = policy_for(manifest) else {
-        return Err(Error::Manifest(
-            "platform.scaler is `off`: choose coordinated, independent or lambda-like".into(),
-        ));
-    };
+    let (settings, policy) = fleet_config(manifest)?;
     let graph = Arc::new(graph_from_manifest(manifest)?);
     let functions = manifest.functions.keys().cloned().collect();
     let source = QueueSignals::new(queue, BTreeMap::new())
@@ -147,6 +133,28 @@ pub fn spawn_fleet(
         controller.run(stopped(stop)).await;
     });
     Ok(status)
+}
+
+/// What `levee scale` needs from the manifest: the aws backend, `[aws.ecs]` and a policy; the
+/// error names what is missing.
+pub fn fleet_config(manifest: &Manifest) -> Result<(EcsSettings, AnyPolicy)> {
+    if manifest.platform.backend != Backend::Aws {
+        return Err(Error::Manifest(
+            "platform.backend must be `aws` to scale ECS services (or pass --backend aws)".into(),
+        ));
+    }
+    let Some(settings) = crate::backends::aws_settings(&manifest.aws).ecs else {
+        return Err(Error::Manifest(
+            "aws.ecs is missing: add an [aws.ecs] section with the cluster of the function services"
+                .into(),
+        ));
+    };
+    let Some(policy) = policy_for(manifest) else {
+        return Err(Error::Manifest(
+            "platform.scaler is `off`: choose coordinated, independent or lambda-like".into(),
+        ));
+    };
+    Ok((settings, policy))
 }
 
 fn edges(manifest: &Manifest) -> BTreeMap<String, Vec<String>> {
