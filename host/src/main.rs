@@ -356,10 +356,19 @@ fn sim(
         scenario,
         out,
     };
-    // Progress in 10% steps per policy on stderr; the table goes to stdout.
+    // Progress in 10% steps per policy on stderr (a line per policy when it is not a terminal);
+    // the table goes to stdout.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut last = (String::new(), -1i64);
     let output = levee::scaling::sim::run(&opts, &mut |policy, done| {
         let step = (done * 10.0).floor() as i64;
+        if !tty {
+            if last.0 != policy {
+                last = (policy.to_string(), step);
+                eprintln!("simulating {policy}");
+            }
+            return;
+        }
         if last.0 != policy || last.1 != step {
             last = (policy.to_string(), step);
             eprint!("\rsimulating {policy:<12} {:>3}%", step * 10);
