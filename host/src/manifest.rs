@@ -79,6 +79,10 @@ pub struct Platform {
     /// How long a `min_workers = 0` function must be idle before it goes to zero, in ms (default:
     /// the policy's own).
     pub idle_window_ms: Option<u64>,
+    /// Operations per second the kv store behind the cache sustains (a provisioned DynamoDB
+    /// table's capacity, say). When set, the scaler holds back the functions that use it so their
+    /// store calls stay within it (see `kv_ops_per_message`); absent: unlimited.
+    pub kv_capacity_ops: Option<f64>,
 }
 
 /// `[platform] scaler`: which policy sizes the worker pools.
@@ -140,6 +144,15 @@ pub struct FunctionSpec {
     /// First retry delay in ms; doubles per attempt up to 5 minutes.
     #[serde(default = "default_backoff_ms")]
     pub backoff_ms: u64,
+    /// kv store calls that reach the store per message handled (after the cache), for the
+    /// scaler's store capacity (`platform.kv_capacity_ops`). Default 1; 0 for a function that
+    /// never touches the store.
+    #[serde(default = "default_kv_ops")]
+    pub kv_ops_per_message: f64,
+}
+
+fn default_kv_ops() -> f64 {
+    1.0
 }
 
 fn default_backoff_ms() -> u64 {
@@ -290,8 +303,22 @@ impl Manifest {
                 );
             }
         }
+        if let Some(ops) = self.platform.kv_capacity_ops
+            && !(ops.is_finite() && ops > 0.0)
+        {
+            return bad(
+                "platform.kv_capacity_ops".into(),
+                format!("must be a positive number of operations per second, got {ops}"),
+            );
+        }
         for (name, f) in &self.functions {
             let field = |k: &str| format!("functions.{name}.{k}");
+            if !(f.kv_ops_per_message.is_finite() && f.kv_ops_per_message >= 0.0) {
+                return bad(
+                    field("kv_ops_per_message"),
+                    format!("must be 0 or more, got {}", f.kv_ops_per_message),
+                );
+            }
             if !valid_name(name) {
                 return bad(
                     format!("functions.{name}"),

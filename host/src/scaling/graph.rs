@@ -1,7 +1,9 @@
 //! The scaler's dependency graph from the manifest: one node per function with its worker bounds,
-//! one edge per `emits_to` entry with a prior fan-out of 1.0 (the policy prefers a measured one).
+//! one edge per `emits_to` entry with a prior fan-out of 1.0 (the policy prefers a measured one),
+//! and, when `platform.kv_capacity_ops` is set, the kv store with that capacity, read by each
+//! function `kv_ops_per_message` times per message.
 
-use levee_scaler::{FunctionSpec as Node, Graph};
+use levee_scaler::{FunctionSpec as Node, Graph, StoreSpec};
 
 use crate::manifest::Manifest;
 use crate::{Error, Result};
@@ -9,19 +11,30 @@ use crate::{Error, Result};
 /// Messages a function is assumed to emit to each downstream per message it handles, until measured.
 pub const PRIOR_FAN_OUT: f64 = 1.0;
 
+/// The kv store's name in the graph.
+pub const KV_STORE: &str = "kv";
+
 /// Builds the graph of `manifest`'s functions.
 pub fn graph_from_manifest(manifest: &Manifest) -> Result<Graph> {
+    let capacity = manifest.platform.kv_capacity_ops;
     let nodes = manifest
         .functions
         .iter()
         .map(|(name, f)| {
-            f.emits_to.iter().fold(
+            let node = f.emits_to.iter().fold(
                 Node::new(name.clone(), f.min_workers(), f.max_workers()),
                 |n, target| n.emits(target.clone(), PRIOR_FAN_OUT),
-            )
+            );
+            match capacity {
+                Some(_) if f.kv_ops_per_message > 0.0 => node.reads(KV_STORE, f.kv_ops_per_message),
+                _ => node,
+            }
         })
         .collect();
-    Graph::new(nodes, vec![]).map_err(|e| Error::Manifest(format!("functions: {e}")))
+    let stores = capacity
+        .map(|c| vec![StoreSpec::new(KV_STORE, c)])
+        .unwrap_or_default();
+    Graph::new(nodes, stores).map_err(|e| Error::Manifest(format!("functions: {e}")))
 }
 
 #[cfg(test)]
@@ -81,5 +94,41 @@ module = "n.wasm"
         .unwrap();
         let e = graph_from_manifest(&m).unwrap_err().to_string();
         assert!(e.contains("cycle") && e.contains("functions"), "{e}");
+    }
+
+    #[test]
+    fn the_kv_store_and_its_readers_come_from_the_manifest() {
+        let m = Manifest::parse(
+            r#"
+[platform]
+kv_capacity_ops = 500
+[functions.a]
+module = "a.wasm"
+emits_to = ["b"]
+kv_ops_per_message = 2.5
+[functions.b]
+module = "b.wasm"
+kv_ops_per_message = 0
+"#,
+            Path::new("."),
+        )
+        .unwrap();
+        let g = graph_from_manifest(&m).unwrap();
+        assert_eq!(g.stores().len(), 1);
+        assert_eq!(g.stores()[0].capacity, 500.0);
+        let a = g.function("a").unwrap();
+        assert_eq!(a.reads.len(), 1);
+        assert_eq!(
+            (a.reads[0].store.as_str(), a.reads[0].ops_per_message),
+            (KV_STORE, 2.5)
+        );
+        assert!(g.function("b").unwrap().reads.is_empty());
+        let bad = Manifest::parse(
+            "[platform]\nkv_capacity_ops = -1\n[functions.a]\nmodule = \"a.wasm\"",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("platform.kv_capacity_ops"), "{bad}");
     }
 }
