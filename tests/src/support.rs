@@ -16,6 +16,33 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A `cargo` command without the variables cargo sets for a test process (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_*`, …). Build scripts that watch one of them (ring watches `CARGO_MANIFEST_DIR`)
+/// would otherwise see it change and rebuild half the dependency tree, once in here and again in
+/// the next outer build.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_for_tests = key == "OUT_DIR"
+            || key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            );
+        if set_for_tests {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// Builds every guest component once per test process (cargo serialises concurrent builds) and
 /// returns the directory holding the `.wasm` files.
 pub fn guests() -> &'static Path {
@@ -23,7 +50,7 @@ pub fn guests() -> &'static Path {
     DIR.get_or_init(|| {
         let root = repo_root().join("functions");
         let target = root.join("target");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        let status = cargo()
             .args([
                 "build",
                 "--release",
@@ -159,7 +186,7 @@ pub fn levee_bin() -> PathBuf {
             .and_then(Path::parent)
             .expect("target/<profile>");
         let bin = profile_dir.join("levee");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        let status = cargo()
             // The same selection as `cargo test --workspace`, so features unify the same way
             // and this is a no-op after the test build instead of a second build of everything.
             .args(["build", "--workspace", "--bins", "--tests"])
