@@ -337,13 +337,7 @@ impl Platform {
                 .get(name)
                 .map(|p| p.stats())
                 .unwrap_or(PoolStats {
-                    workers: 0,
                     max_workers: spec.max_workers(),
-                    invocations: 0,
-                    succeeded: 0,
-                    failed_attempts: 0,
-                    busy_micros: 0,
-                    occupied_micros: 0,
                     ..Default::default()
                 });
             functions.push(FunctionStatus {
