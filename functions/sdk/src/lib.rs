@@ -16,6 +16,13 @@
 //! assert_eq!(ctx.emitted().len(), 1);
 //! ```
 //!
+//! Every invocation is a transaction: the handler's kv writes and emits are applied together,
+//! with the deletion of the source message, only if it returns `Ok`; the keys it read are
+//! version-checked at commit and on a conflict it simply runs again with fresh reads. So
+//! read-modify-write ([`Context::get`] then [`Context::put`], or the `update_json` and `incr`
+//! helpers on `dyn Context`) is correct under any concurrency. [`MemoryContext::invoke`] runs a
+//! handler the same all-or-nothing way in tests.
+//!
 //! On wasm32 the bindings come from `wit-bindgen`; natively only the portable parts compile, so
 //! handlers are unit-tested (and benchmarked) against [`MemoryContext`].
 
@@ -28,10 +35,12 @@ mod message;
 #[allow(unsafe_code)]
 mod wasm;
 
-pub use context::Context;
+pub use context::{Context, MAX_SCAN_LIMIT, Page};
 pub use error::Error;
 pub use fields::{Fields, describe, quote};
-pub use memory::{Emitted, MAX_KEY_LEN, MAX_VALUE_LEN, MemoryContext};
+pub use memory::{
+    Emitted, MAX_KEY_LEN, MAX_TXN_BYTES, MAX_TXN_KEYS, MAX_VALUE_LEN, MemoryContext, Transaction,
+};
 pub use message::Message;
 #[cfg(target_arch = "wasm32")]
 pub use wasm::WasmContext;

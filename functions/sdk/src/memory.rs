@@ -1,17 +1,27 @@
 //! An in-memory [`Context`]: a real kv map and a record of emitted messages, with the host's
-//! key and value limits. Unit tests run handlers against it, and the host's native baseline
-//! benchmark uses it to time a handler without Wasm.
+//! key, value and scan limits. Unit tests run handlers against it, and the host's native
+//! baseline benchmark uses it to time a handler without Wasm.
+//!
+//! Used directly, every call applies at once. [`MemoryContext::invoke`] (or
+//! [`MemoryContext::transaction`]) runs a handler the way the host does: writes and emits are
+//! buffered, visible to the handler's own reads and scans, and applied only if it returns `Ok`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use serde::de::DeserializeOwned;
 
-use crate::{Context, Error};
+use crate::context::{MAX_SCAN_LIMIT, Page};
+use crate::{Context, Error, Message};
 
 /// Longest kv key the host accepts, in bytes (same as the host store).
 pub const MAX_KEY_LEN: usize = 1024;
 /// Largest kv value the host accepts, in bytes (same as the host store).
 pub const MAX_VALUE_LEN: usize = 350 * 1024;
+/// Most distinct keys one invocation may write (put, put-if-absent that wrote, delete).
+pub const MAX_TXN_KEYS: usize = 1000;
+/// Most bytes of values one invocation may have buffered for commit.
+pub const MAX_TXN_BYTES: usize = 8 << 20;
 
 /// A message a handler emitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +119,31 @@ impl MemoryContext {
         std::mem::take(&mut self.emitted)
     }
 
+    /// Runs `handler` on `msg` as the host does: one transaction whose kv writes and emits are
+    /// applied only if it returns `Ok`; on an error nothing it did is kept.
+    pub fn invoke<F>(&mut self, handler: F, msg: &Message) -> Result<(), Error>
+    where
+        F: FnOnce(&Message, &mut dyn Context) -> Result<(), Error>,
+    {
+        let mut txn = self.transaction();
+        handler(msg, &mut txn)?;
+        txn.commit();
+        Ok(())
+    }
+
+    /// A buffered view of this namespace: a [`Context`] whose writes and emits are applied by
+    /// [`Transaction::commit`] and discarded when it is dropped without one. Reads and scans
+    /// see its own writes; the per-invocation limits ([`MAX_TXN_KEYS`], [`MAX_TXN_BYTES`])
+    /// apply.
+    pub fn transaction(&mut self) -> Transaction<'_> {
+        Transaction {
+            base: self,
+            writes: BTreeMap::new(),
+            bytes: 0,
+            emitted: Vec::new(),
+        }
+    }
+
     fn check(&self, key: &str, value: Option<&[u8]>) -> Result<(), Error> {
         if let Some(e) = &self.failure {
             return Err(e.clone());
@@ -160,7 +195,38 @@ impl Context for MemoryContext {
         Ok(())
     }
 
+    fn scan(&mut self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<Page, Error> {
+        self.check_scan(prefix, limit)?;
+        Ok(scan(&self.kv, &NO_WRITES, prefix, cursor, limit))
+    }
+
     fn send(&mut self, function: &str, body: &[u8]) -> Result<(), Error> {
+        let emitted = self.check_send(function, body)?;
+        self.emitted.push(emitted);
+        Ok(())
+    }
+}
+
+impl MemoryContext {
+    fn check_scan(&self, prefix: &str, limit: u32) -> Result<(), Error> {
+        if let Some(e) = &self.failure {
+            return Err(e.clone());
+        }
+        if prefix.len() > MAX_KEY_LEN {
+            return Err(Error::permanent(format!(
+                "kv scan prefix must be at most {MAX_KEY_LEN} bytes, got {}",
+                prefix.len()
+            )));
+        }
+        if !(1..=MAX_SCAN_LIMIT).contains(&limit) {
+            return Err(Error::permanent(format!(
+                "kv scan limit must be 1 to {MAX_SCAN_LIMIT}, got {limit}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_send(&self, function: &str, body: &[u8]) -> Result<Emitted, Error> {
         if let Some(e) = &self.failure {
             return Err(e.clone());
         }
@@ -173,10 +239,161 @@ impl Context for MemoryContext {
                 list.join(", ")
             )));
         }
-        self.emitted.push(Emitted {
+        Ok(Emitted {
             function: function.to_string(),
             body: body.to_vec(),
-        });
+        })
+    }
+}
+
+/// Buffered writes: `Some(value)` for a put, `None` for a delete.
+type Writes = BTreeMap<String, Option<Vec<u8>>>;
+
+static NO_WRITES: Writes = BTreeMap::new();
+
+/// A page of `kv` with `writes` laid over it: keys starting with `prefix`, after `cursor`,
+/// at most `limit`; `next` is the last key returned when more follow.
+fn scan(
+    kv: &BTreeMap<String, Vec<u8>>,
+    writes: &Writes,
+    prefix: &str,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Page {
+    let start = match cursor {
+        Some(c) if c >= prefix => Bound::Excluded(c),
+        _ => Bound::Included(prefix),
+    };
+    let bounds = (start, Bound::Unbounded);
+    let mut stored = kv
+        .range::<str, _>(bounds)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k, Some(v)))
+        .peekable();
+    let mut buffered = writes
+        .range::<str, _>(bounds)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k, v.as_ref()))
+        .peekable();
+    let mut page = Page::default();
+    loop {
+        let (key, value) = match (stored.peek(), buffered.peek()) {
+            (None, None) => break,
+            (Some(_), None) => stored.next(),
+            (None, Some(_)) => buffered.next(),
+            (Some((a, _)), Some((b, _))) => match a.cmp(b) {
+                std::cmp::Ordering::Less => stored.next(),
+                std::cmp::Ordering::Greater => buffered.next(),
+                std::cmp::Ordering::Equal => {
+                    stored.next();
+                    buffered.next()
+                }
+            },
+        }
+        .expect("peeked");
+        let Some(value) = value else { continue };
+        if page.entries.len() == limit as usize {
+            page.next = page.entries.last().map(|(k, _)| k.clone());
+            break;
+        }
+        page.entries.push((key.clone(), value.clone()));
+    }
+    page
+}
+
+/// A handler's view of a [`MemoryContext`] during one invocation: writes and emits are
+/// buffered until [`commit`](Transaction::commit); dropping it discards them.
+#[derive(Debug)]
+pub struct Transaction<'a> {
+    base: &'a mut MemoryContext,
+    writes: Writes,
+    bytes: usize,
+    emitted: Vec<Emitted>,
+}
+
+impl Transaction<'_> {
+    /// Applies the buffered writes and emits to the namespace.
+    pub fn commit(self) {
+        let base = self.base;
+        for (key, value) in self.writes {
+            match value {
+                Some(value) => {
+                    base.kv.insert(key, value);
+                    base.writes += 1;
+                }
+                None => {
+                    if base.kv.remove(&key).is_some() {
+                        base.writes += 1;
+                    }
+                }
+            }
+        }
+        base.emitted.extend(self.emitted);
+    }
+
+    /// The messages emitted so far in this transaction.
+    pub fn emitted(&self) -> &[Emitted] {
+        &self.emitted
+    }
+
+    fn buffer(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), Error> {
+        let old = match self.writes.get(key) {
+            Some(old) => old.as_ref().map_or(0, Vec::len),
+            None if self.writes.len() >= MAX_TXN_KEYS => {
+                return Err(Error::permanent(format!(
+                    "an invocation may write at most {MAX_TXN_KEYS} distinct kv keys"
+                )));
+            }
+            None => 0,
+        };
+        let bytes = self.bytes - old + value.map_or(0, <[u8]>::len);
+        if bytes > MAX_TXN_BYTES {
+            return Err(Error::permanent(format!(
+                "an invocation may write at most {MAX_TXN_BYTES} bytes of kv values, got {bytes}"
+            )));
+        }
+        self.bytes = bytes;
+        self.writes
+            .insert(key.to_string(), value.map(<[u8]>::to_vec));
+        Ok(())
+    }
+}
+
+impl Context for Transaction<'_> {
+    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.base.check(key, None)?;
+        Ok(match self.writes.get(key) {
+            Some(buffered) => buffered.clone(),
+            None => self.base.kv.get(key).cloned(),
+        })
+    }
+
+    fn put(&mut self, key: &str, value: &[u8]) -> Result<(), Error> {
+        self.base.check(key, Some(value))?;
+        self.buffer(key, Some(value))
+    }
+
+    fn put_if_absent(&mut self, key: &str, value: &[u8]) -> Result<bool, Error> {
+        if self.get(key)?.is_some() {
+            return Ok(false);
+        }
+        self.put(key, value)?;
+        Ok(true)
+    }
+
+    fn delete(&mut self, key: &str) -> Result<(), Error> {
+        self.base.check(key, None)?;
+        self.buffer(key, None)
+    }
+
+    fn scan(&mut self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<Page, Error> {
+        self.base.check_scan(prefix, limit)?;
+        Ok(scan(&self.base.kv, &self.writes, prefix, cursor, limit))
+    }
+
+    fn send(&mut self, function: &str, body: &[u8]) -> Result<(), Error> {
+        let emitted = self.base.check_send(function, body)?;
+        self.emitted.push(emitted);
         Ok(())
     }
 }
@@ -256,6 +473,232 @@ mod tests {
         );
         assert_eq!(ctx.take_emitted().len(), 1);
         assert!(ctx.emitted().is_empty());
+    }
+
+    fn keys(page: &Page) -> Vec<&str> {
+        page.entries.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    fn filled() -> MemoryContext {
+        let mut ctx = MemoryContext::new();
+        for k in ["a/1", "a/2", "a/3", "a/4", "a/5", "ab", "b/1", "a"] {
+            ctx.put(k, k.as_bytes()).unwrap();
+        }
+        ctx
+    }
+
+    #[test]
+    fn scan_pages_through_a_prefix_in_key_order() {
+        let mut ctx = filled();
+        let first = ctx.scan("a/", None, 2).unwrap();
+        assert_eq!(keys(&first), vec!["a/1", "a/2"]);
+        assert_eq!(first.entries[0].1, b"a/1");
+        assert_eq!(first.next.as_deref(), Some("a/2"));
+        let second = ctx.scan("a/", first.next.as_deref(), 2).unwrap();
+        assert_eq!(keys(&second), vec!["a/3", "a/4"]);
+        let last = ctx.scan("a/", second.next.as_deref(), 2).unwrap();
+        assert_eq!(keys(&last), vec!["a/5"]);
+        assert_eq!(last.next, None);
+        // Exactly `limit` items left: no next page, since nothing with the prefix follows.
+        let exact = ctx.scan("a/", Some("a/3"), 2).unwrap();
+        assert_eq!(
+            (keys(&exact), exact.next.as_deref()),
+            (vec!["a/4", "a/5"], None)
+        );
+        assert!(ctx.scan("c", None, 10).unwrap().entries.is_empty());
+        // A cursor before the prefix starts at the prefix; the empty prefix is everything.
+        assert_eq!(keys(&ctx.scan("b/", Some("a"), 10).unwrap()), vec!["b/1"]);
+        assert_eq!(ctx.scan("", None, 1000).unwrap().entries.len(), 8);
+    }
+
+    #[test]
+    fn scan_limits_are_the_hosts() {
+        let mut ctx = filled();
+        for limit in [0, MAX_SCAN_LIMIT + 1] {
+            let e = ctx.scan("a/", None, limit).unwrap_err();
+            assert!(!e.is_retryable());
+            assert_eq!(
+                e.message(),
+                format!("kv scan limit must be 1 to 1000, got {limit}")
+            );
+        }
+        assert!(ctx.scan("a/", None, MAX_SCAN_LIMIT).is_ok());
+        ctx.fail_with(Some(Error::retryable("store unavailable")));
+        assert!(ctx.scan("a/", None, 1).unwrap_err().is_retryable());
+    }
+
+    #[test]
+    fn scan_all_follows_cursors_up_to_the_bound() {
+        let mut ctx = MemoryContext::new();
+        for i in 0..2500 {
+            ctx.put(&format!("p/{i:05}"), b"1").unwrap();
+        }
+        ctx.put("q", b"1").unwrap();
+        let dyn_ctx: &mut dyn Context = &mut ctx;
+        let all = dyn_ctx.scan_all("p/", 10_000).unwrap();
+        assert_eq!((all.entries.len(), all.next), (2500, None));
+        assert_eq!(all.entries[1234].0, "p/01234");
+        let bounded = dyn_ctx.scan_all("p/", 1500).unwrap();
+        assert_eq!(bounded.entries.len(), 1500);
+        assert_eq!(bounded.next.as_deref(), Some("p/01499"));
+        let exact = dyn_ctx.scan_all("p/", 2500).unwrap();
+        assert_eq!((exact.entries.len(), exact.next), (2500, None));
+        assert!(dyn_ctx.scan_all("p/", 0).unwrap().entries.is_empty());
+        dyn_ctx.put_json("j/x", &json!({"n": 1})).unwrap();
+        dyn_ctx.put("j/y", b"nope").unwrap();
+        let e = dyn_ctx.scan_json::<Value>("j/", 10).unwrap_err();
+        assert!(e.message().contains("\"j/y\""), "{e}");
+        let parsed = dyn_ctx.scan_json::<Value>("j/", 1).unwrap();
+        assert_eq!(parsed.entries, vec![("j/x".to_string(), json!({"n": 1}))]);
+        assert_eq!(parsed.next.as_deref(), Some("j/x"));
+    }
+
+    #[test]
+    fn update_json_writes_only_changes_and_none_deletes() {
+        let mut ctx = MemoryContext::new();
+        let dyn_ctx: &mut dyn Context = &mut ctx;
+        let v = dyn_ctx
+            .update_json::<Vec<u32>, _>("l", |old| {
+                assert_eq!(old, None);
+                Ok(Some(vec![1]))
+            })
+            .unwrap();
+        assert_eq!(v, Some(vec![1]));
+        let pushed = dyn_ctx
+            .update_json::<Vec<u32>, _>("l", |old| {
+                let mut l = old.unwrap();
+                l.push(2);
+                Ok(Some(l))
+            })
+            .unwrap();
+        assert_eq!(pushed, Some(vec![1, 2]));
+        dyn_ctx.update_json::<Vec<u32>, _>("l", Ok).unwrap();
+        let e = dyn_ctx
+            .update_json::<Vec<u32>, _>("l", |_| Err(Error::permanent("no")))
+            .unwrap_err();
+        assert_eq!(e, Error::permanent("no"));
+        assert_eq!(ctx.writes(), 2, "an unchanged value is not rewritten");
+        let dyn_ctx: &mut dyn Context = &mut ctx;
+        assert_eq!(
+            dyn_ctx
+                .update_json::<Vec<u32>, _>("l", |_| Ok(None))
+                .unwrap(),
+            None
+        );
+        assert_eq!(ctx.value("l"), None);
+        ctx.put("bad", b"{").unwrap();
+        let e = (&mut ctx as &mut dyn Context)
+            .update_json::<Vec<u32>, _>("bad", |_| Ok(None))
+            .unwrap_err();
+        assert!(e.message().contains("\"bad\""), "{e}");
+    }
+
+    #[test]
+    fn incr_counts_and_refuses_to_overflow() {
+        let mut ctx = MemoryContext::new();
+        let dyn_ctx: &mut dyn Context = &mut ctx;
+        assert_eq!(dyn_ctx.incr("n", 1).unwrap(), 1);
+        assert_eq!(dyn_ctx.incr("n", 5).unwrap(), 6);
+        assert_eq!(dyn_ctx.incr("n", -7).unwrap(), -1);
+        assert_eq!(dyn_ctx.incr("n", 0).unwrap(), -1);
+        assert_eq!(dyn_ctx.incr("absent", 0).unwrap(), 0);
+        assert_eq!(ctx.value("n"), Some(&b"-1"[..]));
+        assert_eq!(ctx.value("absent"), None);
+        ctx.put("big", i64::MAX.to_string().as_bytes()).unwrap();
+        let e = (&mut ctx as &mut dyn Context).incr("big", 1).unwrap_err();
+        assert!(!e.is_retryable());
+        assert!(e.message().contains("overflow"), "{e}");
+    }
+
+    fn bump_and_emit(msg: &Message, ctx: &mut dyn Context) -> Result<(), Error> {
+        ctx.incr("n", 1)?;
+        ctx.put("seen", msg.id.as_bytes())?;
+        ctx.emit_json("next", &json!({"id": msg.id}))?;
+        if msg.text()? == "fail" {
+            return Err(Error::retryable("failing after the writes"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn invoke_commits_on_ok_and_discards_everything_on_error() {
+        let mut ctx = MemoryContext::new();
+        ctx.invoke(bump_and_emit, &Message::new("m1", "ok"))
+            .unwrap();
+        let e = ctx
+            .invoke(bump_and_emit, &Message::new("m2", "fail"))
+            .unwrap_err();
+        assert!(e.is_retryable());
+        assert_eq!(ctx.read_json::<i64>("n").unwrap(), Some(1));
+        assert_eq!(ctx.value("seen"), Some(&b"m1"[..]));
+        assert_eq!(ctx.emitted().len(), 1);
+        assert_eq!(ctx.writes(), 2);
+        // An emit that is not allowed fails the invocation after its writes: none are kept.
+        let mut strict = MemoryContext::new().with_emits_to(["other"]);
+        assert!(
+            strict
+                .invoke(bump_and_emit, &Message::new("m1", "ok"))
+                .is_err()
+        );
+        assert_eq!(strict.keys().count(), 0);
+    }
+
+    #[test]
+    fn a_transaction_sees_its_own_writes_in_gets_and_scans() {
+        let mut ctx = filled();
+        let mut txn = ctx.transaction();
+        txn.put("a/2", b"new").unwrap();
+        txn.delete("a/3").unwrap();
+        txn.put("a/33", b"added").unwrap();
+        assert!(!txn.put_if_absent("a/33", b"again").unwrap());
+        assert!(txn.put_if_absent("a/3", b"back").unwrap());
+        txn.delete("a/3").unwrap();
+        assert_eq!(txn.get("a/2").unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(txn.get("a/3").unwrap(), None);
+        let page = txn.scan("a/", None, 3).unwrap();
+        assert_eq!(keys(&page), vec!["a/1", "a/2", "a/33"]);
+        assert_eq!(page.entries[1].1, b"new");
+        let rest = txn.scan("a/", page.next.as_deref(), 3).unwrap();
+        assert_eq!(
+            (keys(&rest), rest.next.as_deref()),
+            (vec!["a/4", "a/5"], None)
+        );
+        drop(txn);
+        assert_eq!(ctx.value("a/2"), Some(&b"a/2"[..]), "dropped: discarded");
+        let mut txn = ctx.transaction();
+        txn.put("a/2", b"new").unwrap();
+        txn.delete("a/3").unwrap();
+        txn.send("x", b"{}").unwrap();
+        assert_eq!(txn.emitted().len(), 1);
+        txn.commit();
+        assert_eq!(ctx.value("a/2"), Some(&b"new"[..]));
+        assert_eq!(ctx.value("a/3"), None);
+        assert_eq!(ctx.emitted().len(), 1);
+    }
+
+    #[test]
+    fn a_transaction_bounds_its_buffered_writes() {
+        let mut ctx = MemoryContext::new();
+        let mut txn = ctx.transaction();
+        for i in 0..MAX_TXN_KEYS {
+            txn.put(&format!("k{i}"), b"1").unwrap();
+        }
+        txn.put("k0", b"rewriting a buffered key is fine").unwrap();
+        let e = txn.put("one-more", b"1").unwrap_err();
+        assert!(!e.is_retryable());
+        assert!(e.message().contains("at most 1000 distinct kv keys"), "{e}");
+        drop(txn);
+        let mut txn = ctx.transaction();
+        let value = vec![0u8; MAX_VALUE_LEN];
+        let mut i = 0;
+        let e = loop {
+            if let Err(e) = txn.put(&format!("big{i}"), &value) {
+                break e;
+            }
+            i += 1;
+        };
+        assert_eq!(i, MAX_TXN_BYTES / MAX_VALUE_LEN);
+        assert!(e.message().contains("at most 8388608 bytes"), "{e}");
     }
 
     #[test]

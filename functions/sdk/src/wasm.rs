@@ -1,7 +1,7 @@
 //! The wasm32 side: bindings generated from `levee.wit`, the [`WasmContext`] that calls the
 //! host imports, and the glue behind [`export!`](crate::export).
 
-use crate::{Context, Error, Message};
+use crate::{Context, Error, Message, Page};
 
 #[doc(hidden)]
 pub mod bindings {
@@ -53,6 +53,14 @@ impl Context for WasmContext {
 
     fn delete(&mut self, key: &str) -> Result<(), Error> {
         Ok(kv::delete(key)?)
+    }
+
+    fn scan(&mut self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<Page, Error> {
+        let page = kv::scan(prefix, cursor, limit)?;
+        Ok(Page {
+            entries: page.entries.into_iter().map(|e| (e.key, e.value)).collect(),
+            next: page.next,
+        })
     }
 
     fn send(&mut self, function: &str, body: &[u8]) -> Result<(), Error> {
