@@ -6,11 +6,16 @@
 //! index). Attachments are checked and reduced to their metadata (see [`attachments`]); their
 //! data goes no further than this function.
 //!
-//! Redelivery: the record keeps the ids of the messages it holds, so a retried delivery does
-//! not append twice; it still emits, because the host only sends emits of a successful run and
-//! the earlier attempt's emits may never have left. Both receivers are idempotent.
-//! The kv has no compare-and-swap, so two messages of one conversation handled at the same
-//! instant can race on the record (last writer wins); per-id idempotency still holds.
+//! Concurrency: the invocation is a transaction and the record is read, so two messages of one
+//! conversation handled at the same instant are serialised by the commit-time version check
+//! (the later committer runs again on the record the other wrote): no append is lost, and the
+//! record, the emits and the deletion of the source message are applied together or not at all.
+//!
+//! Redelivery: the record keeps the ids of the messages it holds, so a delivery of a message it
+//! already holds does not append again. It still emits: the messages are identical to the first
+//! run's (same body, and the host gives emits stable ids, so it recognises them as duplicates),
+//! both receivers are idempotent, and it covers records written before invocations were
+//! transactional, whose emits may never have left.
 
 pub mod attachments;
 
@@ -443,6 +448,23 @@ mod tests {
         assert_eq!(conv.recent.len(), 1);
         assert_eq!(ctx.emitted_to(ROUTING).count(), 2);
         assert_eq!(ctx.emitted_to(SEARCH_INDEX).count(), 2);
+    }
+
+    #[test]
+    fn a_run_that_does_not_commit_leaves_nothing_and_the_next_appends_once() {
+        let mut ctx = ctx();
+        let msg = Message::from_json("m1", &valid());
+        let killed = |msg: &Message, ctx: &mut dyn Context| {
+            handle(msg, ctx)?;
+            Err(Error::retryable("worker killed before commit"))
+        };
+        assert!(ctx.invoke(killed, &msg).is_err());
+        assert_eq!(ctx.writes(), 0);
+        assert!(ctx.emitted().is_empty());
+        ctx.invoke(handle, &msg.with_receive_count(2)).unwrap();
+        let conv: Conversation = ctx.read_json("conv/acme/c-42").unwrap().unwrap();
+        assert_eq!((conv.message_count, conv.seen_ids.len()), (1, 1));
+        assert_eq!(ctx.emitted().len(), 2);
     }
 
     #[test]

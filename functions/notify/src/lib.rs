@@ -3,13 +3,15 @@
 //! Input is what `routing` emits: `{"id", "org", "conversation", "team", "previous_team"?,
 //! "channel"?, "from"?, "preview"?}`. The record goes to `notif/{org}/{conversation}/{id}` with
 //! put-if-absent, keyed by the upstream message id, so however often routing re-emits it there
-//! is one record; the team's counter `count/{org}/{team}` is incremented only when the record
-//! was new.
+//! is one record; the team's counter `count/{org}/{team}` (a JSON integer) is incremented only
+//! when the record was new.
 //!
-//! Without transactions the record and the counter cannot change together: a crash between the
-//! two writes leaves the counter one short (never double-counted). kv has no compare-and-swap,
-//! so concurrent increments of one team's counter can also lose updates; the records are the
-//! source of truth and the counter a cheap approximate total.
+//! The invocation is a transaction, so the record and the counter change together or not at
+//! all: a crash or failure before commit applies neither. Both keys are read (put-if-absent
+//! reads the record, `incr` the counter) and version-checked at commit, so two notifications
+//! for one team handled at once never lose an increment (the loser runs again on the fresh
+//! count), and two deliveries of one notification never count twice. The counter is exactly
+//! the number of records of the team.
 
 use levee_sdk::{Context, Error, Fields, Message};
 use serde::{Deserialize, Serialize};
@@ -93,9 +95,7 @@ pub fn handle(msg: &Message, ctx: &mut dyn Context) -> Result<(), Error> {
         preview: f.opt_str("preview")?.map(str::to_string),
     };
     if ctx.put_json_if_absent(&record_key(&org, conversation, id), &record)? {
-        let key = counter_key(&org, team);
-        let count: u64 = ctx.get_json(&key)?.unwrap_or(0);
-        ctx.put_json(&key, &(count + 1))?;
+        ctx.incr(&counter_key(&org, team), 1)?;
     }
     Ok(())
 }
@@ -221,5 +221,24 @@ mod tests {
         ctx.fail_with(None);
         handle(&note("m1", "c-1", "billing", None), &mut ctx).unwrap();
         assert_eq!(count(&ctx, "billing"), 1);
+    }
+
+    #[test]
+    fn the_record_and_the_counter_commit_together() {
+        let mut ctx = MemoryContext::new();
+        let crash_before_commit = |msg: &Message, ctx: &mut dyn Context| {
+            handle(msg, ctx)?;
+            Err(Error::retryable("worker killed before commit"))
+        };
+        let m1 = note("m1", "c-1", "billing", None);
+        assert!(ctx.invoke(crash_before_commit, &m1).is_err());
+        assert_eq!(ctx.keys().count(), 0, "neither the record nor the count");
+        ctx.invoke(handle, &m1.clone().with_receive_count(2))
+            .unwrap();
+        ctx.invoke(handle, &m1.with_receive_count(3)).unwrap();
+        ctx.invoke(handle, &note("m2", "c-2", "billing", None))
+            .unwrap();
+        assert_eq!(count(&ctx, "billing"), 2);
+        assert_eq!(ctx.keys().filter(|k| k.starts_with("notif/")).count(), 2);
     }
 }

@@ -9,8 +9,15 @@
 //! - `{"kind": "message", "id", "org", "conversation", "channel", "from"?, "text"}` (what
 //!   `inbound` emits; `kind` and `id` may be omitted) writes `assign/{org}/{conversation}` and
 //!   emits to `notify`. The assignment remembers the message that made it, so a redelivery of
-//!   that message writes nothing and emits the same notification again.
+//!   that message writes nothing and emits the same notification again (a duplicate the host
+//!   recognises by its stable id, and that `notify` would ignore anyway).
 //! - `{"kind": "set-rules", "org", "rules": [...]}` validates and replaces the org's rules.
+//!
+//! Concurrency: the invocation is a transaction, and routing reads both keys it decides on
+//! (`assign/...` and `rules/...`), so they are version-checked at commit. Two messages of one
+//! conversation, or a message and a rules update, handled at once are serialised: the one that
+//! commits second runs again on what the first wrote, so `previous_team` is always the team
+//! the conversation really had, and the assignment and its notification commit together.
 
 use levee_sdk::{Context, Error, Fields, Message, quote};
 use serde::{Deserialize, Serialize};
