@@ -143,8 +143,12 @@ pub async fn load_sdk_config() -> Result<SdkConfig> {
 /// queue (SQS with large payloads offloaded to S3), the key-value store and the blob store.
 #[derive(Debug)]
 pub struct AwsBackends {
-    pub queue:
-        crate::queue::offload::OffloadQueue<crate::queue::sqs::SqsQueue, crate::blobs::s3::S3Blobs>,
+    /// Large bodies go to S3 first; the ledger commits kv and completion records to DynamoDB
+    /// before SQS sends the emits and deletes the source.
+    pub queue: crate::queue::offload::OffloadQueue<
+        crate::queue::ledger::LedgerQueue<crate::queue::sqs::SqsQueue>,
+        crate::blobs::s3::S3Blobs,
+    >,
     pub store: crate::store::dynamo::DynamoStore,
     pub blobs: crate::blobs::s3::S3Blobs,
 }
@@ -154,14 +158,17 @@ impl AwsBackends {
     pub fn new(sdk: &SdkConfig, settings: &AwsSettings) -> Result<Self> {
         settings.validate()?;
         let blobs = crate::blobs::s3::S3Blobs::new(sdk, settings.bucket.clone());
-        let queue = crate::queue::offload::OffloadQueue::new(
+        let store = crate::store::dynamo::DynamoStore::new(sdk, settings.table.clone());
+        let ledger = crate::queue::ledger::LedgerQueue::new(
             crate::queue::sqs::SqsQueue::new(sdk, settings.queue_prefix.clone()),
-            blobs.clone(),
-        )
-        .with_threshold(settings.offload_threshold)?;
+            std::sync::Arc::new(store.clone()),
+            std::sync::Arc::new(blobs.clone()),
+        );
+        let queue = crate::queue::offload::OffloadQueue::new(ledger, blobs.clone())
+            .with_threshold(settings.offload_threshold)?;
         Ok(Self {
             queue,
-            store: crate::store::dynamo::DynamoStore::new(sdk, settings.table.clone()),
+            store,
             blobs,
         })
     }

@@ -235,9 +235,17 @@ async fn up(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(levee::ingress::serve(listener, platform.clone(), stop_rx));
     wait_for_signal().await;
-    eprintln!("stopping: finishing in-flight messages…");
+    let grace = platform.shutdown_grace();
+    eprintln!(
+        "stopping: handing back messages not started, finishing in-flight ones (at most {} s)…",
+        grace.as_secs_f64()
+    );
     let _ = stop_tx.send(true);
-    platform.shutdown().await;
+    if !platform.shutdown_within(grace).await {
+        eprintln!(
+            "grace period over: messages still running return to their queues when their leases end"
+        );
+    }
     let _ = server.await;
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -13,8 +13,8 @@ use tokio::sync::watch;
 
 use crate::manifest::{Backend, Manifest};
 use crate::queue::{DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, ReceivedMessage};
-use crate::runtime::{Failure, Function, FunctionDef, Limits, Runtime, RuntimeConfig};
-use crate::store::{CacheMetrics, CachedStore, FaultyStore, Store};
+use crate::runtime::{Failure, Function, FunctionDef, Limits, Output, Runtime, RuntimeConfig};
+use crate::store::{CacheMetrics, CachedStore, CommitOutcome, FaultyStore, Store};
 use crate::worker::{Backoff, PoolConfig, PoolStats, WorkerPool};
 use crate::{Error, Result, backends};
 
@@ -22,6 +22,8 @@ use crate::{Error, Result, backends};
 pub const MAX_BODY_BYTES: usize = 10 << 20;
 /// Longest retry backoff.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Time allowed on shutdown, beyond the longest handler deadline, to settle what is in flight.
+pub const SHUTDOWN_SETTLE: Duration = Duration::from_secs(5);
 
 /// Overrides of the manifest's `[platform]` settings, from the command line.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +57,14 @@ pub struct FunctionStatus {
     pub oldest_age_ms: Option<u64>,
     pub max_workers: u32,
     pub invocations: u64,
+    /// Commits refused on a version conflict and run again (no attempt used).
+    pub conflicts: u64,
+    /// Invocations handed back for the platform's reasons (no attempt used).
+    pub infra_failures: u64,
+    /// Messages found already committed and settled without running.
+    pub duplicates: u64,
+    /// Whether the pool paused fetching after an infrastructure failure.
+    pub paused: bool,
     /// Workers the scaler last asked for (absent when the scaler is off or has not decided yet).
     pub desired: Option<u32>,
     /// Why, in words, from the scaler's last decision.
@@ -283,8 +293,9 @@ impl Platform {
         })
     }
 
-    /// Runs `function` once on `body`, synchronously, with its real kv namespace; emitted
-    /// messages are returned, not sent.
+    /// Runs `function` once on `body`, synchronously, with its real kv namespace (its kv
+    /// transaction is committed, again with fresh reads on a conflict); emitted messages are
+    /// returned, not sent.
     pub async fn invoke(&self, function: &str, body: Vec<u8>) -> Result<InvokeResult> {
         let f = self.function(function)?.clone();
         check_body(&body)?;
@@ -297,13 +308,36 @@ impl Platform {
             sent_at_ms: now_ms(),
             last_error: None,
         };
-        let rt = tokio::runtime::Handle::current();
-        let inv = tokio::task::spawn_blocking(move || f.invoke(&msg, &rt))
-            .await
-            .map_err(|e| Error::Runtime(format!("invocation panicked: {e}")))?;
+        let mut conflicts = 0;
+        let inv = loop {
+            let (f, msg) = (f.clone(), msg.clone());
+            let rt = tokio::runtime::Handle::current();
+            let inv = tokio::task::spawn_blocking(move || f.invoke(&msg, &rt))
+                .await
+                .map_err(|e| Error::Runtime(format!("invocation panicked: {e}")))?;
+            let Ok(out) = &inv.outcome else { break inv };
+            if out.kv.writes.is_empty() {
+                break inv;
+            }
+            match self.store.commit(&out.kv).await? {
+                CommitOutcome::Conflict { keys } if conflicts < crate::worker::MAX_CONFLICTS => {
+                    conflicts += 1;
+                    self.store.forget(&out.kv.ns, &keys).await;
+                }
+                CommitOutcome::Conflict { keys } => {
+                    return Err(Error::Unavailable {
+                        service: "kv".into(),
+                        message: format!(
+                            "{conflicts} commits in a row conflicted on {keys:?}; try again"
+                        ),
+                    });
+                }
+                _ => break inv,
+            }
+        };
         let elapsed_us = inv.elapsed.as_micros() as u64;
         Ok(match inv.outcome {
-            Ok(emitted) => InvokeResult {
+            Ok(Output { emitted, .. }) => InvokeResult {
                 outcome: "ok",
                 kind: None,
                 reason: None,
@@ -353,6 +387,10 @@ impl Platform {
                 oldest_age_ms: q.oldest_age_ms,
                 max_workers: p.max_workers,
                 invocations: p.invocations,
+                conflicts: p.conflicts,
+                infra_failures: p.infra_failures,
+                duplicates: p.duplicates,
+                paused: p.paused,
                 desired: decision
                     .and_then(|d| d.functions.get(name))
                     .map(|d| d.desired),
@@ -395,6 +433,28 @@ impl Platform {
             pool.join().await;
         }
     }
+
+    /// How long [`shutdown_within`](Self::shutdown_within) waits for messages in flight: the
+    /// longest `timeout_ms` of the manifest (handlers are stopped at their deadline) plus
+    /// [`SHUTDOWN_SETTLE`] to commit or hand them back.
+    pub fn shutdown_grace(&self) -> Duration {
+        let longest = self
+            .manifest
+            .functions
+            .values()
+            .map(|f| f.timeout())
+            .max()
+            .unwrap_or_default();
+        longest + SHUTDOWN_SETTLE
+    }
+
+    /// Stops fetching, hands back at once (visibility 0, no attempt used) what was leased but
+    /// not started, and waits up to `grace` for the messages in flight to be settled. Returns
+    /// false when the grace period ran out; those messages return to their queues when their
+    /// leases end.
+    pub async fn shutdown_within(&self, grace: Duration) -> bool {
+        tokio::time::timeout(grace, self.shutdown()).await.is_ok()
+    }
 }
 
 fn check_body(body: &[u8]) -> Result<()> {
@@ -424,6 +484,7 @@ fn failure_kind(f: &Failure) -> &'static str {
         Failure::Trap(_) => "trap",
         Failure::Timeout(_) => "timeout",
         Failure::MemoryCap { .. } => "memory-cap",
+        Failure::Infrastructure(_) => "infrastructure",
     }
 }
 

@@ -82,6 +82,7 @@ async fn sqs_send_receive_complete_with_emitted_messages() {
             "src",
             vec![
                 OutgoingMessage {
+                    id: None,
                     body: b"{\"n\":1}".to_vec(),
                     attributes: attrs(&[("kind", "json"), ("e", "")]),
                     ..Default::default()
@@ -217,6 +218,7 @@ async fn sqs_dead_letter_keeps_reason_attributes_and_count() {
     let (sdk, s) = provisioned(&emu, "sqs-dead", &[spec("q", 5)]).await;
     let q = SqsQueue::new(&sdk, &s.queue_prefix);
     let out = OutgoingMessage {
+        id: None,
         body: vec![1, 2, 255],
         attributes: attrs(&[("tenant", "acme")]),
         ..Default::default()
@@ -421,18 +423,18 @@ async fn dynamo_store_get_put_delete_conditional_ttl_and_scan() {
         .unwrap();
     store.put("s", "user:99", v("gone"), ttl).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let page = store.scan("s", "user:", 10).await.unwrap();
+    let page = store.scan("s", "user:", None, 10).await.unwrap();
     let keys: Vec<&str> = page.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         keys,
         (0..10).map(|i| format!("user:{i:02}")).collect::<Vec<_>>()
     );
     assert_eq!(
-        store.scan("s", "user:", 100).await.unwrap().len(),
+        store.scan("s", "user:", None, 100).await.unwrap().len(),
         25,
         "expired items are not listed"
     );
-    assert_eq!(store.scan("s", "", 100).await.unwrap().len(), 26);
+    assert_eq!(store.scan("s", "", None, 100).await.unwrap().len(), 26);
 
     let e = store.get("a", "").await.unwrap_err();
     assert!(matches!(e, Error::Invalid(_)), "{e}");
@@ -487,6 +489,7 @@ async fn offload_carries_a_5_mib_body_through_sqs_and_s3() {
         "big",
         vec![
             OutgoingMessage {
+                id: None,
                 body: body.clone(),
                 attributes: attrs(&[("kind", "bulk")]),
                 ..Default::default()

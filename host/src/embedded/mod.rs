@@ -31,8 +31,9 @@ use writer::{Job, Wakes};
 /// Conventional name of the database file inside a data directory.
 pub const FILE_NAME: &str = "levee.db";
 
-/// Schema version this build writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version this build writes, kept in `PRAGMA user_version`. Version 2 added kv item
+/// versions (optimistic concurrency); a version 1 file is upgraded in place on open.
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for a lock held by another process (e.g. a CLI opening the file
 /// while `levee up` runs) before failing with a retryable "database is busy".
@@ -85,9 +86,13 @@ CREATE TABLE kv (
     key        TEXT NOT NULL,
     value      BLOB NOT NULL,
     expires_at INTEGER,
+    version    INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (ns, key)
 ) WITHOUT ROWID;
 ";
+
+/// Upgrades a version 1 file: items written before versions existed count as version 1.
+const MIGRATE_1_TO_2: &str = "ALTER TABLE kv ADD COLUMN version INTEGER NOT NULL DEFAULT 1;";
 
 /// One open database file: the writer thread, the read pool and the long-poll wakers.
 ///
@@ -321,6 +326,12 @@ fn init_schema(conn: &Connection, path: &Path) -> Result<()> {
         0 => {
             conn.execute_batch(&format!(
                 "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))?;
+            Ok(())
+        }
+        1 => {
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {MIGRATE_1_TO_2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))?;
             Ok(())
         }

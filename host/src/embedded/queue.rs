@@ -12,10 +12,12 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::time::Instant;
 
-use super::{EmbeddedDb, duration_ms, now_ms};
+use super::{EmbeddedDb, duration_ms, now_ms, store};
+use crate::queue::Completion;
 use crate::queue::{MAX_BATCH, MAX_WAIT};
+use crate::store::CommitOutcome;
 use crate::{
-    DeadLetter, Emitted, Error, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
+    DeadLetter, Error, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
     ReceivedMessage, Result,
 };
 
@@ -80,7 +82,10 @@ impl Queue for EmbeddedQueue {
         for m in &messages {
             validate_delay(m.delay)?;
         }
-        let ids: Vec<String> = messages.iter().map(|_| new_id()).collect();
+        let ids: Vec<String> = messages
+            .iter()
+            .map(|m| m.id.clone().unwrap_or_else(new_id))
+            .collect();
         let queue = queue.to_string();
         let reply = ids.clone();
         self.db
@@ -142,9 +147,17 @@ impl Queue for EmbeddedQueue {
         }
     }
 
-    async fn complete(&self, queue: &str, receipt: &str, emitted: Vec<Emitted>) -> Result<()> {
-        for e in &emitted {
+    async fn commit(
+        &self,
+        queue: &str,
+        receipt: &str,
+        completion: Completion,
+    ) -> Result<CommitOutcome> {
+        for e in &completion.emitted {
             validate_delay(e.message.delay)?;
+        }
+        if let Some(kv) = &completion.kv {
+            store::validate_commit(kv)?;
         }
         let lease = Lease::parse(receipt)?;
         let queue = queue.to_string();
@@ -152,17 +165,56 @@ impl Queue for EmbeddedQueue {
             .write(move |conn, wakes| {
                 let q = queue_row(conn, &queue)?;
                 let seq = lease.check(conn, q.id)?;
-                let mut targets = Vec::with_capacity(emitted.len());
-                for e in &emitted {
+                let mut targets = Vec::with_capacity(completion.emitted.len());
+                for e in &completion.emitted {
                     targets.push(queue_row(conn, &e.queue)?.id);
                 }
+                let mut outcome = CommitOutcome::Committed {
+                    versions: Vec::new(),
+                };
+                if let Some(kv) = &completion.kv {
+                    if let Some(r) = &kv.record
+                        && store::record_exists(conn, &r.key)?
+                    {
+                        delete_message(conn, seq)?;
+                        return Ok(CommitOutcome::Duplicate);
+                    }
+                    outcome = store::apply_commit(conn, kv)?;
+                    if matches!(outcome, CommitOutcome::Conflict { .. }) {
+                        return Ok(outcome);
+                    }
+                    if let Some(r) = &kv.record {
+                        store::insert_record(conn, r)?;
+                    }
+                }
                 let now = now_ms();
-                for (e, target) in emitted.iter().zip(targets) {
-                    insert_message(conn, target, &new_id(), &e.message, now)?;
+                for (e, target) in completion.emitted.iter().zip(targets) {
+                    let id = e.message.id.clone().unwrap_or_else(new_id);
+                    insert_message(conn, target, &id, &e.message, now)?;
                     wakes.add(&e.queue, 1);
                 }
                 delete_message(conn, seq)?;
                 bump(conn, q.id, Total::Processed)?;
+                Ok(outcome)
+            })
+            .await
+    }
+
+    async fn release(&self, queue: &str, receipt: &str, delay: Duration) -> Result<()> {
+        validate_visibility("release delay", delay)?;
+        let lease = Lease::parse(receipt)?;
+        let (queue, delay) = (queue.to_string(), duration_ms(delay));
+        self.db
+            .write(move |conn, wakes| {
+                let q = queue_row(conn, &queue)?;
+                let seq = lease.check(conn, q.id)?;
+                // The receive that leased it is taken back: it was not an attempt.
+                conn.prepare_cached(
+                    "UPDATE messages SET visible_at = ?2, leased = 0, token = NULL,
+                     receive_count = MAX(receive_count - 1, 0) WHERE seq = ?1",
+                )?
+                .execute(params![seq, now_ms().saturating_add(delay)])?;
+                wakes.add(&queue, 1);
                 Ok(())
             })
             .await
@@ -611,6 +663,7 @@ fn validate_visibility(what: &str, d: Duration) -> Result<()> {
 mod tests {
     use super::*;
     use crate::embedded::FILE_NAME;
+    use crate::{Emitted, Store};
 
     fn opts(max: usize, visibility: Duration, wait: Duration) -> ReceiveOptions {
         ReceiveOptions {
@@ -631,6 +684,102 @@ mod tests {
         .await
         .unwrap();
         (dir, db, q)
+    }
+
+    #[tokio::test]
+    async fn a_release_takes_the_receive_back_and_stales_the_receipt() {
+        let (_dir, _db, q) = setup(1).await;
+        q.send("q", vec![OutgoingMessage::new("a")]).await.unwrap();
+        let recv = || q.receive("q", opts(1, Duration::from_secs(30), Duration::ZERO));
+        for _ in 0..5 {
+            let got = recv().await.unwrap();
+            assert_eq!(
+                got[0].receive_count, 1,
+                "a released receive is not an attempt"
+            );
+            q.release("q", &got[0].receipt, Duration::ZERO)
+                .await
+                .unwrap();
+            let err = q.complete("q", &got[0].receipt, vec![]).await.unwrap_err();
+            assert!(matches!(err, Error::StaleReceipt), "{err:?}");
+        }
+        let got = recv().await.unwrap();
+        q.complete("q", &got[0].receipt, vec![]).await.unwrap();
+        assert_eq!(q.stats("q").await.unwrap().dlq, 0);
+    }
+
+    #[tokio::test]
+    async fn a_commit_applies_kv_emits_and_the_delete_in_one_transaction() {
+        use crate::store::{CommitOutcome, KvCommit};
+        let (_dir, db, q) = setup(5).await;
+        q.ensure(&QueueSpec {
+            name: "next".into(),
+            max_receive: 5,
+        })
+        .await
+        .unwrap();
+        let store = db.store();
+        q.send(
+            "q",
+            vec![OutgoingMessage::new("a"), OutgoingMessage::new("b")],
+        )
+        .await
+        .unwrap();
+        let got = q
+            .receive("q", opts(2, Duration::from_secs(30), Duration::ZERO))
+            .await
+            .unwrap();
+        // Both read `n` absent and write it: one commit wins, the other conflicts.
+        let txn = |v: &str| KvCommit {
+            ns: "q".into(),
+            reads: vec![("n".into(), 0)],
+            writes: vec![(
+                "n".into(),
+                Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
+            )],
+            record: None,
+        };
+        let completion = |v: &str| Completion {
+            id: Some(v.into()),
+            emitted: vec![Emitted {
+                queue: "next".into(),
+                message: OutgoingMessage {
+                    id: Some(format!("{v}-0")),
+                    ..OutgoingMessage::new(v)
+                },
+            }],
+            kv: Some(txn(v)),
+        };
+        let won = q
+            .commit("q", &got[0].receipt, completion("a"))
+            .await
+            .unwrap();
+        assert!(matches!(won, CommitOutcome::Committed { .. }), "{won:?}");
+        let lost = q
+            .commit("q", &got[1].receipt, completion("b"))
+            .await
+            .unwrap();
+        assert_eq!(
+            lost,
+            CommitOutcome::Conflict {
+                keys: vec!["n".into()]
+            }
+        );
+        assert_eq!(store.get("q", "n").await.unwrap().unwrap().as_ref(), b"a");
+        let next = q
+            .receive("next", opts(10, Duration::from_secs(30), Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(next.len(), 1, "only the winner's emit was sent");
+        assert_eq!(next[0].id, "a-0", "emits keep their stable id");
+        let stats = q.stats("q").await.unwrap();
+        assert_eq!((stats.processed, stats.in_flight), (1, 1), "{stats:?}");
+        // The loser keeps its lease and commits after reading again.
+        let v = store.get_versioned("q", "n").await.unwrap().version;
+        let mut retry = completion("b");
+        retry.kv.as_mut().unwrap().reads = vec![("n".into(), v)];
+        let ok = q.commit("q", &got[1].receipt, retry).await.unwrap();
+        assert!(matches!(ok, CommitOutcome::Committed { .. }), "{ok:?}");
     }
 
     #[tokio::test]

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{EmbeddedDb, duration_ms, now_ms};
-use crate::store::{MAX_KEY_LEN, validate};
+use crate::store::{
+    CommitOutcome, KvCommit, RECORDS_NS, Record, Versioned, validate, validate_scan,
+};
 use crate::{Error, PutOptions, Result, Store};
 
 /// Longest namespace (function names are far shorter; DynamoDB's partition key allows more).
@@ -49,27 +51,56 @@ impl EmbeddedStore {
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn get(&self, ns: &str, key: &str) -> Result<Option<Bytes>> {
+    async fn get_versioned(&self, ns: &str, key: &str) -> Result<Versioned> {
         validate_ns(ns)?;
         validate(key, None)?;
         let (ns_owned, key_owned) = (ns.to_string(), key.to_string());
-        let found: Option<(Vec<u8>, Option<i64>)> = self
+        let found: Option<(Vec<u8>, Option<i64>, i64)> = self
             .db
             .read(move |conn| {
                 Ok(conn
-                    .prepare_cached("SELECT value, expires_at FROM kv WHERE ns = ?1 AND key = ?2")?
-                    .query_row([&ns_owned, &key_owned], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .prepare_cached(
+                        "SELECT value, expires_at, version FROM kv WHERE ns = ?1 AND key = ?2",
+                    )?
+                    .query_row([&ns_owned, &key_owned], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
                     .optional()?)
             })
             .await?;
-        match found {
-            Some((_, Some(expires_at))) if expires_at <= now_ms() => {
+        Ok(match found {
+            Some((_, Some(expires_at), version)) if expires_at <= now_ms() => {
                 self.purge(ns, vec![key.to_string()]);
-                Ok(None)
+                Versioned {
+                    value: None,
+                    version: version as u64,
+                }
             }
-            Some((value, _)) => Ok(Some(Bytes::from(value))),
-            None => Ok(None),
-        }
+            Some((value, _, version)) => Versioned {
+                value: Some(Bytes::from(value)),
+                version: version as u64,
+            },
+            None => Versioned::default(),
+        })
+    }
+
+    async fn commit(&self, commit: &KvCommit) -> Result<CommitOutcome> {
+        validate_commit(commit)?;
+        let commit = commit.clone();
+        self.db
+            .write(move |conn, _| {
+                if let Some(r) = &commit.record
+                    && record_exists(conn, &r.key)?
+                {
+                    return Ok(CommitOutcome::Duplicate);
+                }
+                let outcome = apply_commit(conn, &commit)?;
+                if let (Some(r), CommitOutcome::Committed { .. }) = (&commit.record, &outcome) {
+                    insert_record(conn, r)?;
+                }
+                Ok(outcome)
+            })
+            .await
     }
 
     async fn put(&self, ns: &str, key: &str, value: Bytes, opts: PutOptions) -> Result<bool> {
@@ -86,7 +117,7 @@ impl Store for EmbeddedStore {
                     conn.prepare_cached(
                         "INSERT INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value,
-                             expires_at = excluded.expires_at
+                             expires_at = excluded.expires_at, version = kv.version + 1
                          WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= ?5",
                     )?
                     .execute(params![
@@ -100,7 +131,7 @@ impl Store for EmbeddedStore {
                     conn.prepare_cached(
                         "INSERT INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value,
-                             expires_at = excluded.expires_at",
+                             expires_at = excluded.expires_at, version = kv.version + 1",
                     )?
                     .execute(params![ns, key, value.as_ref(), expires_at])?
                 };
@@ -122,20 +153,17 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn scan(&self, ns: &str, prefix: &str, limit: usize) -> Result<Vec<(String, Bytes)>> {
+    async fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>> {
         validate_ns(ns)?;
-        if prefix.len() > MAX_KEY_LEN {
-            return Err(Error::Invalid(format!(
-                "kv scan prefix must be at most {MAX_KEY_LEN} bytes, got {}",
-                prefix.len()
-            )));
-        }
-        if limit == 0 {
-            return Err(Error::Invalid(
-                "kv scan limit must be at least 1, got 0".into(),
-            ));
-        }
+        validate_scan(prefix, limit)?;
         let (ns_owned, prefix) = (ns.to_string(), prefix.to_string());
+        let after = after.filter(|a| *a >= prefix.as_str()).map(str::to_string);
         let (items, expired) = self
             .db
             .read(move |conn| {
@@ -143,9 +171,10 @@ impl Store for EmbeddedStore {
                 // Keys compare bytewise, so the keys with this prefix are a contiguous run
                 // starting at the prefix itself: walk it and stop at the first key past it.
                 let mut stmt = conn.prepare_cached(
-                    "SELECT key, value, expires_at FROM kv WHERE ns = ?1 AND key >= ?2 ORDER BY key",
+                    "SELECT key, value, expires_at FROM kv WHERE ns = ?1 AND key >= ?2
+                     AND (?3 IS NULL OR key > ?3) ORDER BY key",
                 )?;
-                let mut rows = stmt.query([&ns_owned, &prefix])?;
+                let mut rows = stmt.query(params![ns_owned, prefix, after])?;
                 let (mut items, mut expired) = (Vec::new(), Vec::new());
                 while let Some(r) = rows.next()? {
                     let key: String = r.get(0)?;
@@ -170,6 +199,86 @@ impl Store for EmbeddedStore {
     }
 }
 
+/// Checks a commit's namespace, bounds, keys and values before it reaches the writer thread.
+pub(super) fn validate_commit(commit: &KvCommit) -> Result<()> {
+    validate_ns(&commit.ns)?;
+    commit.validate()?;
+    for (key, value) in &commit.writes {
+        validate(key, value.as_deref())?;
+    }
+    Ok(())
+}
+
+/// Whether an unexpired completion record `key` exists.
+pub(super) fn record_exists(conn: &Connection, key: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM kv WHERE ns = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+        )?
+        .query_row(params![RECORDS_NS, key, now_ms()], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Writes a completion record (replacing an expired one).
+pub(super) fn insert_record(conn: &Connection, r: &Record) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value,
+             expires_at = excluded.expires_at, version = kv.version + 1",
+    )?
+    .execute(params![
+        RECORDS_NS,
+        r.key,
+        r.value.as_ref(),
+        now_ms().saturating_add(duration_ms(r.ttl))
+    ])?;
+    Ok(())
+}
+
+/// Inside the writer's transaction: checks the versions `commit` read and, if all are current,
+/// applies its writes (not its record). Writes nothing on a conflict.
+pub(super) fn apply_commit(conn: &Connection, commit: &KvCommit) -> Result<CommitOutcome> {
+    let mut changed = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached("SELECT version FROM kv WHERE ns = ?1 AND key = ?2")?;
+        for (key, seen) in &commit.reads {
+            let now: i64 = stmt
+                .query_row(params![commit.ns, key], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            if now as u64 != *seen {
+                changed.push(key.clone());
+            }
+        }
+    }
+    if !changed.is_empty() {
+        return Ok(CommitOutcome::Conflict { keys: changed });
+    }
+    let mut versions = Vec::with_capacity(commit.writes.len());
+    for (key, value) in &commit.writes {
+        match value {
+            Some(v) => {
+                let version: i64 = conn
+                    .prepare_cached(
+                        "INSERT INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, NULL)
+                         ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value,
+                             expires_at = NULL, version = kv.version + 1
+                         RETURNING version",
+                    )?
+                    .query_row(params![commit.ns, key, v.as_ref()], |r| r.get(0))?;
+                versions.push(Some(version as u64));
+            }
+            None => {
+                conn.prepare_cached("DELETE FROM kv WHERE ns = ?1 AND key = ?2")?
+                    .execute(params![commit.ns, key])?;
+                versions.push(Some(0));
+            }
+        }
+    }
+    Ok(CommitOutcome::Committed { versions })
+}
+
 fn validate_ns(ns: &str) -> Result<()> {
     if ns.is_empty() || ns.len() > MAX_NS_LEN {
         return Err(Error::Invalid(format!(
@@ -184,6 +293,7 @@ fn validate_ns(ns: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::embedded::FILE_NAME;
+    use crate::store::MAX_KEY_LEN;
     use std::time::Duration;
 
     #[tokio::test]
@@ -224,7 +334,7 @@ mod tests {
             2,
             "the expired row is gone, `later` was added"
         );
-        assert_eq!(s.scan("fn", "", 10).await.unwrap().len(), 2);
+        assert_eq!(s.scan("fn", "", None, 10).await.unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -235,10 +345,10 @@ mod tests {
             .store();
         let err = s.get("", "k").await.unwrap_err().to_string();
         assert!(err.contains("namespace"), "{err}");
-        let err = s.scan("fn", "", 0).await.unwrap_err().to_string();
+        let err = s.scan("fn", "", None, 0).await.unwrap_err().to_string();
         assert!(err.contains("limit"), "{err}");
         let err = s
-            .scan("fn", &"p".repeat(MAX_KEY_LEN + 1), 1)
+            .scan("fn", &"p".repeat(MAX_KEY_LEN + 1), None, 1)
             .await
             .unwrap_err()
             .to_string();

@@ -11,7 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::Result;
+use crate::store::{CommitOutcome, KvCommit};
 
+pub mod ledger;
 pub mod offload;
 pub mod sqs;
 
@@ -31,6 +33,9 @@ pub struct QueueSpec {
 /// A message to enqueue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OutgoingMessage {
+    /// A stable id (emitted messages take one derived from their source, see [`emitted_id`]);
+    /// `None` lets the backend draw one.
+    pub id: Option<String>,
     pub body: Vec<u8>,
     pub attributes: Vec<(String, String)>,
     /// Delivery delay (at most 15 minutes, as in SQS).
@@ -108,6 +113,29 @@ pub struct DeadLetter {
     pub dead_at_ms: u64,
 }
 
+/// The stable id of the `index`th message emitted by the invocation of message `source`: the same
+/// on every run, so a re-sent emit is recognised downstream by its completion record.
+pub fn emitted_id(source: &str, index: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(source.as_bytes())
+        .chain_update(b":")
+        .chain_update(index.to_le_bytes())
+        .finalize();
+    hex::encode(&digest[..16])
+}
+
+/// How a handler's successful invocation settles its message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Completion {
+    /// The source message's id (keys its completion record); `None` for a plain completion.
+    pub id: Option<String>,
+    /// Messages to send, each with its stable id.
+    pub emitted: Vec<Emitted>,
+    /// The invocation's kv reads and writes, committed with the settlement.
+    pub kv: Option<KvCommit>,
+}
+
 /// A message a handler emitted, sent when its source message completes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Emitted {
@@ -128,9 +156,33 @@ pub trait Queue: Send + Sync + 'static {
     /// Leases up to `max_messages` visible messages, long-polling up to `wait`.
     async fn receive(&self, queue: &str, opts: ReceiveOptions) -> Result<Vec<ReceivedMessage>>;
 
-    /// Outbox completion: sends every emitted message, and only then deletes the source message.
-    /// Counts the message as processed. Atomic where the backend allows it.
-    async fn complete(&self, queue: &str, receipt: &str, emitted: Vec<Emitted>) -> Result<()>;
+    /// Outbox completion without kv: sends every emitted message, and only then deletes the
+    /// source message. Counts the message as processed.
+    async fn complete(&self, queue: &str, receipt: &str, emitted: Vec<Emitted>) -> Result<()> {
+        let completion = Completion {
+            emitted,
+            ..Completion::default()
+        };
+        self.commit(queue, receipt, completion).await.map(|_| ())
+    }
+
+    /// Commits an invocation: its kv writes (version-checked), its emitted messages and the
+    /// deletion of the source, counting the message as processed. On the embedded backend that
+    /// is one transaction; a queue that cannot commit kv with its messages refuses `kv` (the AWS
+    /// backends put a ledger in front). A stale receipt fails with [`Error::StaleReceipt`]
+    /// (crate::Error::StaleReceipt) and does nothing; a conflict applies nothing and keeps the
+    /// lease.
+    async fn commit(
+        &self,
+        queue: &str,
+        receipt: &str,
+        completion: Completion,
+    ) -> Result<CommitOutcome>;
+
+    /// Makes a leased message visible again after `delay` without using one of its attempts:
+    /// the failure was not the message's (store down, instance pool full). Backends that cannot
+    /// take a receive back (SQS) only change its visibility.
+    async fn release(&self, queue: &str, receipt: &str, delay: Duration) -> Result<()>;
 
     /// Deletes messages by receipt without counting them as processed.
     async fn delete(&self, queue: &str, receipts: &[String]) -> Result<()>;

@@ -31,9 +31,10 @@ use crate::aws::{
 };
 use crate::blobs::Blobs;
 use crate::queue::{
-    DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
+    Completion, DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
     ReceivedMessage,
 };
+use crate::store::CommitOutcome;
 use crate::{Error, Result};
 
 /// The attribute carrying the blob key of an offloaded body.
@@ -221,17 +222,55 @@ impl<Q: Queue, B: Blobs> Queue for OffloadQueue<Q, B> {
         }
     }
 
-    async fn complete(&self, queue: &str, receipt: &str, emitted: Vec<Emitted>) -> Result<()> {
-        let mut out = Vec::with_capacity(emitted.len());
-        for e in emitted {
+    async fn commit(
+        &self,
+        queue: &str,
+        receipt: &str,
+        mut completion: Completion,
+    ) -> Result<CommitOutcome> {
+        let mut created = Vec::new();
+        let mut out = Vec::with_capacity(completion.emitted.len());
+        for e in std::mem::take(&mut completion.emitted) {
             let message = self.offload(&e.queue, e.message).await?;
+            if let Some(key) = blob_key(&message.attributes) {
+                created.push(key.to_string());
+            }
             out.push(Emitted {
                 queue: e.queue,
                 message,
             });
         }
-        self.inner.complete(queue, receipt, out).await?;
-        self.drop_blobs(self.forget(receipt)).await;
+        completion.emitted = out;
+        match self.inner.commit(queue, receipt, completion).await {
+            Ok(CommitOutcome::Committed { versions }) => {
+                self.drop_blobs(self.forget(receipt)).await;
+                Ok(CommitOutcome::Committed { versions })
+            }
+            Ok(CommitOutcome::Duplicate) => {
+                // An earlier run committed: its emits were sent, these blobs are nobody's.
+                self.drop_blobs(created.into_iter().chain(self.forget(receipt)))
+                    .await;
+                Ok(CommitOutcome::Duplicate)
+            }
+            Ok(conflict @ CommitOutcome::Conflict { .. }) => {
+                // Nothing was applied; the handler runs again and offloads its emits anew.
+                self.drop_blobs(created).await;
+                Ok(conflict)
+            }
+            Err(Error::StaleReceipt) => {
+                // Another consumer holds the message now and still needs its blob.
+                self.forget(receipt);
+                self.drop_blobs(created).await;
+                Err(Error::StaleReceipt)
+            }
+            // The outcome is unknown: keep every blob rather than risk losing one.
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn release(&self, queue: &str, receipt: &str, delay: Duration) -> Result<()> {
+        self.inner.release(queue, receipt, delay).await?;
+        self.forget(receipt);
         Ok(())
     }
 

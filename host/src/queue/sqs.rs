@@ -8,7 +8,7 @@
 //!   anything else is base64 with the attribute `levee-encoding=base64` (an empty body is sent as
 //!   `-` with `levee-encoding=empty`, SQS refuses empty bodies). Attributes are SQS `String`
 //!   message attributes, returned sorted by name; an empty value travels as type `String.empty`.
-//!   SQS allows 10 attributes per message and Levee reserves 3, so a message carries at most
+//!   SQS allows 10 attributes per message and Levee reserves 4, so a message carries at most
 //!   [`MAX_ATTRIBUTES`].
 //! - delays, visibility timeouts and long polls are whole seconds in SQS: sub-second durations
 //!   round up. On AWS a receive with `wait = 0` is a short poll that samples a subset of servers
@@ -55,9 +55,10 @@ use base64::Engine as _;
 use crate::aws::{ErrorContext, Resource, SQS_MAX_MESSAGE_BYTES, now_ms};
 use crate::provision::Outcome;
 use crate::queue::{
-    DeadLetter, Emitted, MAX_BATCH, MAX_WAIT, OutgoingMessage, Queue, QueueSpec, QueueStats,
+    Completion, DeadLetter, MAX_BATCH, MAX_WAIT, OutgoingMessage, Queue, QueueSpec, QueueStats,
     ReceiveOptions, ReceivedMessage,
 };
+use crate::store::CommitOutcome;
 use crate::{Error, Result};
 
 /// Marks how the SQS body encodes the message bytes (`base64` or `empty`); absent means UTF-8 as is.
@@ -66,8 +67,11 @@ pub const ATTR_ENCODING: &str = "levee-encoding";
 pub const ATTR_DEAD_REASON: &str = "levee-dead-reason";
 /// `{receive_count},{dead_at_ms}` of a message dead-lettered by [`Queue::dead_letter`].
 pub const ATTR_DEAD_META: &str = "levee-dead-meta";
-/// Attributes a message may carry: SQS's 10 minus the 3 Levee reserves.
-pub const MAX_ATTRIBUTES: usize = 7;
+/// The stable id of a message sent with one (emitted messages): delivered as its id instead of
+/// the SQS message id, so a re-sent emit is known downstream.
+pub const ATTR_ID: &str = "levee-id";
+/// Attributes a message may carry: SQS's 10 minus the 4 Levee reserves.
+pub const MAX_ATTRIBUTES: usize = 6;
 /// Longest delay SQS accepts.
 pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 /// Longest visibility timeout SQS accepts.
@@ -84,7 +88,7 @@ const REDRIVE_VISIBILITY_SECS: i32 = 60;
 const ENTRY_ATTEMPTS: u32 = 4;
 /// Data type of an attribute whose value is the empty string (SQS refuses empty values).
 const EMPTY_TYPE: &str = "String.empty";
-const RESERVED: [&str; 3] = [ATTR_ENCODING, ATTR_DEAD_REASON, ATTR_DEAD_META];
+const RESERVED: [&str; 4] = [ATTR_ENCODING, ATTR_DEAD_REASON, ATTR_DEAD_META, ATTR_ID];
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Totals {
@@ -511,14 +515,8 @@ impl SqsQueue {
         }
     }
 
-    async fn change_visibility(
-        &self,
-        queue: &str,
-        op: &str,
-        receipt: &str,
-        secs: i32,
-    ) -> Result<()> {
-        let (name, _) = self.names(queue)?;
+    /// Refuses a receipt this process knows to be superseded by a newer receive.
+    fn check_fresh(&self, receipt: &str) -> Result<()> {
         if self
             .leases
             .lock()
@@ -527,6 +525,18 @@ impl SqsQueue {
         {
             return Err(Error::StaleReceipt);
         }
+        Ok(())
+    }
+
+    async fn change_visibility(
+        &self,
+        queue: &str,
+        op: &str,
+        receipt: &str,
+        secs: i32,
+    ) -> Result<()> {
+        let (name, _) = self.names(queue)?;
+        self.check_fresh(receipt)?;
         let url = self.url(&name).await?;
         self.client
             .change_message_visibility()
@@ -624,7 +634,7 @@ impl Queue for SqsQueue {
         let (name, _) = self.names(queue)?;
         let wires = messages
             .iter()
-            .map(|m| encode(queue, &m.body, &m.attributes, m.delay, &[]))
+            .map(|m| encode_message(queue, m))
             .collect::<Result<Vec<_>>>()?;
         let url = self.url(&name).await?;
         self.send_wires(&name, &url, wires).await
@@ -662,24 +672,33 @@ impl Queue for SqsQueue {
             .await?;
         let received: Vec<ReceivedMessage> = messages.iter().map(decode_received).collect();
         let mut leases = self.leases.lock().expect("leases poisoned");
-        for m in &received {
-            leases.received(&m.id, &m.receipt);
+        // Keyed by the SQS id: two copies of one emit share a stable id but not a lease.
+        for (raw, m) in messages.iter().zip(&received) {
+            leases.received(raw.message_id().unwrap_or(&m.id), &m.receipt);
         }
         Ok(received)
     }
 
-    async fn complete(&self, queue: &str, receipt: &str, emitted: Vec<Emitted>) -> Result<()> {
+    /// Sends the emits, then deletes the source. It cannot commit kv: the AWS backends put a
+    /// [`Ledger`](crate::queue::ledger::LedgerQueue) in front, which commits kv and the
+    /// completion record to DynamoDB first.
+    async fn commit(
+        &self,
+        queue: &str,
+        receipt: &str,
+        completion: Completion,
+    ) -> Result<CommitOutcome> {
+        if completion.kv.as_ref().is_some_and(|kv| !kv.is_empty()) {
+            return Err(Error::Invalid(
+                "the SQS queue cannot commit kv writes; wrap it in a LedgerQueue".into(),
+            ));
+        }
         let (name, _) = self.names(queue)?;
+        self.check_fresh(receipt)?;
         // Group per target queue, keeping the emit order within each target.
         let mut groups: Vec<(String, Vec<Wire>)> = Vec::new();
-        for e in &emitted {
-            let wire = encode(
-                &e.queue,
-                &e.message.body,
-                &e.message.attributes,
-                e.message.delay,
-                &[],
-            )?;
+        for e in &completion.emitted {
+            let wire = encode_message(&e.queue, &e.message)?;
             match groups.iter_mut().find(|(q, _)| *q == e.queue) {
                 Some((_, wires)) => wires.push(wire),
                 None => groups.push((e.queue.clone(), vec![wire])),
@@ -709,7 +728,21 @@ impl Queue for SqsQueue {
             })?;
         self.leases.lock().expect("leases poisoned").done(receipt);
         self.count(queue, |t| t.processed += 1);
-        Ok(())
+        Ok(CommitOutcome::Committed {
+            versions: Vec::new(),
+        })
+    }
+
+    async fn release(&self, queue: &str, receipt: &str, delay: Duration) -> Result<()> {
+        if delay > MAX_VISIBILITY {
+            return Err(Error::Invalid(format!(
+                "release delay must be at most {MAX_VISIBILITY:?} (SQS visibility limit), got {delay:?}"
+            )));
+        }
+        // SQS cannot take a receive back: the receive count stays raised. The pool's pause
+        // after an infrastructure failure is what keeps such messages from the redrive DLQ.
+        self.change_visibility(queue, "ChangeMessageVisibility", receipt, ceil_secs(delay))
+            .await
     }
 
     async fn delete(&self, queue: &str, receipts: &[String]) -> Result<()> {
@@ -764,6 +797,8 @@ impl Queue for SqsQueue {
         reason: &str,
     ) -> Result<()> {
         let (name, dlq) = self.names(queue)?;
+        // A stale holder must not copy a message another consumer now holds into the DLQ.
+        self.check_fresh(&message.receipt)?;
         let reason: String = reason
             .chars()
             .filter(|c| is_sqs_char(*c))
@@ -1021,7 +1056,7 @@ fn encode(
 ) -> Result<Wire> {
     if attributes.len() > MAX_ATTRIBUTES {
         return Err(Error::Invalid(format!(
-            "message to `{queue}` has {} attributes; SQS allows 10 and Levee reserves 3, so at most \
+            "message to `{queue}` has {} attributes; SQS allows 10 and Levee reserves 4, so at most \
              {MAX_ATTRIBUTES}",
             attributes.len()
         )));
@@ -1080,6 +1115,14 @@ fn encode(
     })
 }
 
+/// Encodes an outgoing message, carrying its stable id if it has one.
+fn encode_message(queue: &str, m: &OutgoingMessage) -> Result<Wire> {
+    match &m.id {
+        Some(id) => encode(queue, &m.body, &m.attributes, m.delay, &[(ATTR_ID, id)]),
+        None => encode(queue, &m.body, &m.attributes, m.delay, &[]),
+    }
+}
+
 /// Decodes body and user attributes (sorted by name), dropping Levee's reserved ones.
 fn decode_payload(m: &Message) -> (Vec<u8>, Vec<(String, String)>) {
     let mut encoding = None;
@@ -1132,8 +1175,12 @@ fn receive_count(m: &Message) -> u32 {
 
 fn decode_received(m: &Message) -> ReceivedMessage {
     let (body, attributes) = decode_payload(m);
+    let stable = m
+        .message_attributes()
+        .and_then(|a| a.get(ATTR_ID))
+        .and_then(|v| v.string_value());
     ReceivedMessage {
-        id: m.message_id().unwrap_or_default().to_string(),
+        id: stable.or(m.message_id()).unwrap_or_default().to_string(),
         receipt: m.receipt_handle().unwrap_or_default().to_string(),
         body,
         attributes,
@@ -1228,7 +1275,7 @@ mod tests {
         let e = encode("q", b"x", &too_many, Duration::ZERO, &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("at most 7"), "{e}");
+        assert!(e.contains("at most 6"), "{e}");
         let e = encode(
             "q",
             b"x",

@@ -1,7 +1,12 @@
-//! Per-invocation host state: the guest's kv namespace, its outbox of emitted messages, its
-//! memory limiter and its (empty) WASI context.
+//! Per-invocation host state: the guest's kv transaction (reads with their versions, buffered
+//! writes), its outbox of emitted messages, its memory limiter and its (empty) WASI context.
+//!
+//! Nothing reaches the store before the handler returns: the worker commits the transaction
+//! with the emits and the source's deletion. A store call that fails for a reason of the store
+//! (timeout, breaker open, overload) marks the invocation as an infrastructure failure, so the
+//! message goes back without using an attempt whatever the guest does with the error.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,7 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::levee::function::{emit, kv, types};
 use super::guest_log::GuestLog;
 use crate::queue::{Emitted, OutgoingMessage};
-use crate::store::{self, PutOptions, Store};
+use crate::store::{self, KvCommit, MAX_TXN_BYTES, MAX_TXN_READS, MAX_TXN_WRITES, Store};
 
 /// Largest total of bytes one invocation may emit (an outbox bound, not a queue limit).
 pub const MAX_EMIT_BYTES: usize = 8 << 20;
@@ -31,6 +36,13 @@ pub(super) struct HostState {
     rt: tokio::runtime::Handle,
     stdout: GuestLog,
     stderr: GuestLog,
+    /// The version of every key read, as first seen.
+    reads: HashMap<String, u64>,
+    /// Buffered writes (`None` deletes), in key order so scans can merge them.
+    writes: BTreeMap<String, Option<Bytes>>,
+    written_bytes: usize,
+    /// The first store failure that was not the message's fault.
+    pub(super) infra: Option<String>,
 }
 
 impl HostState {
@@ -64,16 +76,128 @@ impl HostState {
             rt,
             stdout,
             stderr,
+            reads: HashMap::new(),
+            writes: BTreeMap::new(),
+            written_bytes: 0,
+            infra: None,
         }
+    }
+
+    /// The transaction to commit: versions read and buffered writes.
+    pub(super) fn take_commit(&mut self) -> KvCommit {
+        KvCommit {
+            ns: self.ns.to_string(),
+            reads: std::mem::take(&mut self.reads).into_iter().collect(),
+            writes: std::mem::take(&mut self.writes).into_iter().collect(),
+            record: None,
+        }
+    }
+
+    /// A store error as the guest sees it; a retryable one also marks the invocation as an
+    /// infrastructure failure.
+    fn store_error(&mut self, e: crate::Error) -> types::Error {
+        if e.is_retryable() && self.infra.is_none() {
+            self.infra = Some(e.to_string());
+        }
+        to_guest_error(e)
+    }
+
+    /// Reads `key`: the invocation's own write if it made one, else the store's value, whose
+    /// version is recorded for the commit's check.
+    fn read(&mut self, key: &str) -> Result<Option<Bytes>, types::Error> {
+        if let Some(w) = self.writes.get(key) {
+            return Ok(w.clone());
+        }
+        if !self.reads.contains_key(key) && self.reads.len() >= MAX_TXN_READS {
+            return Err(types::Error::Permanent(format!(
+                "an invocation may read at most {MAX_TXN_READS} distinct keys"
+            )));
+        }
+        let got = self
+            .rt
+            .block_on(self.store.get_versioned(&self.ns, key))
+            .map_err(|e| self.store_error(e))?;
+        self.reads.entry(key.to_string()).or_insert(got.version);
+        Ok(got.value)
+    }
+
+    fn write(&mut self, key: String, value: Option<Bytes>) -> Result<(), types::Error> {
+        let size = key.len() + value.as_ref().map_or(0, Bytes::len);
+        let replaced = self
+            .writes
+            .get(&key)
+            .map(|old| key.len() + old.as_ref().map_or(0, Bytes::len));
+        if replaced.is_none() && self.writes.len() >= MAX_TXN_WRITES {
+            return Err(types::Error::Permanent(format!(
+                "an invocation may write at most {MAX_TXN_WRITES} distinct keys"
+            )));
+        }
+        let total = self.written_bytes - replaced.unwrap_or(0) + size;
+        if total > MAX_TXN_BYTES {
+            return Err(types::Error::Permanent(format!(
+                "an invocation may write at most {} MiB of kv data",
+                MAX_TXN_BYTES >> 20
+            )));
+        }
+        self.written_bytes = total;
+        self.writes.insert(key, value);
+        Ok(())
+    }
+
+    /// A page of the store's scan with the invocation's own writes laid over it.
+    fn scan_page(
+        &mut self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<kv::Page, types::Error> {
+        let limit = limit as usize;
+        store::validate_scan(prefix, limit).map_err(to_guest_error)?;
+        let items = self
+            .rt
+            .block_on(self.store.scan(&self.ns, prefix, cursor, limit))
+            .map_err(|e| self.store_error(e))?;
+        // The store may hold more past its last key: own writes beyond it belong to later pages.
+        let full = items.len() == limit;
+        let upper = if full {
+            items.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        let mut merged: BTreeMap<String, Bytes> = items.into_iter().collect();
+        let start = match cursor {
+            Some(c) => std::ops::Bound::Excluded(c.to_string()),
+            None => std::ops::Bound::Included(prefix.to_string()),
+        };
+        for (k, v) in self.writes.range((start, std::ops::Bound::Unbounded)) {
+            if !k.starts_with(prefix) || upper.as_ref().is_some_and(|u| k > u) {
+                break;
+            }
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        let more = full || merged.len() > limit;
+        let entries: Vec<kv::Entry> = merged
+            .into_iter()
+            .take(limit)
+            .map(|(key, value)| kv::Entry {
+                key,
+                value: value.to_vec(),
+            })
+            .collect();
+        let next = if more {
+            entries.last().map(|e| e.key.clone())
+        } else {
+            None
+        };
+        Ok(kv::Page { entries, next })
     }
 
     pub(super) fn flush_logs(&mut self) {
         self.stdout.flush_all();
         self.stderr.flush_all();
-    }
-
-    fn block<T>(&self, f: impl Future<Output = crate::Result<T>>) -> Result<T, types::Error> {
-        self.rt.block_on(f).map_err(to_guest_error)
     }
 }
 
@@ -130,31 +254,36 @@ impl types::Host for HostState {}
 impl kv::Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::Error> {
         store::validate(&key, None).map_err(to_guest_error)?;
-        let v = self.block(self.store.get(&self.ns, &key))?;
-        Ok(v.map(|b| b.to_vec()))
+        Ok(self.read(&key)?.map(|b| b.to_vec()))
     }
 
     fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), types::Error> {
         store::validate(&key, Some(&value)).map_err(to_guest_error)?;
-        self.block(
-            self.store
-                .put(&self.ns, &key, Bytes::from(value), PutOptions::default()),
-        )?;
-        Ok(())
+        self.write(key, Some(Bytes::from(value)))
     }
 
     fn put_if_absent(&mut self, key: String, value: Vec<u8>) -> Result<bool, types::Error> {
         store::validate(&key, Some(&value)).map_err(to_guest_error)?;
-        let opts = PutOptions {
-            if_absent: true,
-            ttl: None,
-        };
-        self.block(self.store.put(&self.ns, &key, Bytes::from(value), opts))
+        // The read records the key's version: a concurrent insert makes the commit conflict.
+        if self.read(&key)?.is_some() {
+            return Ok(false);
+        }
+        self.write(key, Some(Bytes::from(value)))?;
+        Ok(true)
     }
 
     fn delete(&mut self, key: String) -> Result<(), types::Error> {
         store::validate(&key, None).map_err(to_guest_error)?;
-        self.block(self.store.delete(&self.ns, &key))
+        self.write(key, None)
+    }
+
+    fn scan(
+        &mut self,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> Result<kv::Page, types::Error> {
+        self.scan_page(&prefix, cursor.as_deref(), limit)
     }
 }
 

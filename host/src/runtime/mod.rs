@@ -15,7 +15,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Store as WasmStore, Trap};
 
 use crate::queue::{Emitted, ReceivedMessage};
-use crate::store::Store;
+use crate::store::{KvCommit, Store};
 use crate::{Error, Result};
 
 pub use engine::{EPOCH_TICK, RuntimeConfig};
@@ -54,12 +54,20 @@ pub enum Failure {
     Timeout(Duration),
     /// The guest tried to grow its memory past the cap.
     MemoryCap { cap_bytes: usize },
+    /// Not the message's fault: the store was unavailable, the instance pool was full, or
+    /// the invocation could not be settled. Retried without using an attempt.
+    Infrastructure(String),
 }
 
 impl Failure {
     /// Permanent failures go to the DLQ at once; the rest are retried with backoff.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Failure::Permanent(_))
+    }
+
+    /// Failures of the platform rather than of the message: they use no attempt.
+    pub fn is_infrastructure(&self) -> bool {
+        matches!(self, Failure::Infrastructure(_))
     }
 }
 
@@ -79,14 +87,22 @@ impl std::fmt::Display for Failure {
                 "memory cap: handler tried to grow its memory past {} MiB",
                 cap_bytes / (1024 * 1024)
             ),
+            Failure::Infrastructure(m) => write!(f, "infrastructure: {m}"),
         }
     }
 }
 
-/// The result of one invocation: what it emitted if it succeeded, and how long it took.
+/// What a successful invocation asks to commit: its emitted messages and its kv transaction.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub emitted: Vec<Emitted>,
+    pub kv: KvCommit,
+}
+
+/// The result of one invocation: what it would commit if it succeeded, and how long it took.
 #[derive(Debug)]
 pub struct Invocation {
-    pub outcome: std::result::Result<Vec<Emitted>, Failure>,
+    pub outcome: std::result::Result<Output, Failure>,
     pub elapsed: Duration,
 }
 
@@ -191,6 +207,11 @@ impl Function {
         &self.limits
     }
 
+    /// The store behind the function's kv namespace (the cache, in a platform).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// Instantiates the component and runs `handle` once. Blocking: run it on a blocking
     /// thread. `rt` serves the async kv calls the guest makes.
     pub fn invoke(&self, msg: &ReceivedMessage, rt: &tokio::runtime::Handle) -> Invocation {
@@ -217,9 +238,16 @@ impl Function {
             .instantiate(&mut store)
             .and_then(|inst| inst.call_handle(&mut store, &message));
         store.data_mut().flush_logs();
-        let state = store.into_data();
+        let mut state = store.into_data();
         let outcome = match result {
-            Ok(Ok(())) => Ok(state.emitted),
+            // A store failure decides, whatever the guest made of the error it got.
+            _ if state.infra.is_some() => Err(Failure::Infrastructure(
+                state.infra.take().unwrap_or_default(),
+            )),
+            Ok(Ok(())) => Ok(Output {
+                kv: state.take_commit(),
+                emitted: std::mem::take(&mut state.emitted),
+            }),
             Ok(Err(types::Error::Retryable(m))) => Err(Failure::Retryable(m)),
             Ok(Err(types::Error::Permanent(m))) => Err(Failure::Permanent(m)),
             Err(e) => Err(classify_trap(e, &state, &self.limits)),
@@ -239,6 +267,9 @@ fn classify_trap(e: wasmtime::Error, state: &HostState, limits: &Limits) -> Fail
     }
     if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
         return Failure::Timeout(limits.timeout);
+    }
+    if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return Failure::Infrastructure(format!("instance pool exhausted: {full}"));
     }
     // The root cause is the trap code; the backtrace context is long and rarely helps authors.
     let root = e.root_cause().to_string();

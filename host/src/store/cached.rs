@@ -6,6 +6,11 @@
 //! - Writes go to the store first and update the cache only once the store confirmed them, so a
 //!   function reads its own writes. Every cache entry carries a version so a slow read that
 //!   started before a write can never overwrite the write's entry.
+//! - Cached values keep the store version they were read at. The cache serves reads only: a
+//!   transaction that read a stale value fails its commit's version check and runs again, after
+//!   [`Store::forget`] made the cache drop the keys that conflicted. Commits made elsewhere (the
+//!   embedded queue commits kv with the message) reach the cache through [`Store::observe`].
+//! - The cache's bound is in bytes (a moka weigher over key, value and entry overhead).
 //! - Stale-if-error: a value past its TTL is kept for a stale window and served when the store
 //!   errors, times out, is overloaded or behind an open breaker; such serves are counted.
 //! - Downstream protection: every store call runs under a timeout, at most `max_concurrency`
@@ -32,7 +37,7 @@ use tokio::sync::Semaphore;
 
 use super::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Clock, SystemClock};
 use super::memory::validate_namespace;
-use super::{PutOptions, Store, validate};
+use super::{CommitOutcome, KvCommit, PutOptions, Store, Versioned, validate};
 use crate::{Error, Result};
 
 /// How long a read value is served from the cache without asking the store, in milliseconds.
@@ -41,8 +46,10 @@ pub const DEFAULT_TTL_MS: u64 = 30_000;
 pub const DEFAULT_NEGATIVE_TTL_MS: u64 = 5_000;
 /// How long past its TTL a value may still be served while the store is failing, in milliseconds.
 pub const DEFAULT_STALE_WINDOW_MS: u64 = 300_000;
-/// Most entries the cache holds per store.
-pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
+/// Most bytes the cache holds per store (keys, values and a fixed overhead per entry).
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+/// Bytes counted per entry beyond its key and value (the entry's own fields and moka's).
+const ENTRY_OVERHEAD: usize = 128;
 /// Longest a single store call may take, in milliseconds.
 pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 1_000;
 /// Most store calls in flight at once per store.
@@ -60,8 +67,8 @@ pub struct CacheConfig {
     /// Milliseconds past `ttl_ms` a value may be served while the store fails (0 turns
     /// stale-if-error off).
     pub stale_window_ms: u64,
-    /// Most entries held (at least 1).
-    pub max_entries: u64,
+    /// Most bytes held: keys, values and a fixed overhead per entry (at least 1).
+    pub max_bytes: u64,
     /// Milliseconds a store call may take before it fails as timed out (at least 1).
     pub store_timeout_ms: u64,
     /// Most store calls in flight at once; further callers get a retryable overload error.
@@ -76,7 +83,7 @@ impl Default for CacheConfig {
             ttl_ms: DEFAULT_TTL_MS,
             negative_ttl_ms: DEFAULT_NEGATIVE_TTL_MS,
             stale_window_ms: DEFAULT_STALE_WINDOW_MS,
-            max_entries: DEFAULT_MAX_ENTRIES,
+            max_bytes: DEFAULT_MAX_BYTES,
             store_timeout_ms: DEFAULT_STORE_TIMEOUT_MS,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             breaker: BreakerConfig::default(),
@@ -98,7 +105,7 @@ impl CacheConfig {
             }
         };
         at_least_one("ttl_ms", self.ttl_ms, " (milliseconds)")?;
-        at_least_one("max_entries", self.max_entries, "")?;
+        at_least_one("max_bytes", self.max_bytes, " (bytes)")?;
         at_least_one("store_timeout_ms", self.store_timeout_ms, " (milliseconds)")?;
         if self.max_concurrency == 0 || self.max_concurrency > Semaphore::MAX_PERMITS {
             return Err(Error::Manifest(format!(
@@ -152,6 +159,8 @@ pub struct CacheMetrics {
     pub in_flight: u64,
     /// Entries in the cache (moka's estimate).
     pub entries: u64,
+    /// Bytes the entries weigh (moka's estimate), bounded by `max_bytes`.
+    pub bytes: u64,
     /// `closed`, `open` or `half-open`.
     pub breaker: BreakerState,
     /// Times the breaker opened.
@@ -177,8 +186,10 @@ fn bump(counter: &AtomicU64) {
 
 #[derive(Debug, Clone)]
 enum Known {
-    Present(Bytes),
-    Absent,
+    /// A value, with its store version when known (a plain put does not learn it).
+    Present(Bytes, Option<u64>),
+    /// No item, with its store version when known.
+    Absent(Option<u64>),
     /// A write's outcome is unknown (or raced another write): never served, always re-read.
     Unknown,
 }
@@ -194,8 +205,9 @@ struct Entry {
     version: u64,
 }
 
-/// A store read shared by every caller that missed on the key meanwhile; `bool` = served stale.
-type FetchFuture = BoxFuture<'static, Result<(Option<Bytes>, bool), Arc<Error>>>;
+/// A store read shared by every caller that missed on the key meanwhile; `bool` = served stale
+/// (then the version is that of the stale value, so a commit based on it fails its check).
+type FetchFuture = BoxFuture<'static, Result<(Versioned, bool), Arc<Error>>>;
 
 /// Writers of one key in flight, and whether two of them overlapped.
 #[derive(Debug, Default)]
@@ -318,7 +330,10 @@ impl<S: ?Sized + Store> CachedStore<S> {
         config.validate("cache")?;
         let name = name.into();
         let cache = Cache::builder()
-            .max_capacity(config.max_entries)
+            .max_capacity(config.max_bytes)
+            .weigher(|key: &String, entry: &Entry| {
+                u32::try_from(key.len() + entry.weight()).unwrap_or(u32::MAX)
+            })
             .time_to_live(config.ttl().max(config.negative_ttl()) + config.stale_window())
             .build();
         Ok(CachedStore {
@@ -369,8 +384,41 @@ impl<S: ?Sized + Store> CachedStore<S> {
             rejected: load(&c.rejected),
             in_flight: (self.inner.max_concurrency - self.inner.permits.available_permits()) as u64,
             entries: self.inner.cache.entry_count(),
+            bytes: self.inner.cache.weighted_size(),
             breaker: self.inner.breaker.state(),
             breaker_opens: self.inner.breaker.times_opened(),
+        }
+    }
+}
+
+impl<S: ?Sized + Store> CachedStore<S> {
+    /// A read through the cache; `versioned` reads skip entries whose version is unknown.
+    async fn lookup(&self, ns: &str, key: &str, versioned: bool) -> Result<Versioned> {
+        validate_namespace(ns)?;
+        validate(key, None)?;
+        let inner = &self.inner;
+        let c = &inner.counters;
+        let cache_key = cache_key(ns, key);
+        if let Some(entry) = inner.cache.get(&cache_key).await
+            && let Some(value) =
+                entry.fresh(inner.clock.now(), inner.ttl, inner.negative_ttl, versioned)
+        {
+            bump(&c.hits);
+            return Ok(value);
+        }
+        bump(&c.misses);
+        let (fetch, joined) = inner.flight(cache_key, ns, key);
+        if joined {
+            bump(&c.coalesced_waits);
+        }
+        match fetch.await {
+            Ok((value, stale)) => {
+                if stale {
+                    bump(&c.stale_serves);
+                }
+                Ok(value)
+            }
+            Err(e) => Err(duplicate(&e, &inner.store_label())),
         }
     }
 }
@@ -429,26 +477,52 @@ impl<S: ?Sized> Drop for WriteGuard<'_, S> {
 }
 
 impl Entry {
-    /// The value to serve without asking the store, if the entry is fresh at `now`.
-    fn fresh(&self, now: Instant, ttl: Duration, negative_ttl: Duration) -> Option<Option<Bytes>> {
+    fn weight(&self) -> usize {
+        ENTRY_OVERHEAD
+            + match &self.known {
+                Known::Present(v, _) => v.len(),
+                _ => 0,
+            }
+    }
+
+    /// The value to serve without asking the store, if the entry is fresh at `now`; with
+    /// `versioned`, only if its version is known.
+    fn fresh(
+        &self,
+        now: Instant,
+        ttl: Duration,
+        negative_ttl: Duration,
+        versioned: bool,
+    ) -> Option<Versioned> {
         if self.expires_at.is_some_and(|t| now >= t) {
             return None;
         }
-        match &self.known {
-            Known::Present(v) if now < self.at + ttl => Some(Some(v.clone())),
-            Known::Absent if now < self.at + negative_ttl => Some(None),
-            _ => None,
+        let (value, version, fresh_for) = match &self.known {
+            Known::Present(v, version) => (Some(v.clone()), *version, ttl),
+            Known::Absent(version) => (None, *version, negative_ttl),
+            Known::Unknown => return None,
+        };
+        if now >= self.at + fresh_for || (versioned && version.is_none()) {
+            return None;
         }
+        Some(Versioned {
+            value,
+            version: version.unwrap_or(0),
+        })
     }
 
     /// The value to serve while the store fails, if still within the stale window at `now`.
     /// Only values are served stale: a stale "missing" could make a function recreate a key.
-    fn stale(&self, now: Instant, ttl: Duration, window: Duration) -> Option<Bytes> {
+    fn stale(&self, now: Instant, ttl: Duration, window: Duration) -> Option<Versioned> {
         match &self.known {
-            Known::Present(v)
+            Known::Present(v, version)
                 if now <= self.at + ttl + window && self.expires_at.is_none_or(|t| now < t) =>
             {
-                Some(v.clone())
+                Some(Versioned {
+                    value: Some(v.clone()),
+                    // An unknown version can never pass a commit's check.
+                    version: version.unwrap_or(u64::MAX),
+                })
             }
             _ => None,
         }
@@ -530,14 +604,14 @@ impl<S: ?Sized + Store> Inner<S> {
         cache_key: &str,
         ns: &str,
         key: &str,
-    ) -> Result<(Option<Bytes>, bool), Arc<Error>> {
+    ) -> Result<(Versioned, bool), Arc<Error>> {
         // Taken before the read: a write confirmed after this point gets a higher version.
         let version = self.version.load(Ordering::SeqCst);
-        match self.call("get", self.store.get(ns, key)).await {
+        match self.call("get", self.store.get_versioned(ns, key)).await {
             Ok(value) => {
-                let known = match &value {
-                    Some(v) => Known::Present(v.clone()),
-                    None => Known::Absent,
+                let known = match &value.value {
+                    Some(v) => Known::Present(v.clone(), Some(value.version)),
+                    None => Known::Absent(Some(value.version)),
                 };
                 let entry = Entry {
                     known,
@@ -554,7 +628,7 @@ impl<S: ?Sized + Store> Inner<S> {
                     && let Some(entry) = self.cache.get(cache_key).await
                     && let Some(v) = entry.stale(self.clock.now(), self.ttl, self.stale_window)
                 {
-                    return Ok((Some(v), true));
+                    return Ok((v, true));
                 }
                 Err(Arc::new(e))
             }
@@ -620,6 +694,33 @@ impl<S: ?Sized + Store> Inner<S> {
         self.install(cache_key.to_owned(), entry).await;
     }
 
+    /// Updates the cache after a commit: written keys take their new versions (unless another
+    /// write of the key overlapped), conflicting keys are forgotten.
+    async fn learn(&self, commit: &KvCommit, outcome: &CommitOutcome, overlapped: Option<&[bool]>) {
+        match outcome {
+            CommitOutcome::Committed { versions } => {
+                for (i, ((key, value), version)) in commit.writes.iter().zip(versions).enumerate() {
+                    let known = if overlapped.is_some_and(|o| o.get(i) == Some(&true)) {
+                        Known::Unknown
+                    } else {
+                        match value {
+                            Some(v) => Known::Present(v.clone(), *version),
+                            None => Known::Absent(Some(0)),
+                        }
+                    };
+                    self.wrote(&cache_key(&commit.ns, key), known, None).await;
+                }
+            }
+            CommitOutcome::Conflict { keys } => {
+                for key in keys {
+                    self.wrote(&cache_key(&commit.ns, key), Known::Unknown, None)
+                        .await;
+                }
+            }
+            CommitOutcome::Duplicate => {}
+        }
+    }
+
     fn begin_write<'a>(&'a self, cache_key: &'a str) -> WriteGuard<'a, S> {
         let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
         let w = writers.entry(cache_key.to_owned()).or_default();
@@ -638,30 +739,49 @@ impl<S: ?Sized + Store> Inner<S> {
 #[async_trait]
 impl<S: ?Sized + Store> Store for CachedStore<S> {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Bytes>> {
-        validate_namespace(ns)?;
-        validate(key, None)?;
+        Ok(self.lookup(ns, key, false).await?.value)
+    }
+
+    async fn get_versioned(&self, ns: &str, key: &str) -> Result<Versioned> {
+        self.lookup(ns, key, true).await
+    }
+
+    async fn commit(&self, commit: &KvCommit) -> Result<CommitOutcome> {
+        validate_namespace(&commit.ns)?;
         let inner = &self.inner;
-        let c = &inner.counters;
-        let cache_key = cache_key(ns, key);
-        if let Some(entry) = inner.cache.get(&cache_key).await
-            && let Some(value) = entry.fresh(inner.clock.now(), inner.ttl, inner.negative_ttl)
-        {
-            bump(&c.hits);
-            return Ok(value);
-        }
-        bump(&c.misses);
-        let (fetch, joined) = inner.flight(cache_key, ns, key);
-        if joined {
-            bump(&c.coalesced_waits);
-        }
-        match fetch.await {
-            Ok((value, stale)) => {
-                if stale {
-                    bump(&c.stale_serves);
-                }
-                Ok(value)
+        let keys: Vec<String> = commit
+            .writes
+            .iter()
+            .map(|(k, _)| cache_key(&commit.ns, k))
+            .collect();
+        let guards: Vec<_> = keys.iter().map(|k| inner.begin_write(k)).collect();
+        let result = inner.call("commit", inner.store.commit(commit)).await;
+        let overlapped: Vec<bool> = guards.into_iter().map(WriteGuard::finish).collect();
+        match result {
+            Ok(outcome) => {
+                inner.learn(commit, &outcome, Some(&overlapped)).await;
+                Ok(outcome)
             }
-            Err(e) => Err(duplicate(&e, &inner.store_label())),
+            Err(CallError::Refused(e)) => Err(e),
+            Err(CallError::Store(e)) => {
+                // The commit may have been applied: forget what the cache knew.
+                for k in &keys {
+                    inner.wrote(k, Known::Unknown, None).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn observe(&self, commit: &KvCommit, outcome: &CommitOutcome) {
+        self.inner.learn(commit, outcome, None).await;
+    }
+
+    async fn forget(&self, ns: &str, keys: &[String]) {
+        for key in keys {
+            self.inner
+                .wrote(&cache_key(ns, key), Known::Unknown, None)
+                .await;
         }
     }
 
@@ -680,7 +800,7 @@ impl<S: ?Sized + Store> Store for CachedStore<S> {
                 let known = if overlapped {
                     Known::Unknown
                 } else {
-                    Known::Present(value)
+                    Known::Present(value, None)
                 };
                 let expires_at = opts.ttl.map(|ttl| inner.clock.now() + ttl);
                 inner.wrote(&cache_key, known, expires_at).await;
@@ -713,7 +833,7 @@ impl<S: ?Sized + Store> Store for CachedStore<S> {
                 let known = if overlapped {
                     Known::Unknown
                 } else {
-                    Known::Absent
+                    Known::Absent(Some(0))
                 };
                 inner.wrote(&cache_key, known, None).await;
                 Ok(())
@@ -728,11 +848,17 @@ impl<S: ?Sized + Store> Store for CachedStore<S> {
 
     /// Scans are not cached (their answers depend on prefix and limit) but are protected like
     /// every other store call.
-    async fn scan(&self, ns: &str, prefix: &str, limit: usize) -> Result<Vec<(String, Bytes)>> {
+    async fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>> {
         validate_namespace(ns)?;
         let inner = &self.inner;
         inner
-            .call("scan", inner.store.scan(ns, prefix, limit))
+            .call("scan", inner.store.scan(ns, prefix, after, limit))
             .await
             .map_err(CallError::into_error)
     }
@@ -766,7 +892,7 @@ mod tests {
             ttl_ms: 10_000,
             negative_ttl_ms: 1_000,
             stale_window_ms: 60_000,
-            max_entries: 100_000,
+            max_bytes: 64 << 20,
             store_timeout_ms: 200,
             max_concurrency: 16,
             breaker: BreakerConfig {
@@ -1027,7 +1153,7 @@ mod tests {
         let version = inner.version.load(Ordering::SeqCst);
         assert!(r.cached.put("fn", "k", b("new"), PLAIN).await.unwrap());
         let late = Entry {
-            known: Known::Present(b("old")),
+            known: Known::Present(b("old"), Some(1)),
             at: inner.clock.now(),
             expires_at: None,
             version,
@@ -1082,13 +1208,13 @@ mod tests {
         for k in ["x1", "x2", "y"] {
             r.cached.put("fn", k, b(k), PLAIN).await.unwrap();
         }
-        assert_eq!(r.cached.scan("fn", "x", 10).await.unwrap().len(), 2);
+        assert_eq!(r.cached.scan("fn", "x", None, 10).await.unwrap().len(), 2);
         assert_eq!(r.cached.metrics().store_reads, 1);
         r.faulty.fail_always();
         for _ in 0..3 {
-            assert!(r.cached.scan("fn", "x", 10).await.is_err());
+            assert!(r.cached.scan("fn", "x", None, 10).await.is_err());
         }
-        let err = r.cached.scan("fn", "x", 10).await.unwrap_err();
+        let err = r.cached.scan("fn", "x", None, 10).await.unwrap_err();
         assert!(
             matches!(err, Error::CircuitOpen(ref s) if s.contains("test")),
             "{err}"

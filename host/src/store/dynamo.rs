@@ -5,7 +5,9 @@
 //! DynamoDB deletes them eventually) plus `expires_ms` (N, epoch ms). DynamoDB deletes expired
 //! items lazily (often hours later), so every read drops items whose `expires_ms` has passed, and
 //! an `if_absent` write treats an expired item as absent. Reads are strongly consistent, so a
-//! function reads its own writes as it does on the embedded store.
+//! function reads its own writes as it does on the embedded store. `ver` (N) is the item's
+//! version, raised by every write; a commit is one `TransactWriteItems` conditioned on the
+//! versions its invocation read.
 
 use std::collections::HashMap;
 
@@ -14,16 +16,27 @@ use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
+};
 use bytes::Bytes;
 
 use crate::aws::{ErrorContext, Resource, now_ms};
-use crate::store::{PutOptions, Store, validate};
+use crate::store::{
+    CommitOutcome, KvCommit, PutOptions, RECORDS_NS, Store, Versioned, validate, validate_scan,
+};
 use crate::{Error, Result};
 
 /// Most items one `Query` page asks for while scanning.
 const PAGE: usize = 1000;
+
+/// Most items in one `TransactWriteItems` call (DynamoDB's limit).
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
+
+/// Largest `TransactWriteItems` request (DynamoDB's limit), counted over keys and values.
+pub const MAX_TRANSACTION_BYTES: usize = 4 << 20;
 
 /// A namespaced key-value store in one DynamoDB table.
 #[derive(Clone)]
@@ -94,6 +107,35 @@ fn expired(item: &HashMap<String, AttributeValue>, now_ms: u64) -> bool {
     }
 }
 
+/// An item's version; items written before versions existed count as version 1.
+fn version(item: &HashMap<String, AttributeValue>) -> u64 {
+    match item.get("ver") {
+        Some(AttributeValue::N(n)) => n.parse().unwrap_or(1),
+        _ => 1,
+    }
+}
+
+/// The condition that an item is still at version `seen` (0: absent).
+fn version_condition(seen: u64) -> (String, Option<HashMap<String, AttributeValue>>) {
+    match seen {
+        0 => ("attribute_not_exists(k)".into(), None),
+        1 => (
+            "ver = :seen OR (attribute_exists(k) AND attribute_not_exists(ver))".into(),
+            Some(HashMap::from([(
+                ":seen".into(),
+                AttributeValue::N("1".into()),
+            )])),
+        ),
+        n => (
+            "ver = :seen".into(),
+            Some(HashMap::from([(
+                ":seen".into(),
+                AttributeValue::N(n.to_string()),
+            )])),
+        ),
+    }
+}
+
 fn value(item: &HashMap<String, AttributeValue>) -> Result<Bytes> {
     match item.get("v") {
         Some(AttributeValue::B(b)) => Ok(Bytes::copy_from_slice(b.as_ref())),
@@ -108,7 +150,7 @@ fn value(item: &HashMap<String, AttributeValue>) -> Result<Bytes> {
 
 #[async_trait]
 impl Store for DynamoStore {
-    async fn get(&self, ns: &str, key: &str) -> Result<Option<Bytes>> {
+    async fn get_versioned(&self, ns: &str, key: &str) -> Result<Versioned> {
         check_ns(ns)?;
         validate(key, None)?;
         let out = self
@@ -121,8 +163,205 @@ impl Store for DynamoStore {
             .await
             .map_err(|e| self.map("GetItem", e))?;
         match out.item() {
-            Some(item) if !expired(item, now_ms()) => value(item).map(Some),
-            _ => Ok(None),
+            Some(item) if !expired(item, now_ms()) => Ok(Versioned {
+                value: Some(value(item)?),
+                version: version(item),
+            }),
+            Some(item) => Ok(Versioned {
+                value: None,
+                version: version(item),
+            }),
+            None => Ok(Versioned::default()),
+        }
+    }
+
+    /// One `TransactWriteItems`: a condition check per key read and not written, an update or
+    /// delete per write (conditioned on the version read, if read), and the completion record
+    /// (conditioned on its absence). Past [`MAX_TRANSACTION_ITEMS`] items it fails with a
+    /// permanent error naming the limit: splitting would break atomicity.
+    async fn commit(&self, c: &KvCommit) -> Result<CommitOutcome> {
+        check_ns(&c.ns)?;
+        c.validate()?;
+        for (key, v) in &c.writes {
+            validate(key, v.as_deref())?;
+        }
+        let check_only: Vec<&(String, u64)> = c
+            .reads
+            .iter()
+            .filter(|(k, _)| !c.writes.iter().any(|(w, _)| w == k))
+            .collect();
+        let items = check_only.len() + c.writes.len() + usize::from(c.record.is_some());
+        if items > MAX_TRANSACTION_ITEMS {
+            return Err(Error::Invalid(format!(
+                "this invocation's commit touches {items} DynamoDB items ({} keys read, {} written{}), \
+                 over DynamoDB's limit of {MAX_TRANSACTION_ITEMS} items per transaction; read and \
+                 write at most {} keys in one invocation on the aws backend",
+                c.reads.len(),
+                c.writes.len(),
+                if c.record.is_some() {
+                    ", 1 completion record"
+                } else {
+                    ""
+                },
+                MAX_TRANSACTION_ITEMS - 1
+            )));
+        }
+        let bytes: usize = c
+            .writes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+            .chain(c.record.iter().map(|r| r.key.len() + r.value.len()))
+            .sum();
+        if bytes > MAX_TRANSACTION_BYTES {
+            return Err(Error::Invalid(format!(
+                "this invocation's commit is {bytes} bytes, over DynamoDB's limit of {} MiB per \
+                 transaction",
+                MAX_TRANSACTION_BYTES >> 20
+            )));
+        }
+        if items == 0 {
+            return Ok(CommitOutcome::Committed {
+                versions: Vec::new(),
+            });
+        }
+        let build = |e: aws_sdk_dynamodb::error::BuildError| Error::Backend {
+            service: "dynamodb".into(),
+            message: format!("building TransactWriteItems: {e}"),
+        };
+        // Which key each transaction item is about, to name the keys whose check failed.
+        let mut about: Vec<Option<&str>> = Vec::with_capacity(items);
+        let mut ops = Vec::with_capacity(items);
+        for (key, seen) in &check_only {
+            let (cond, values) = version_condition(*seen);
+            ops.push(
+                TransactWriteItem::builder()
+                    .condition_check(
+                        ConditionCheck::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(Self::key(&c.ns, key)))
+                            .condition_expression(cond)
+                            .set_expression_attribute_values(values)
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .build(),
+            );
+            about.push(Some(key.as_str()));
+        }
+        let mut versions = Vec::with_capacity(c.writes.len());
+        for (key, v) in &c.writes {
+            let seen = c.read_version(key);
+            let (cond, mut values) = match seen {
+                Some(seen) => {
+                    let (cond, values) = version_condition(seen);
+                    (Some(cond), values.unwrap_or_default())
+                }
+                None => (None, HashMap::new()),
+            };
+            let op = match v {
+                Some(v) => {
+                    values.insert(":v".into(), AttributeValue::B(Blob::new(v.to_vec())));
+                    values.insert(":one".into(), AttributeValue::N("1".into()));
+                    versions.push(seen.map(|s| s + 1));
+                    TransactWriteItem::builder()
+                        .update(
+                            Update::builder()
+                                .table_name(&self.table)
+                                .set_key(Some(Self::key(&c.ns, key)))
+                                .update_expression(
+                                    "SET v = :v, ver = if_not_exists(ver, :one) + :one \
+                                     REMOVE expires_ms, expires_at",
+                                )
+                                .set_condition_expression(cond)
+                                .set_expression_attribute_values(Some(values))
+                                .build()
+                                .map_err(build)?,
+                        )
+                        .build()
+                }
+                None => {
+                    versions.push(Some(0));
+                    TransactWriteItem::builder()
+                        .delete(
+                            Delete::builder()
+                                .table_name(&self.table)
+                                .set_key(Some(Self::key(&c.ns, key)))
+                                .set_condition_expression(cond)
+                                .set_expression_attribute_values(
+                                    (!values.is_empty()).then_some(values),
+                                )
+                                .build()
+                                .map_err(build)?,
+                        )
+                        .build()
+                }
+            };
+            ops.push(op);
+            about.push(Some(key.as_str()));
+        }
+        if let Some(r) = &c.record {
+            let now = now_ms();
+            let at_ms = now.saturating_add(r.ttl.as_millis().min(u64::MAX as u128) as u64);
+            let mut item = Self::key(RECORDS_NS, &r.key);
+            item.insert("v".into(), AttributeValue::B(Blob::new(r.value.to_vec())));
+            item.insert("ver".into(), AttributeValue::N("1".into()));
+            item.insert("expires_ms".into(), AttributeValue::N(at_ms.to_string()));
+            item.insert(
+                "expires_at".into(),
+                AttributeValue::N(at_ms.div_ceil(1000).to_string()),
+            );
+            ops.push(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(item))
+                            .condition_expression("attribute_not_exists(k) OR expires_ms <= :now")
+                            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+                            .build()
+                            .map_err(build)?,
+                    )
+                    .build(),
+            );
+            about.push(None);
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(ops))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(CommitOutcome::Committed { versions }),
+            Err(e) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(ex)) =
+                    e.as_service_error()
+                {
+                    let mut keys = Vec::new();
+                    let mut duplicate = false;
+                    let mut other = None;
+                    for (i, reason) in ex.cancellation_reasons().iter().enumerate() {
+                        match reason.code() {
+                            None | Some("None") => {}
+                            // Another transaction holds the item: retry at once, like a conflict.
+                            Some("ConditionalCheckFailed" | "TransactionConflict") => {
+                                match about.get(i).copied().flatten() {
+                                    Some(k) => keys.push(k.to_string()),
+                                    None => duplicate = true,
+                                }
+                            }
+                            Some(code) => other = Some(code.to_string()),
+                        }
+                    }
+                    if duplicate {
+                        return Ok(CommitOutcome::Duplicate);
+                    }
+                    if other.is_none() && !keys.is_empty() {
+                        return Ok(CommitOutcome::Conflict { keys });
+                    }
+                }
+                Err(self.map("TransactWriteItems", e))
+            }
         }
     }
 
@@ -130,28 +369,42 @@ impl Store for DynamoStore {
         check_ns(ns)?;
         validate(key, Some(&value))?;
         let now = now_ms();
-        let mut item = Self::key(ns, key);
-        item.insert("v".into(), AttributeValue::B(Blob::new(value.to_vec())));
-        if let Some(ttl) = opts.ttl {
-            let at_ms = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
-            item.insert("expires_ms".into(), AttributeValue::N(at_ms.to_string()));
-            // DynamoDB's TTL takes whole seconds: round up so the sweeper never runs early.
-            item.insert(
-                "expires_at".into(),
-                AttributeValue::N(at_ms.div_ceil(1000).to_string()),
-            );
+        let mut values = HashMap::from([
+            (
+                ":v".to_string(),
+                AttributeValue::B(Blob::new(value.to_vec())),
+            ),
+            (":one".to_string(), AttributeValue::N("1".into())),
+        ]);
+        let mut set = "SET v = :v, ver = if_not_exists(ver, :one) + :one".to_string();
+        match opts.ttl {
+            Some(ttl) => {
+                let at_ms = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
+                values.insert(":ems".into(), AttributeValue::N(at_ms.to_string()));
+                // DynamoDB's TTL takes whole seconds: round up so the sweeper never runs early.
+                values.insert(
+                    ":eat".into(),
+                    AttributeValue::N(at_ms.div_ceil(1000).to_string()),
+                );
+                set.push_str(", expires_ms = :ems, expires_at = :eat");
+            }
+            None => set.push_str(" REMOVE expires_ms, expires_at"),
         }
         let mut req = self
             .client
-            .put_item()
+            .update_item()
             .table_name(&self.table)
-            .set_item(Some(item));
+            .set_key(Some(Self::key(ns, key)))
+            .update_expression(set);
         if opts.if_absent {
-            req = req
-                .condition_expression("attribute_not_exists(k) OR expires_ms <= :now")
-                .expression_attribute_values(":now", AttributeValue::N(now.to_string()));
+            values.insert(":now".into(), AttributeValue::N(now.to_string()));
+            req = req.condition_expression("attribute_not_exists(k) OR expires_ms <= :now");
         }
-        match req.send().await {
+        match req
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e)
                 if e.as_service_error()
@@ -159,7 +412,7 @@ impl Store for DynamoStore {
             {
                 Ok(false)
             }
-            Err(e) => Err(self.map("PutItem", e)),
+            Err(e) => Err(self.map("UpdateItem", e)),
         }
     }
 
@@ -176,17 +429,20 @@ impl Store for DynamoStore {
         Ok(())
     }
 
-    async fn scan(&self, ns: &str, prefix: &str, limit: usize) -> Result<Vec<(String, Bytes)>> {
+    async fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>> {
         check_ns(ns)?;
-        if prefix.len() > crate::store::MAX_KEY_LEN {
-            return Err(Error::Invalid(format!(
-                "kv scan prefix must be at most {} bytes, got {}",
-                crate::store::MAX_KEY_LEN,
-                prefix.len()
-            )));
-        }
+        validate_scan(prefix, limit)?;
         let mut items = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        // Starting after `after` is DynamoDB's own paging: its key is the exclusive start.
+        let mut start: Option<HashMap<String, AttributeValue>> = after
+            .filter(|a| a.starts_with(prefix))
+            .map(|a| Self::key(ns, a));
         let now = now_ms();
         while items.len() < limit {
             let mut req = self

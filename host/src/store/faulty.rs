@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{Semaphore, watch};
 
-use super::{PutOptions, Store};
+use super::{CommitOutcome, KvCommit, PutOptions, Store, Versioned};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Default)]
@@ -228,6 +228,23 @@ impl<S: ?Sized + Store> Store for FaultyStore<S> {
         self.run(Op::Get, self.inner.get(ns, key)).await
     }
 
+    async fn get_versioned(&self, ns: &str, key: &str) -> Result<Versioned> {
+        self.run(Op::Get, self.inner.get_versioned(ns, key)).await
+    }
+
+    /// A commit counts as one put.
+    async fn commit(&self, commit: &KvCommit) -> Result<CommitOutcome> {
+        self.run(Op::Put, self.inner.commit(commit)).await
+    }
+
+    async fn observe(&self, commit: &KvCommit, outcome: &CommitOutcome) {
+        self.inner.observe(commit, outcome).await
+    }
+
+    async fn forget(&self, ns: &str, keys: &[String]) {
+        self.inner.forget(ns, keys).await
+    }
+
     async fn put(&self, ns: &str, key: &str, value: Bytes, opts: PutOptions) -> Result<bool> {
         self.run(Op::Put, self.inner.put(ns, key, value, opts))
             .await
@@ -237,8 +254,15 @@ impl<S: ?Sized + Store> Store for FaultyStore<S> {
         self.run(Op::Delete, self.inner.delete(ns, key)).await
     }
 
-    async fn scan(&self, ns: &str, prefix: &str, limit: usize) -> Result<Vec<(String, Bytes)>> {
-        self.run(Op::Scan, self.inner.scan(ns, prefix, limit)).await
+    async fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>> {
+        self.run(Op::Scan, self.inner.scan(ns, prefix, after, limit))
+            .await
     }
 }
 
@@ -264,7 +288,7 @@ mod tests {
             f.get("f", "k").await.unwrap(),
             Some(Bytes::from_static(b"v"))
         );
-        assert_eq!(f.scan("f", "", 10).await.unwrap().len(), 1);
+        assert_eq!(f.scan("f", "", None, 10).await.unwrap().len(), 1);
         f.delete("f", "k").await.unwrap();
         let s = f.stats();
         assert_eq!(

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::breaker::{Clock, SystemClock};
-use super::{PutOptions, Store, validate};
+use super::{CommitOutcome, KvCommit, PutOptions, Store, Versioned, validate, validate_scan};
 use crate::{Error, Result};
 
 /// Writes between two sweeps of expired items: expired items are invisible at once, and the
@@ -22,6 +22,7 @@ const SWEEP_EVERY: u64 = 1024;
 struct Item {
     value: Bytes,
     expires_at: Option<Instant>,
+    version: u64,
 }
 
 impl Item {
@@ -104,16 +105,84 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn get(&self, ns: &str, key: &str) -> Result<Option<Bytes>> {
+    async fn get_versioned(&self, ns: &str, key: &str) -> Result<Versioned> {
         validate_namespace(ns)?;
         validate(key, None)?;
         let now = self.clock.now();
-        Ok(self
-            .read()
-            .get(ns)
-            .and_then(|items| items.get(key))
-            .filter(|item| item.live(now))
-            .map(|item| item.value.clone()))
+        let data = self.read();
+        let item = data.get(ns).and_then(|items| items.get(key));
+        Ok(Versioned {
+            value: item
+                .filter(|item| item.live(now))
+                .map(|item| item.value.clone()),
+            version: item.map_or(0, |item| item.version),
+        })
+    }
+
+    async fn commit(&self, c: &KvCommit) -> Result<CommitOutcome> {
+        validate_namespace(&c.ns)?;
+        c.validate()?;
+        for (key, value) in &c.writes {
+            validate(key, value.as_deref())?;
+        }
+        let now = self.clock.now();
+        let mut data = self.write();
+        if let Some(r) = &c.record
+            && data
+                .get(super::RECORDS_NS)
+                .and_then(|items| items.get(&r.key))
+                .is_some_and(|item| item.live(now))
+        {
+            return Ok(CommitOutcome::Duplicate);
+        }
+        let items = data.get(&c.ns);
+        let version_of = |key: &str| items.and_then(|i| i.get(key)).map_or(0, |i| i.version);
+        let changed: Vec<String> = c
+            .reads
+            .iter()
+            .filter(|(k, v)| version_of(k) != *v)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !changed.is_empty() {
+            return Ok(CommitOutcome::Conflict { keys: changed });
+        }
+        let items = data.entry(c.ns.clone()).or_default();
+        let mut versions = Vec::with_capacity(c.writes.len());
+        for (key, value) in &c.writes {
+            match value {
+                Some(v) => {
+                    let version = items.get(key).map_or(0, |i| i.version) + 1;
+                    items.insert(
+                        key.clone(),
+                        Item {
+                            value: v.clone(),
+                            expires_at: None,
+                            version,
+                        },
+                    );
+                    versions.push(Some(version));
+                }
+                None => {
+                    items.remove(key);
+                    versions.push(Some(0));
+                }
+            }
+        }
+        if let Some(r) = &c.record {
+            data.entry(super::RECORDS_NS.to_owned())
+                .or_default()
+                .insert(
+                    r.key.clone(),
+                    Item {
+                        value: r.value.clone(),
+                        expires_at: Some(now + r.ttl),
+                        version: 1,
+                    },
+                );
+        }
+        drop(data);
+        self.wrote();
+        Ok(CommitOutcome::Committed { versions })
     }
 
     async fn put(&self, ns: &str, key: &str, value: Bytes, opts: PutOptions) -> Result<bool> {
@@ -127,7 +196,15 @@ impl Store for MemoryStore {
                 false
             } else {
                 let expires_at = opts.ttl.map(|ttl| now + ttl);
-                items.insert(key.to_owned(), Item { value, expires_at });
+                let version = items.get(key).map_or(0, |i| i.version) + 1;
+                items.insert(
+                    key.to_owned(),
+                    Item {
+                        value,
+                        expires_at,
+                        version,
+                    },
+                );
                 true
             }
         };
@@ -150,18 +227,26 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn scan(&self, ns: &str, prefix: &str, limit: usize) -> Result<Vec<(String, Bytes)>> {
+    async fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>> {
         validate_namespace(ns)?;
+        validate_scan(prefix, limit)?;
         let now = self.clock.now();
         let data = self.read();
         let Some(items) = data.get(ns) else {
             return Ok(Vec::new());
         };
+        let start = match after {
+            Some(a) if a >= prefix => std::ops::Bound::Excluded(a),
+            _ => std::ops::Bound::Included(prefix),
+        };
         Ok(items
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
+            .range::<str, _>((start, std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, item)| item.live(now))
             .take(limit)
@@ -244,7 +329,7 @@ mod tests {
         assert_eq!(s.get("f", "k").await.unwrap(), Some(b("v")));
         clock.advance(Duration::from_millis(1));
         assert_eq!(s.get("f", "k").await.unwrap(), None);
-        assert_eq!(s.scan("f", "", 10).await.unwrap().len(), 1);
+        assert_eq!(s.scan("f", "", None, 10).await.unwrap().len(), 1);
         assert_eq!(s.len(), 2);
         s.sweep();
         assert_eq!(s.len(), 1);
@@ -260,17 +345,25 @@ mod tests {
             .await
             .unwrap();
         let got: Vec<String> = s
-            .scan("f", "b", 10)
+            .scan("f", "b", None, 10)
             .await
             .unwrap()
             .into_iter()
             .map(|(k, _)| k)
             .collect();
         assert_eq!(got, ["b1", "b2", "b3"]);
-        assert_eq!(s.scan("f", "b", 2).await.unwrap().len(), 2);
-        assert_eq!(s.scan("f", "", 100).await.unwrap().len(), 5);
-        assert!(s.scan("f", "b", 0).await.unwrap().is_empty());
-        assert!(s.scan("h", "", 10).await.unwrap().is_empty());
+        assert_eq!(s.scan("f", "b", None, 2).await.unwrap().len(), 2);
+        assert_eq!(s.scan("f", "", None, 100).await.unwrap().len(), 5);
+        assert!(s.scan("f", "b", None, 0).await.is_err());
+        let after: Vec<String> = s
+            .scan("f", "b", Some("b1"), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(after, ["b2", "b3"]);
+        assert!(s.scan("h", "", None, 10).await.unwrap().is_empty());
         assert_eq!(s.get("g", "b1").await.unwrap(), None);
     }
 

@@ -1,4 +1,8 @@
 //! Key-value stores namespaced per function: the [`Store`] trait every backend implements.
+//!
+//! Every item carries a version (1 on first write, raised by every write; 0 means absent), so an
+//! invocation's writes can be committed with optimistic concurrency: [`KvCommit`] lists the
+//! versions the invocation read, and a commit applies nothing if any of them changed.
 
 use std::time::Duration;
 
@@ -35,11 +39,116 @@ pub struct PutOptions {
     pub ttl: Option<Duration>,
 }
 
+/// Most distinct keys one invocation may write (its buffered writes are held in host memory).
+pub const MAX_TXN_WRITES: usize = 1000;
+/// Most distinct keys one invocation may read (each read's version is kept until the commit).
+pub const MAX_TXN_READS: usize = 10_000;
+/// Most bytes of values one invocation may write.
+pub const MAX_TXN_BYTES: usize = 8 << 20;
+/// Most items one scan call returns.
+pub const MAX_SCAN: usize = 1000;
+
+/// Namespace of the completion records (`{queue}/{message id}`); function names cannot start
+/// with `_`, so no function can read or write it.
+pub const RECORDS_NS: &str = "_levee_done";
+
+/// A value and the version it was read at. `version` 0 means the key has no item; an expired
+/// item not yet purged reads as absent but keeps its version.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Versioned {
+    pub value: Option<Bytes>,
+    pub version: u64,
+}
+
+/// A record written with a commit only if no record with its key exists yet, in
+/// [`RECORDS_NS`]: the proof that a message was committed, holding what replays need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub key: String,
+    pub value: Bytes,
+    pub ttl: Duration,
+}
+
+/// One invocation's effect on its namespace: the versions it read and the writes it buffered
+/// (`None` deletes). At most one entry per key in each list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KvCommit {
+    pub ns: String,
+    pub reads: Vec<(String, u64)>,
+    pub writes: Vec<(String, Option<Bytes>)>,
+    /// The completion record, on backends where the commit and the queue are not one
+    /// transaction.
+    pub record: Option<Record>,
+}
+
+impl KvCommit {
+    /// Whether committing would change nothing and check nothing.
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty() && self.writes.is_empty() && self.record.is_none()
+    }
+
+    /// The version `key` was read at, if it was read.
+    pub fn read_version(&self, key: &str) -> Option<u64> {
+        self.reads.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// Checks the invocation-level bounds shared by every backend.
+    pub fn validate(&self) -> Result<()> {
+        if self.writes.len() > MAX_TXN_WRITES {
+            return Err(crate::Error::Invalid(format!(
+                "an invocation may write at most {MAX_TXN_WRITES} keys, this one wrote {}",
+                self.writes.len()
+            )));
+        }
+        let bytes: usize = self
+            .writes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+            .sum();
+        if bytes > MAX_TXN_BYTES {
+            return Err(crate::Error::Invalid(format!(
+                "an invocation may write at most {} MiB of kv data, this one wrote {bytes} bytes",
+                MAX_TXN_BYTES >> 20
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Applied; the new version of each write, in the order of [`KvCommit::writes`] (0 for a
+    /// delete, `None` where the backend does not learn it: a blind write on DynamoDB).
+    Committed { versions: Vec<Option<u64>> },
+    /// A key read has changed since: nothing was applied. Names the keys that changed.
+    Conflict { keys: Vec<String> },
+    /// The completion record already existed: the message was committed before; nothing
+    /// was applied.
+    Duplicate,
+}
+
 /// A key-value store holding one namespace per function.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The value under `key` in namespace `ns`, if present and not expired.
-    async fn get(&self, ns: &str, key: &str) -> Result<Option<Bytes>>;
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Bytes>> {
+        Ok(self.get_versioned(ns, key).await?.value)
+    }
+
+    /// The value under `key` with its version.
+    async fn get_versioned(&self, ns: &str, key: &str) -> Result<Versioned>;
+
+    /// Applies `commit` atomically if every version it read is still current (and its record,
+    /// if any, is new).
+    async fn commit(&self, commit: &KvCommit) -> Result<CommitOutcome>;
+
+    /// Tells a cache of a commit applied behind its back (by the queue, on the embedded
+    /// backend, where the commit is one SQLite transaction with the message's settlement).
+    async fn observe(&self, _commit: &KvCommit, _outcome: &CommitOutcome) {}
+
+    /// Makes a cache forget `keys` of `ns`, so the next read of each goes to the store.
+    async fn forget(&self, _ns: &str, _keys: &[String]) {}
 
     /// Writes `value`; returns false when `if_absent` was set and the key exists.
     async fn put(&self, ns: &str, key: &str, value: Bytes, opts: PutOptions) -> Result<bool>;
@@ -47,8 +156,31 @@ pub trait Store: Send + Sync + 'static {
     /// Removes `key`; removing a missing key is not an error.
     async fn delete(&self, ns: &str, key: &str) -> Result<()>;
 
-    /// Up to `limit` items of `ns` whose keys start with `prefix`, in key order.
-    async fn scan(&self, ns: &str, prefix: &str, limit: usize) -> Result<Vec<(String, Bytes)>>;
+    /// Up to `limit` items of `ns` whose keys start with `prefix` and sort after `after`, in
+    /// key order.
+    async fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>>;
+}
+
+/// Checks a scan's prefix and limit against the bounds every backend shares.
+pub fn validate_scan(prefix: &str, limit: usize) -> Result<()> {
+    if prefix.len() > MAX_KEY_LEN {
+        return Err(crate::Error::Invalid(format!(
+            "kv scan prefix must be at most {MAX_KEY_LEN} bytes, got {}",
+            prefix.len()
+        )));
+    }
+    if !(1..=MAX_SCAN).contains(&limit) {
+        return Err(crate::Error::Invalid(format!(
+            "kv scan limit must be 1 to {MAX_SCAN}, got {limit}"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a key and value against the limits every backend shares.

@@ -1,9 +1,18 @@
-//! Worker pools: per function, fetchers lease batches of messages from the queue and run each in a
-//! fresh Wasm instance, at most `workers` at a time. On success the handler's emitted messages are
-//! sent before the source is deleted (outbox order); failures are retried with exponential backoff
-//! or dead-lettered with their reason. The worker count can be changed at run time (the scaler).
+//! Worker pools: per function, fetchers lease messages from the queue and run each in a fresh
+//! Wasm instance, at most `workers` at a time. A fetcher leases only as many messages as there are
+//! free workers, so no leased message waits without its lease being renewed.
+//!
+//! Every invocation is a transaction: on success its kv writes, emitted messages (with ids
+//! derived from the source's) and the source's deletion are committed together. A commit whose
+//! reads went stale applies nothing and the handler runs again at once with fresh reads (no
+//! attempt used; after [`MAX_CONFLICTS`] in a row the message backs off briefly). The handler's
+//! own failures are retried with exponential backoff or dead-lettered with their reason;
+//! infrastructure failures (store down, instance pool full, settling failed) hand the message
+//! back without using an attempt and close the pool's [`Gate`] until a probe gets through. The
+//! worker count can be changed at run time (the scaler).
 
 mod backoff;
+mod gate;
 mod stats;
 
 use std::sync::Arc;
@@ -13,11 +22,19 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::queue::{MAX_BATCH, Queue, ReceiveOptions, ReceivedMessage};
-use crate::runtime::{Failure, Function, Invocation};
+use crate::queue::{Completion, MAX_BATCH, Queue, ReceiveOptions, ReceivedMessage, emitted_id};
+use crate::runtime::{Failure, Function, Invocation, Output};
+use crate::store::CommitOutcome;
 
 pub use backoff::Backoff;
+pub use gate::{Admit, Gate, PAUSE_BASE, PAUSE_MAX};
 pub use stats::{EmitCounts, PoolStats, WorkerCounters};
+
+/// Conflicting commits in a row after which a message backs off instead of running again at
+/// once (a hot key): it goes back for [`CONFLICT_BACKOFF`], without using an attempt.
+pub const MAX_CONFLICTS: u32 = 8;
+/// How long a message that conflicted [`MAX_CONFLICTS`] times in a row stays hidden.
+pub const CONFLICT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Attribute carried by emitted messages: the send time (ms since the Unix epoch) of the message
 /// that started the chain, so the last function of a pipeline measures end-to-end latency.
@@ -58,6 +75,7 @@ struct Shared {
     /// The current worker count (what the semaphore will hold once retirements settle).
     target: AtomicU32,
     counters: WorkerCounters,
+    gate: Gate,
     stop: watch::Receiver<bool>,
 }
 
@@ -78,6 +96,7 @@ impl WorkerPool {
             retire: AtomicUsize::new(0),
             target: AtomicU32::new(workers),
             counters: WorkerCounters::default(),
+            gate: Gate::default(),
             stop,
             cfg,
         });
@@ -138,9 +157,12 @@ impl WorkerPool {
 
     /// Live counters of this pool.
     pub fn stats(&self) -> PoolStats {
-        self.shared
+        let mut stats = self
+            .shared
             .counters
-            .snapshot(self.workers(), self.shared.cfg.max_workers)
+            .snapshot(self.workers(), self.shared.cfg.max_workers);
+        stats.paused = self.shared.gate.is_closed();
+        stats
     }
 
     /// Messages completed and what they emitted per target, running totals (measured fan-out).
@@ -159,52 +181,56 @@ async fn fetch_loop(shared: Arc<Shared>) {
     let mut stop = shared.stop.clone();
     let mut handlers = JoinSet::new();
     let mut errors = 0u32;
-    // Leased-but-not-started messages are bounded by one batch per fetcher.
-    let prefetch = Arc::new(Semaphore::new(MAX_BATCH));
+    let name = shared.function.name().to_string();
     loop {
         if *stop.borrow() {
             break;
         }
         while handlers.try_join_next().is_some() {}
-        // Wait until at least one worker is free, so an idle pool holds no leases.
-        let free = tokio::select! {
-            p = shared.workers.clone().acquire_owned() => p,
+        let admit = tokio::select! {
+            a = shared.gate.admit() => a,
             _ = stop.changed() => break,
         };
-        drop(free);
-        let Ok(first) = prefetch.clone().acquire_owned().await else {
-            break;
+        // A worker first, then a lease: so an idle pool holds no leases and no leased message
+        // waits for a worker while its lease runs down.
+        let first = tokio::select! {
+            p = acquire_worker(&shared) => p,
+            _ = stop.changed() => break,
         };
-        let mut slots = vec![first];
-        while slots.len() < MAX_BATCH {
-            match prefetch.clone().try_acquire_owned() {
-                Ok(p) => slots.push(p),
+        let mut permits = vec![first];
+        while admit == Admit::Open && permits.len() < MAX_BATCH {
+            match shared.workers.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
                 Err(_) => break,
             }
         }
         let opts = ReceiveOptions {
-            max_messages: slots.len(),
+            max_messages: permits.len(),
             visibility: shared.cfg.lease,
             wait: shared.cfg.poll_wait,
         };
-        let name = shared.function.name().to_string();
-        let received = tokio::select! {
-            r = shared.queue.receive(&name, opts) => r,
-            _ = stop.changed() => break,
-        };
+        // Not cancelled by `stop`: a receive that leased messages must get to hand them back.
+        let received = shared.queue.receive(&name, opts).await;
+        let mut permits = permits.into_iter();
         match received {
             Ok(msgs) => {
                 errors = 0;
-                for (msg, slot) in msgs.into_iter().zip(slots.drain(..)) {
-                    let s = shared.clone();
-                    handlers.spawn(async move {
-                        let worker = acquire_worker(&s).await;
-                        drop(slot);
-                        let held = tokio::time::Instant::now();
-                        handle(&s, msg).await;
-                        s.counters.occupied(held.elapsed());
-                        release_worker(&s, worker);
-                    });
+                if *stop.borrow() {
+                    hand_back(&shared, msgs).await;
+                } else {
+                    if admit == Admit::Probe && msgs.is_empty() {
+                        shared.gate.probe_found_nothing();
+                    }
+                    for msg in msgs {
+                        let worker = permits.next().expect("one worker per leased message");
+                        let s = shared.clone();
+                        handlers.spawn(async move {
+                            let held = tokio::time::Instant::now();
+                            handle(&s, msg).await;
+                            s.counters.occupied(held.elapsed());
+                            release_worker(&s, worker);
+                        });
+                    }
                 }
             }
             Err(e) => {
@@ -212,15 +238,31 @@ async fn fetch_loop(shared: Arc<Shared>) {
                 errors += 1;
                 let pause = Duration::from_millis(100 * 2u64.pow(errors.min(6)));
                 tracing::warn!(function = %name, "receive failed (retrying in {pause:?}): {e}");
+                for p in permits.by_ref() {
+                    release_worker(&shared, p);
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => break,
                 }
             }
         }
+        for p in permits {
+            release_worker(&shared, p);
+        }
     }
     // Let in-flight handlers finish before reporting done.
     while handlers.join_next().await.is_some() {}
+}
+
+/// On shutdown: messages leased but not started go back at once, without using an attempt.
+async fn hand_back(s: &Shared, msgs: Vec<ReceivedMessage>) {
+    let name = s.function.name();
+    for msg in msgs {
+        if let Err(e) = s.queue.release(name, &msg.receipt, Duration::ZERO).await {
+            tracing::warn!(function = %name, id = %msg.id, "could not hand a message back on shutdown; it returns when its lease ends: {e}");
+        }
+    }
 }
 
 async fn acquire_worker(s: &Shared) -> tokio::sync::OwnedSemaphorePermit {
@@ -244,30 +286,101 @@ fn release_worker(s: &Shared, permit: tokio::sync::OwnedSemaphorePermit) {
 
 async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
     let name = s.function.name();
-    let invocation = run_keeping_lease(s, &msg).await;
-    s.counters.record(&invocation);
-    let result = match invocation.outcome {
-        Ok(mut emitted) => {
-            let origin = origin_ms(&msg);
-            for e in &mut emitted {
-                set_origin(&mut e.message.attributes, origin);
+    let mut conflicts = 0;
+    loop {
+        let invocation = run_keeping_lease(s, &msg).await;
+        s.counters.record(&invocation);
+        let output = match invocation.outcome {
+            Ok(output) => output,
+            Err(Failure::Infrastructure(reason)) => return infrastructure(s, &msg, &reason).await,
+            Err(failure) => {
+                // The platform ran the handler and can settle the message: it works.
+                s.gate.succeeded();
+                if let Err(e) = settle_failure(s, &msg, failure).await {
+                    // The lease will expire and the message will be delivered again.
+                    tracing::warn!(function = %name, id = %msg.id, "settling a failed message failed, it will be redelivered: {e}");
+                }
+                return;
             }
-            let targets: Vec<String> = emitted.iter().map(|e| e.queue.clone()).collect();
-            let done = s.queue.complete(name, &msg.receipt, emitted).await;
-            if done.is_ok() {
-                s.counters.record_emits(targets.iter().map(String::as_str));
-                s.counters.record_latency(
-                    msg.body.len(),
-                    crate::platform::now_ms().saturating_sub(origin),
-                );
+        };
+        match commit(s, &msg, output).await {
+            Ok(CommitOutcome::Committed { .. }) => {}
+            Ok(CommitOutcome::Duplicate) => s.counters.duplicate(),
+            Ok(CommitOutcome::Conflict { keys }) => {
+                s.counters.conflict();
+                conflicts += 1;
+                // The next run reads these keys from the store, not from the cache.
+                s.function.store().forget(name, &keys).await;
+                if conflicts < MAX_CONFLICTS {
+                    continue;
+                }
+                let delay = CONFLICT_BACKOFF.mul_f64(rand::random_range(0.5..1.5));
+                tracing::debug!(function = %name, id = %msg.id, ?keys, "{conflicts} conflicts in a row; backing off {delay:?}");
+                if let Err(e) = s.queue.release(name, &msg.receipt, delay).await {
+                    tracing::warn!(function = %name, id = %msg.id, "could not hand back a conflicting message; it returns when its lease ends: {e}");
+                }
+                return;
             }
-            done
+            Err(crate::Error::StaleReceipt) => {
+                // The lease was lost and another consumer holds the message: it settles it.
+                tracing::info!(function = %name, id = %msg.id, "lease lost before the commit; nothing applied");
+                return;
+            }
+            Err(e) if e.is_retryable() => {
+                return infrastructure(s, &msg, &format!("commit failed: {e}")).await;
+            }
+            Err(e) => {
+                let reason = format!("commit refused: {e}");
+                tracing::info!(function = %name, id = %msg.id, "dead-lettered: {reason}");
+                if let Err(e) = s.queue.dead_letter(name, &msg, &reason).await {
+                    tracing::warn!(function = %name, id = %msg.id, "dead-lettering failed, it will be redelivered: {e}");
+                }
+                return;
+            }
         }
-        Err(failure) => settle_failure(s, &msg, failure).await,
+        s.gate.succeeded();
+        return;
+    }
+}
+
+/// Commits a successful invocation: kv writes, emits with stable ids, and the source's deletion.
+async fn commit(s: &Shared, msg: &ReceivedMessage, output: Output) -> crate::Result<CommitOutcome> {
+    let name = s.function.name();
+    let origin = origin_ms(msg);
+    let mut emitted = output.emitted;
+    for (i, e) in emitted.iter_mut().enumerate() {
+        set_origin(&mut e.message.attributes, origin);
+        e.message.id = Some(emitted_id(&msg.id, i));
+    }
+    let targets: Vec<String> = emitted.iter().map(|e| e.queue.clone()).collect();
+    let kv = (!output.kv.is_empty()).then_some(output.kv);
+    let completion = Completion {
+        id: Some(msg.id.clone()),
+        emitted,
+        kv: kv.clone(),
     };
-    if let Err(e) = result {
-        // The lease will expire and the message will be delivered again: at least once.
-        tracing::warn!(function = %name, id = %msg.id, "settling message failed, it will be redelivered: {e}");
+    let outcome = s.queue.commit(name, &msg.receipt, completion).await?;
+    if let CommitOutcome::Committed { .. } = &outcome {
+        if let Some(kv) = &kv {
+            s.function.store().observe(kv, &outcome).await;
+        }
+        s.counters.record_emits(targets.iter().map(String::as_str));
+        s.counters.record_latency(
+            msg.body.len(),
+            crate::platform::now_ms().saturating_sub(origin),
+        );
+    }
+    Ok(outcome)
+}
+
+/// Hands the message back without using an attempt and closes the pool's gate.
+async fn infrastructure(s: &Shared, msg: &ReceivedMessage, reason: &str) {
+    let name = s.function.name();
+    s.counters.infra_failure();
+    let pause = s.gate.failed();
+    tracing::warn!(function = %name, id = %msg.id, "infrastructure failure, pausing the pool for {pause:?} (no attempt used): {reason}");
+    if let Err(e) = s.queue.release(name, &msg.receipt, pause).await {
+        tracing::warn!(function = %name, id = %msg.id, "could not hand the message back; it returns when its lease ends: {e}");
     }
 }
 

@@ -16,6 +16,9 @@ pub struct WorkerCounters {
     failed: AtomicU64,
     busy_micros: AtomicU64,
     occupied_micros: AtomicU64,
+    conflicts: AtomicU64,
+    infra_failures: AtomicU64,
+    duplicates: AtomicU64,
     latency: LatencyHistogram,
     large_latency: LatencyHistogram,
     emits: Mutex<EmitCounts>,
@@ -58,6 +61,16 @@ pub struct PoolStats {
     pub large_latency_samples: u64,
     pub large_latency_p50_ms: u64,
     pub large_latency_p99_ms: u64,
+    /// Commits refused because a key read had changed; the handler ran again (no attempt used).
+    pub conflicts: u64,
+    /// Invocations that failed for the platform's reasons (store down, pool full, settling
+    /// failed); the message went back without using an attempt.
+    pub infra_failures: u64,
+    /// Messages found already committed (a redelivery or a re-sent emit): settled, not rerun.
+    pub duplicates: u64,
+    /// Whether the pool has stopped fetching after an infrastructure failure, until a probe
+    /// succeeds.
+    pub paused: bool,
 }
 
 impl WorkerCounters {
@@ -70,6 +83,18 @@ impl WorkerCounters {
         }
         self.busy_micros
             .fetch_add(inv.elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn infra_failure(&self) {
+        self.infra_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn duplicate(&self) {
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn occupied(&self, d: std::time::Duration) {
@@ -120,6 +145,10 @@ impl WorkerCounters {
             large_latency_samples: self.large_latency.count(),
             large_latency_p50_ms: self.large_latency.quantile(0.50),
             large_latency_p99_ms: self.large_latency.quantile(0.99),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+            infra_failures: self.infra_failures.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            paused: false,
         }
     }
 }

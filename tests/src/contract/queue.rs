@@ -17,6 +17,8 @@ macro_rules! queue_contract_tests {
             batch_of_ten_and_eleven_rejected,
             visibility_timeout_redelivers,
             stale_receipt_after_rereceive,
+            stale_receipt_settles_nothing,
+            release_makes_it_visible_again,
             retry_later_delays_redelivery,
             extend_lease_keeps_message_hidden,
             max_receive_moves_to_dlq,
@@ -103,6 +105,7 @@ pub async fn roundtrip_with_attributes(q: Arc<dyn Queue>, prefix: &str) {
         .unwrap()
         .as_millis() as u64;
     let message = OutgoingMessage {
+        id: None,
         body: b"hello, levee".to_vec(),
         attributes: attrs(&[("trace", "t-1"), ("kind", "greeting")]),
         delay: Duration::ZERO,
@@ -342,6 +345,7 @@ pub async fn dead_letter_list_and_redrive(q: Arc<dyn Queue>, prefix: &str) {
     q.send(
         &name,
         vec![OutgoingMessage {
+            id: None,
             body: b"{\"org\": 7}".to_vec(),
             attributes: attrs(&[("source", "test")]),
             delay: Duration::ZERO,
@@ -402,6 +406,7 @@ pub async fn complete_sends_emitted_and_deletes(q: Arc<dyn Queue>, prefix: &str)
         Emitted {
             queue: b.clone(),
             message: OutgoingMessage {
+                id: None,
                 body: b"to b".to_vec(),
                 attributes: attrs(&[("from", "src")]),
                 delay: Duration::ZERO,
@@ -561,4 +566,75 @@ pub async fn queue_not_found(q: Arc<dyn Queue>, prefix: &str) {
     assert!(is_not_found(&err), "receive: {err:?}");
     let err = q.stats(&name).await.unwrap_err();
     assert!(is_not_found(&err), "stats: {err:?}");
+}
+
+/// A holder whose lease was superseded can neither complete (no emits are sent), dead-letter nor
+/// delete the message: the current holder still has it.
+pub async fn stale_receipt_settles_nothing(q: Arc<dyn Queue>, prefix: &str) {
+    let name = make(&*q, prefix, "q", 5).await;
+    let next = make(&*q, prefix, "next", 5).await;
+    q.send(&name, vec![OutgoingMessage::new("lease")])
+        .await
+        .unwrap();
+    let first = recv_n(&*q, &name, 1, 1).await.remove(0);
+    let second = recv(&*q, &name, opts(1, 30, 3)).await;
+    assert_eq!(second.len(), 1, "redelivered after the visibility timeout");
+    let second = second.into_iter().next().unwrap();
+
+    let emitted = vec![Emitted {
+        queue: next.clone(),
+        message: OutgoingMessage::new("must not be sent"),
+    }];
+    let err = q
+        .complete(&name, &first.receipt, emitted)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::StaleReceipt), "complete: {err:?}");
+    let err = q
+        .dead_letter(&name, &first, "stale holder")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::StaleReceipt), "dead_letter: {err:?}");
+    let err = q
+        .delete(&name, std::slice::from_ref(&first.receipt))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::StaleReceipt), "delete: {err:?}");
+    assert!(
+        recv(&*q, &next, opts(1, 30, 0)).await.is_empty(),
+        "a stale completion sent no emits"
+    );
+    assert_eq!(
+        q.stats(&name).await.unwrap().dlq,
+        0,
+        "nothing dead-lettered"
+    );
+
+    // The current holder settles it.
+    q.complete(&name, &second.receipt, vec![]).await.unwrap();
+    assert!(recv(&*q, &name, opts(1, 30, 0)).await.is_empty());
+}
+
+/// `release` makes a leased message visible again after its delay (the embedded queue also takes
+/// the receive back; its own unit tests check that the count does not rise).
+pub async fn release_makes_it_visible_again(q: Arc<dyn Queue>, prefix: &str) {
+    let name = make(&*q, prefix, "q", 10).await;
+    q.send(&name, vec![OutgoingMessage::new("held back")])
+        .await
+        .unwrap();
+    let first = recv_n(&*q, &name, 1, 30).await.remove(0);
+    q.release(&name, &first.receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    let again = recv_n(&*q, &name, 1, 30).await.remove(0);
+    assert_eq!(again.id, first.id);
+    q.release(&name, &again.receipt, 2 * SECOND).await.unwrap();
+    assert!(
+        recv(&*q, &name, opts(1, 30, 0)).await.is_empty(),
+        "hidden for the release delay"
+    );
+    let last = recv_n(&*q, &name, 1, 30).await.remove(0);
+    assert_eq!(last.id, first.id);
+    assert_eq!(q.stats(&name).await.unwrap().dlq, 0);
+    q.complete(&name, &last.receipt, vec![]).await.unwrap();
 }

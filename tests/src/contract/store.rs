@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use levee::store::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use levee::store::{CommitOutcome, KvCommit, MAX_KEY_LEN, MAX_VALUE_LEN, Record};
 use levee::{Error, PutOptions, Store};
 
 /// Expands to one `#[tokio::test]` per store contract case. `$setup` is an async function
@@ -20,6 +20,10 @@ macro_rules! store_contract_tests {
             if_absent_writes_once,
             ttl_expires_items,
             scan_prefix_order_and_limit,
+            scan_continues_after_a_cursor,
+            versions_rise_with_every_write,
+            commit_applies_all_or_nothing,
+            commit_records_are_checked_once,
             validation_errors,
         );
     };
@@ -80,7 +84,7 @@ pub async fn namespaces_are_separate(s: Arc<dyn Store>, prefix: &str) {
     assert_eq!(s.get(&one, "shared").await.unwrap(), Some(b("1")));
     assert_eq!(s.get(&two, "shared").await.unwrap(), Some(b("2")));
     assert_eq!(
-        s.scan(&one, "", 10).await.unwrap(),
+        s.scan(&one, "", None, 10).await.unwrap(),
         vec![("shared".to_string(), b("1"))]
     );
     s.delete(&one, "shared").await.unwrap();
@@ -125,7 +129,7 @@ pub async fn ttl_expires_items(s: Arc<dyn Store>, ns: &str) {
         "expired items are invisible"
     );
     assert_eq!(
-        s.scan(ns, "", 10).await.unwrap(),
+        s.scan(ns, "", None, 10).await.unwrap(),
         vec![("stays".to_string(), b("here"))]
     );
     assert!(
@@ -142,22 +146,22 @@ pub async fn scan_prefix_order_and_limit(s: Arc<dyn Store>, ns: &str) {
     }
     let keys = |items: Vec<(String, Bytes)>| items.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
 
-    let users = s.scan(ns, "user:", 10).await.unwrap();
+    let users = s.scan(ns, "user:", None, 10).await.unwrap();
     assert_eq!(users[0], ("user:a".to_string(), b("v-user:a")));
     assert_eq!(keys(users), ["user:a", "user:b", "user:c"]);
     assert_eq!(
-        keys(s.scan(ns, "user:", 2).await.unwrap()),
+        keys(s.scan(ns, "user:", None, 2).await.unwrap()),
         ["user:a", "user:b"]
     );
     assert_eq!(
-        keys(s.scan(ns, "user", 10).await.unwrap()),
+        keys(s.scan(ns, "user", None, 10).await.unwrap()),
         ["user", "user:a", "user:b", "user:c", "users:z"]
     );
     assert_eq!(
-        keys(s.scan(ns, "", 100).await.unwrap()),
+        keys(s.scan(ns, "", None, 100).await.unwrap()),
         ["order:1", "user", "user:a", "user:b", "user:c", "users:z"]
     );
-    assert!(s.scan(ns, "zzz", 10).await.unwrap().is_empty());
+    assert!(s.scan(ns, "zzz", None, 10).await.unwrap().is_empty());
 }
 
 /// Keys and values outside the shared limits are rejected with an error that names them.
@@ -187,4 +191,123 @@ pub async fn validation_errors(s: Arc<dyn Store>, ns: &str) {
         "the limits themselves are allowed"
     );
     assert_eq!(s.get(ns, &longest).await.unwrap(), Some(largest));
+}
+
+/// A scan resumes strictly after its cursor and stays within the prefix.
+pub async fn scan_continues_after_a_cursor(s: Arc<dyn Store>, ns: &str) {
+    for k in ["p/1", "p/2", "p/3", "p/4", "q/1"] {
+        s.put(ns, k, b(k), PLAIN).await.unwrap();
+    }
+    let first = keys(s.scan(ns, "p/", None, 2).await.unwrap());
+    assert_eq!(first, ["p/1", "p/2"]);
+    let next = keys(s.scan(ns, "p/", Some("p/2"), 2).await.unwrap());
+    assert_eq!(next, ["p/3", "p/4"]);
+    assert!(s.scan(ns, "p/", Some("p/4"), 2).await.unwrap().is_empty());
+    assert!(
+        s.scan(ns, "p/", None, 0).await.is_err(),
+        "limit 0 is refused"
+    );
+}
+
+/// Every write raises an item's version; an absent key reads as version 0.
+pub async fn versions_rise_with_every_write(s: Arc<dyn Store>, ns: &str) {
+    let v0 = s.get_versioned(ns, "k").await.unwrap();
+    assert_eq!((v0.value, v0.version), (None, 0));
+    s.put(ns, "k", b("1"), PLAIN).await.unwrap();
+    let v1 = s.get_versioned(ns, "k").await.unwrap();
+    assert_eq!(v1.value, Some(b("1")));
+    assert!(v1.version > 0);
+    s.put(ns, "k", b("2"), PLAIN).await.unwrap();
+    let v2 = s.get_versioned(ns, "k").await.unwrap();
+    assert!(v2.version > v1.version, "{v1:?} then {v2:?}");
+    s.delete(ns, "k").await.unwrap();
+    assert_eq!(s.get_versioned(ns, "k").await.unwrap().version, 0);
+}
+
+fn keys(items: Vec<(String, Bytes)>) -> Vec<String> {
+    items.into_iter().map(|(k, _)| k).collect()
+}
+
+fn commit(ns: &str, reads: &[(&str, u64)], writes: &[(&str, Option<&str>)]) -> KvCommit {
+    KvCommit {
+        ns: ns.to_string(),
+        reads: reads.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        writes: writes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(b)))
+            .collect(),
+        record: None,
+    }
+}
+
+/// A commit applies every write if the versions it read are current, and nothing otherwise:
+/// two read-modify-writes from one snapshot cannot both win.
+pub async fn commit_applies_all_or_nothing(s: Arc<dyn Store>, ns: &str) {
+    s.put(ns, "a", b("0"), PLAIN).await.unwrap();
+    let a = s.get_versioned(ns, "a").await.unwrap().version;
+    let first = commit(
+        ns,
+        &[("a", a), ("b", 0)],
+        &[("a", Some("1")), ("b", Some("x"))],
+    );
+    let second = commit(ns, &[("a", a)], &[("a", Some("2")), ("c", Some("y"))]);
+    let out = s.commit(&first).await.unwrap();
+    let CommitOutcome::Committed { versions } = out else {
+        panic!("first commit: {out:?}")
+    };
+    assert_eq!(versions.len(), 2);
+    assert_eq!(
+        s.commit(&second).await.unwrap(),
+        CommitOutcome::Conflict {
+            keys: vec!["a".to_string()]
+        },
+        "the second read a stale version"
+    );
+    assert_eq!(s.get(ns, "a").await.unwrap(), Some(b("1")));
+    assert_eq!(s.get(ns, "b").await.unwrap(), Some(b("x")));
+    assert_eq!(
+        s.get(ns, "c").await.unwrap(),
+        None,
+        "nothing of a conflict applies"
+    );
+
+    // A key read as absent conflicts once someone created it; deletes commit too.
+    let create = commit(ns, &[("b", 0)], &[("b", Some("again"))]);
+    assert!(matches!(
+        s.commit(&create).await.unwrap(),
+        CommitOutcome::Conflict { .. }
+    ));
+    let b_now = s.get_versioned(ns, "b").await.unwrap().version;
+    let delete = commit(ns, &[("b", b_now)], &[("b", None)]);
+    assert!(matches!(
+        s.commit(&delete).await.unwrap(),
+        CommitOutcome::Committed { .. }
+    ));
+    assert_eq!(s.get(ns, "b").await.unwrap(), None);
+    // A blind write (nothing read) always applies.
+    let blind = commit(ns, &[], &[("a", Some("blind"))]);
+    assert!(matches!(
+        s.commit(&blind).await.unwrap(),
+        CommitOutcome::Committed { .. }
+    ));
+    assert_eq!(s.get(ns, "a").await.unwrap(), Some(b("blind")));
+}
+
+/// A commit with a completion record applies once; the second is a duplicate and changes nothing.
+pub async fn commit_records_are_checked_once(s: Arc<dyn Store>, ns: &str) {
+    let record = Record {
+        key: format!("{ns}/m-1"),
+        value: b("emits"),
+        ttl: Duration::from_secs(3600),
+    };
+    let mut c = commit(ns, &[], &[("n", Some("1"))]);
+    c.record = Some(record.clone());
+    assert!(matches!(
+        s.commit(&c).await.unwrap(),
+        CommitOutcome::Committed { .. }
+    ));
+    let mut again = commit(ns, &[], &[("n", Some("2"))]);
+    again.record = Some(record);
+    assert_eq!(s.commit(&again).await.unwrap(), CommitOutcome::Duplicate);
+    assert_eq!(s.get(ns, "n").await.unwrap(), Some(b("1")));
 }
