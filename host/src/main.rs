@@ -237,7 +237,7 @@ async fn up(
     wait_for_signal().await;
     let grace = platform.shutdown_grace();
     eprintln!(
-        "stopping: handing back messages not started, finishing in-flight ones (at most {} s)…",
+        "stopping: finishing in-flight messages (at most {} s; messages not started go back at once)…",
         grace.as_secs_f64()
     );
     let _ = stop_tx.send(true);

@@ -124,6 +124,9 @@ impl Gate {
             until: Instant::now() + pause,
             failures,
         };
+        drop(state);
+        // Fetchers waiting out a probe now wait for the pause's end instead.
+        self.changed.notify_waiters();
         pause
     }
 
@@ -182,6 +185,21 @@ mod tests {
             last = next;
         }
         assert!(last >= PAUSE_MAX.mul_f64(0.8), "{last:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetcher_waiting_out_a_probe_probes_again_after_it_failed() {
+        let gate = std::sync::Arc::new(Gate::default());
+        gate.failed();
+        assert_eq!(gate.admit().await, Admit::Probe);
+        let waiter = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.admit().await }
+        });
+        tokio::task::yield_now().await;
+        gate.failed();
+        let next = tokio::time::timeout(PAUSE_MAX * 2, waiter).await;
+        assert_eq!(next.expect("woken").unwrap(), Admit::Probe);
     }
 
     #[tokio::test(start_paused = true)]

@@ -238,6 +238,9 @@ async fn fetch_loop(shared: Arc<Shared>) {
                 errors += 1;
                 let pause = Duration::from_millis(100 * 2u64.pow(errors.min(6)));
                 tracing::warn!(function = %name, "receive failed (retrying in {pause:?}): {e}");
+                if admit == Admit::Probe {
+                    shared.gate.failed();
+                }
                 for p in permits.by_ref() {
                     release_worker(&shared, p);
                 }
@@ -314,6 +317,8 @@ async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
                 if conflicts < MAX_CONFLICTS {
                     continue;
                 }
+                // The store answers: a hot key is not an outage.
+                s.gate.succeeded();
                 let delay = CONFLICT_BACKOFF.mul_f64(rand::random_range(0.5..1.5));
                 tracing::debug!(function = %name, id = %msg.id, ?keys, "{conflicts} conflicts in a row; backing off {delay:?}");
                 if let Err(e) = s.queue.release(name, &msg.receipt, delay).await {
@@ -324,12 +329,14 @@ async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
             Err(crate::Error::StaleReceipt) => {
                 // The lease was lost and another consumer holds the message: it settles it.
                 tracing::info!(function = %name, id = %msg.id, "lease lost before the commit; nothing applied");
+                s.gate.succeeded();
                 return;
             }
             Err(e) if e.is_retryable() => {
                 return infrastructure(s, &msg, &format!("commit failed: {e}")).await;
             }
             Err(e) => {
+                s.gate.succeeded();
                 let reason = format!("commit refused: {e}");
                 tracing::info!(function = %name, id = %msg.id, "dead-lettered: {reason}");
                 if let Err(e) = s.queue.dead_letter(name, &msg, &reason).await {
