@@ -185,6 +185,17 @@ pub async fn aws_platform(
     tag: &str,
     fns: &[crate::Fn],
 ) -> Option<std::sync::Arc<levee::platform::Platform>> {
+    Some(aws_platforms(dir, tag, fns, 1).await?.remove(0))
+}
+
+/// Like [`aws_platform`], with `hosts` platforms over the same queues, table and bucket (each
+/// with its own data directory), as several hosts of one fleet.
+pub async fn aws_platforms(
+    dir: &std::path::Path,
+    tag: &str,
+    fns: &[crate::Fn],
+    hosts: usize,
+) -> Option<Vec<std::sync::Arc<levee::platform::Platform>>> {
     let emu = emulator()?;
     let sdk = emu.sdk_config().await;
     let s = emu.settings(tag);
@@ -206,9 +217,14 @@ pub async fn aws_platform(
         "a queue and a DLQ per function, a table and a bucket: {report}"
     );
     let manifest = crate::write_manifest_with(dir, &extra, fns);
-    let opts = levee::platform::StartOptions {
-        aws_sdk: Some(sdk),
-        ..Default::default()
-    };
-    Some(crate::start_with(&manifest, opts).await)
+    let mut platforms = Vec::with_capacity(hosts);
+    for i in 0..hosts {
+        let opts = levee::platform::StartOptions {
+            aws_sdk: Some(sdk.clone()),
+            data_dir: Some(dir.join(format!("host-{i}"))),
+            ..Default::default()
+        };
+        platforms.push(crate::start_with(&manifest, opts).await);
+    }
+    Some(platforms)
 }

@@ -750,6 +750,9 @@ impl Queue for SqsQueue {
             return Ok(());
         }
         let (name, _) = self.names(queue)?;
+        for r in receipts {
+            self.check_fresh(r)?;
+        }
         let url = self.url(&name).await?;
         self.delete_receipts(&name, &url, receipts).await?;
         let mut leases = self.leases.lock().expect("leases poisoned");
