@@ -1,19 +1,26 @@
 //! `faulty`: a test fixture that misbehaves on request, for the host's fault tests.
 //!
-//! Body: `{"action": "ok" | "trap" | "spin" | "hog" | "retryable" | "permanent", "mb": N}`.
+//! Body: `{"action": "ok" | "trap" | "spin" | "sleep" | "hog" | "retryable" | "permanent",
+//! "mb": N, "ms": N}`.
 //! - `ok`: prints a line to stdout and succeeds.
 //! - `trap`: prints to stderr and panics (a Wasm trap under `panic = "abort"`).
 //! - `spin`: loops forever, so only the host's deadline ends it.
+//! - `sleep`: sleeps `ms` milliseconds (at most [`MAX_SLEEP_MS`]) with `std::thread::sleep`,
+//!   which blocks in WASI `poll` outside Wasm code, then succeeds; the host must still stop it
+//!   at its deadline.
 //! - `hog`: allocates and touches `mb` MiB, then succeeds; beyond the memory cap the
 //!   allocation fails and the guest traps.
 //! - `retryable` / `permanent`: returns that error.
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use levee_sdk::{Context, Error, Fields, Message, quote};
 
 /// Largest `mb` a hog request may ask for (beyond any sane per-invocation memory cap).
 pub const MAX_HOG_MB: u64 = 4096;
+/// Longest `ms` a sleep request may ask for (one hour, beyond any per-invocation deadline).
+pub const MAX_SLEEP_MS: u64 = 3_600_000;
 /// Bytes between touched bytes: one per Wasm page would do, one per OS page is sure to commit.
 const TOUCH_STRIDE: usize = 4096;
 
@@ -26,6 +33,11 @@ pub enum Action {
     Trap,
     /// Never return.
     Spin,
+    /// Block in the host's `poll` for this long, then succeed.
+    Sleep {
+        /// Milliseconds to sleep.
+        ms: u64,
+    },
     /// Allocate and touch this many MiB.
     Hog {
         /// MiB to allocate.
@@ -37,18 +49,30 @@ pub enum Action {
     Permanent,
 }
 
-const ACTIONS: &str = "one of ok, trap, spin, hog, retryable, permanent";
+const ACTIONS: &str = "one of ok, trap, spin, sleep, hog, retryable, permanent";
 
 /// Reads the action from a message body.
 pub fn parse(msg: &Message) -> Result<Action, Error> {
     let body = msg.json_object()?;
     let f = Fields::new(&body);
-    f.deny_unknown(&["action", "mb"])?;
+    f.deny_unknown(&["action", "mb", "ms"])?;
     let mb = f.opt_u64("mb")?;
+    let ms = f.opt_u64("ms")?;
     let action = match f.str("action")? {
         "ok" => Action::Ok,
         "trap" => Action::Trap,
         "spin" => Action::Spin,
+        "sleep" => match ms {
+            Some(ms) if ms <= MAX_SLEEP_MS => Action::Sleep { ms },
+            Some(ms) => return Err(f.invalid("ms", &format!("at most {MAX_SLEEP_MS}"), ms)),
+            None => {
+                return Err(f.invalid(
+                    "ms",
+                    "milliseconds to sleep for action \"sleep\"",
+                    "nothing (missing)",
+                ));
+            }
+        },
         "retryable" => Action::Retryable,
         "permanent" => Action::Permanent,
         "hog" => match mb {
@@ -84,6 +108,12 @@ pub fn handle(msg: &Message, _ctx: &mut dyn Context) -> Result<(), Error> {
         Action::Spin => {
             eprintln!("faulty: spinning for message {}", msg.id);
             spin()
+        }
+        Action::Sleep { ms } => {
+            eprintln!("faulty: sleeping {ms} ms for message {}", msg.id);
+            std::thread::sleep(Duration::from_millis(ms));
+            println!("faulty: slept {ms} ms for message {}", msg.id);
+            Ok(())
         }
         Action::Hog { mb } => {
             let sum = hog(mb);
@@ -149,6 +179,14 @@ mod tests {
         assert_eq!(action(json!({"action": "trap"})), Action::Trap);
         assert_eq!(action(json!({"action": "spin"})), Action::Spin);
         assert_eq!(
+            action(json!({"action": "sleep", "ms": 1500})),
+            Action::Sleep { ms: 1500 }
+        );
+        assert_eq!(
+            action(json!({"action": "sleep", "ms": MAX_SLEEP_MS})),
+            Action::Sleep { ms: MAX_SLEEP_MS }
+        );
+        assert_eq!(
             action(json!({"action": "hog", "mb": 64})),
             Action::Hog { mb: 64 }
         );
@@ -172,6 +210,13 @@ mod tests {
     }
 
     #[test]
+    fn sleep_sleeps_then_succeeds() {
+        let start = std::time::Instant::now();
+        run(json!({"action": "sleep", "ms": 20})).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
     fn hog_touches_every_page() {
         assert_eq!(hog(2), 2 * (1 << 20) / TOUCH_STRIDE as u64);
         assert_eq!(hog(0), 0);
@@ -189,7 +234,7 @@ mod tests {
         let cases = [
             (
                 json!({"action": "explode"}),
-                r#"field "action": expected one of ok, trap, spin, hog, retryable, permanent, got "explode""#,
+                r#"field "action": expected one of ok, trap, spin, sleep, hog, retryable, permanent, got "explode""#,
             ),
             (
                 json!({"action": "hog"}),
@@ -204,12 +249,24 @@ mod tests {
                 r#"field "mb": expected a non-negative integer, got -1"#,
             ),
             (
+                json!({"action": "sleep"}),
+                r#"field "ms": expected milliseconds to sleep for action "sleep", got nothing (missing)"#,
+            ),
+            (
+                json!({"action": "sleep", "ms": 3_600_001}),
+                r#"field "ms": expected at most 3600000, got 3600001"#,
+            ),
+            (
+                json!({"action": "sleep", "ms": "5"}),
+                r#"field "ms": expected a non-negative integer, got "5""#,
+            ),
+            (
                 json!({"mb": 1}),
                 r#"field "action": expected a non-empty string, got nothing (missing)"#,
             ),
             (
                 json!({"action": "ok", "delay": 1}),
-                r#"field "delay": unknown, expected only action, mb"#,
+                r#"field "delay": unknown, expected only action, mb, ms"#,
             ),
         ];
         for (body, expected) in cases {
