@@ -23,6 +23,8 @@ pub(super) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limiter: MemoryLimiter,
+    /// When the invocation must end; blocking WASI calls stop there (see `deadline.rs`).
+    pub(super) deadline: std::time::Instant,
     pub(super) emitted: Vec<Emitted>,
     emitted_bytes: usize,
     emits_to: Arc<HashSet<String>>,
@@ -56,6 +58,7 @@ impl HostState {
                 cap: memory_cap,
                 memory_denied: false,
             },
+            deadline: std::time::Instant::now(), // Function::invoke sets the real one
             emitted: Vec::new(),
             emitted_bytes: 0,
             emits_to,
