@@ -1,7 +1,8 @@
 //! Fault isolation on the embedded backend: traps are retried then dead-lettered with their reason,
-//! infinite loops stop at their deadline, memory hogs hit their cap, and other messages keep flowing.
+//! infinite loops and handlers blocked in a host call stop at their deadline, memory hogs hit their
+//! cap, and other messages keep flowing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use levee_tests::{Fn, eventually, start, write_manifest};
 
@@ -143,5 +144,72 @@ async fn long_handlers_keep_their_lease() {
         1,
         "one invocation only"
     );
+    p.shutdown().await;
+}
+
+/// A handler blocked in a host call (`std::thread::sleep` waits in WASI `poll`, outside Wasm code,
+/// where epoch interruption cannot reach it) stops at its deadline like a spinning one: it fails
+/// as a timeout long before its sleep would end, its only worker is free again for the messages
+/// behind it, and it is retried to `max_receive`, then dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_handlers_stop_at_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let fns = vec![Fn::new(
+        "faulty",
+        "faulty",
+        "concurrency = 1\nmax_receive = 2\nbackoff_ms = 20\ntimeout_ms = 300",
+    )];
+    let p = start(&write_manifest(dir.path(), &fns)).await;
+
+    let started = Instant::now();
+    let r = p
+        .invoke("faulty", br#"{"action":"sleep","ms":60000}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.outcome, "failed", "{r:?}");
+    assert_eq!(r.kind, Some("timeout"), "{r:?}");
+    assert!(
+        r.reason.as_deref().unwrap_or_default().contains("300 ms"),
+        "{r:?}"
+    );
+    // Generous: the point is the 300 ms deadline against the 60 s sleep.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped at its deadline, not after its sleep: {:?}",
+        started.elapsed()
+    );
+    // A sleep within the deadline completes.
+    let r = p
+        .invoke("faulty", br#"{"action":"sleep","ms":20}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.outcome, "ok", "{r:?}");
+
+    let sleeper = send(&p, r#"{"action":"sleep","ms":60000}"#).await;
+    for _ in 0..3 {
+        send(&p, r#"{"action":"ok"}"#).await;
+    }
+    // Two attempts of a 60 s sleep would take two minutes; this waits far less.
+    let settled = eventually(Duration::from_secs(30), || async {
+        let s = p.status().await.unwrap();
+        let f = &s.functions[0];
+        f.processed == 3 && f.dlq == 1 && f.visible == 0 && f.in_flight == 0 && f.delayed == 0
+    })
+    .await;
+    let status = p.status().await.unwrap();
+    assert!(
+        settled,
+        "3 ok processed by the one worker and the sleeper dead-lettered; got {status:?}"
+    );
+    let letters = p.dlq_list("faulty", 10).await.unwrap();
+    assert_eq!(letters[0].id, sleeper);
+    assert!(
+        letters[0].reason.contains("timeout")
+            && letters[0].reason.contains("300 ms")
+            && letters[0].reason.contains("2 attempts"),
+        "retried to max_receive, each attempt stopped at its deadline: {}",
+        letters[0].reason
+    );
+    assert_eq!(letters[0].receive_count, 2);
     p.shutdown().await;
 }

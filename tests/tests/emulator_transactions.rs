@@ -18,7 +18,11 @@ use serde_json::json;
 async fn two_hosts_over_one_table_lose_no_update() {
     const N: usize = 60;
     let dir = tempfile::tempdir().unwrap();
-    let fns = [Fn::new("tally", "tally", "concurrency = 4\nbackoff_ms = 50")];
+    let fns = [Fn::new(
+        "tally",
+        "tally",
+        "concurrency = 4\nbackoff_ms = 50",
+    )];
     let Some(hosts) = aws_platforms(dir.path(), "twohosts", &fns, 2).await else {
         return;
     };
@@ -50,7 +54,10 @@ async fn two_hosts_over_one_table_lose_no_update() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(total().await, N as i64, "{stats:?}");
     for n in [0, N / 2, N - 1] {
-        let v = hosts[1].kv_get("tally", &format!("count/m{n}")).await.unwrap();
+        let v = hosts[1]
+            .kv_get("tally", &format!("count/m{n}"))
+            .await
+            .unwrap();
         assert_eq!(v.as_deref(), Some(&b"1"[..]), "m{n}");
     }
     let ran: u64 = stats.iter().map(|s| s.invocations).sum();
@@ -124,19 +131,36 @@ async fn a_committed_message_is_replayed_not_rerun() {
     // The message comes back after its lease: the ledger settles it without handing it out.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let again = ledger.receive("src", opts).await.unwrap();
-    assert!(again.is_empty(), "a committed message is not run again: {again:?}");
+    assert!(
+        again.is_empty(),
+        "a committed message is not run again: {again:?}"
+    );
     let next = ledger
-        .receive("next", ReceiveOptions { max_messages: 10, ..opts })
+        .receive(
+            "next",
+            ReceiveOptions {
+                max_messages: 10,
+                ..opts
+            },
+        )
         .await
         .unwrap();
     assert_eq!(next.len(), 1, "its recorded emit was sent");
     assert_eq!(next[0].body, b"effect");
-    assert_eq!(next[0].id, levee::queue::emitted_id(&first.id, 0), "with its stable id");
+    assert_eq!(
+        next[0].id,
+        levee::queue::emitted_id(&first.id, 0),
+        "with its stable id"
+    );
     assert!(
         ledger.receive("src", opts).await.unwrap().is_empty(),
         "and the source deleted"
     );
-    assert_eq!(store.get_versioned("src", "n").await.unwrap().version, 1, "kv applied once");
+    assert_eq!(
+        store.get_versioned("src", "n").await.unwrap().version,
+        1,
+        "kv applied once"
+    );
     // A second commit of the same message is a duplicate and changes nothing.
     let dup = KvCommit {
         ns: "src".into(),
@@ -149,7 +173,10 @@ async fn a_committed_message_is_replayed_not_rerun() {
         ..KvCommit::default()
     };
     assert_eq!(store.commit(&dup).await.unwrap(), CommitOutcome::Duplicate);
-    assert_eq!(store.get("src", "n").await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        store.get("src", "n").await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
 }
 
 #[tokio::test]
@@ -169,5 +196,8 @@ async fn a_transaction_past_dynamodbs_item_limit_is_refused_by_name() {
     let err = store.commit(&big).await.unwrap_err();
     assert!(!err.is_retryable(), "{err}");
     assert!(err.to_string().contains("limit of 100 items"), "{err}");
-    assert!(store.get("f", "k0").await.unwrap().is_none(), "nothing applied");
+    assert!(
+        store.get("f", "k0").await.unwrap().is_none(),
+        "nothing applied"
+    );
 }

@@ -28,6 +28,8 @@ pub(super) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limiter: MemoryLimiter,
+    /// When the invocation must end; blocking WASI calls stop there (see `deadline.rs`).
+    pub(super) deadline: std::time::Instant,
     pub(super) emitted: Vec<Emitted>,
     emitted_bytes: usize,
     emits_to: Arc<HashSet<String>>,
@@ -43,6 +45,8 @@ pub(super) struct HostState {
     written_bytes: usize,
     /// The first store failure that was not the message's fault.
     pub(super) infra: Option<String>,
+    /// A kv call was cut off at the deadline: the invocation timed out.
+    pub(super) timed_out: bool,
 }
 
 impl HostState {
@@ -68,6 +72,7 @@ impl HostState {
                 cap: memory_cap,
                 memory_denied: false,
             },
+            deadline: std::time::Instant::now(), // Function::invoke sets the real one
             emitted: Vec::new(),
             emitted_bytes: 0,
             emits_to,
@@ -80,6 +85,28 @@ impl HostState {
             writes: BTreeMap::new(),
             written_bytes: 0,
             infra: None,
+            timed_out: false,
+        }
+    }
+
+    /// Runs a store call, cut off at the invocation's deadline like every blocking host call.
+    fn store_call<T>(
+        &mut self,
+        call: impl Future<Output = crate::Result<T>>,
+    ) -> Result<T, types::Error> {
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout_at(deadline, call).await })
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.store_error(e)),
+            Err(_) => {
+                self.timed_out = true;
+                Err(types::Error::Retryable(
+                    "the handler's deadline passed during a kv call".into(),
+                ))
+            }
         }
     }
 
@@ -113,10 +140,8 @@ impl HostState {
                 "an invocation may read at most {MAX_TXN_READS} distinct keys"
             )));
         }
-        let got = self
-            .rt
-            .block_on(self.store.get_versioned(&self.ns, key))
-            .map_err(|e| self.store_error(e))?;
+        let (store, ns) = (self.store.clone(), self.ns.clone());
+        let got = self.store_call(async move { store.get_versioned(&ns, key).await })?;
         self.reads.entry(key.to_string()).or_insert(got.version);
         Ok(got.value)
     }
@@ -153,10 +178,8 @@ impl HostState {
     ) -> Result<kv::Page, types::Error> {
         let limit = limit as usize;
         store::validate_scan(prefix, limit).map_err(to_guest_error)?;
-        let items = self
-            .rt
-            .block_on(self.store.scan(&self.ns, prefix, cursor, limit))
-            .map_err(|e| self.store_error(e))?;
+        let (store, ns) = (self.store.clone(), self.ns.clone());
+        let items = self.store_call(async move { store.scan(&ns, prefix, cursor, limit).await })?;
         // The store may hold more past its last key: own writes beyond it belong to later pages.
         let full = items.len() == limit;
         let upper = if full {

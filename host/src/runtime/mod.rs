@@ -2,6 +2,7 @@
 //! function, a fresh instance per message, with a memory cap and an epoch deadline per invocation.
 
 mod artifact;
+mod deadline;
 mod engine;
 mod guest_log;
 mod host;
@@ -121,6 +122,7 @@ impl Runtime {
         let engine = engine::build(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(rt_err)?;
+        deadline::add_to_linker(&mut linker).map_err(rt_err)?;
         Capability::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(rt_err)?;
         let ticker = engine::EpochTicker::start(engine.clone());
@@ -227,6 +229,7 @@ impl Function {
         let mut store = WasmStore::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(engine::deadline_ticks(self.limits.timeout));
+        store.data_mut().deadline = start + self.limits.timeout;
         let message = types::Message {
             id: msg.id.clone(),
             body: msg.body.clone(),
@@ -240,7 +243,9 @@ impl Function {
         store.data_mut().flush_logs();
         let mut state = store.into_data();
         let outcome = match result {
-            // A store failure decides, whatever the guest made of the error it got.
+            // A kv call cut off at the deadline, or a store failure, decides, whatever the
+            // guest made of the error it got.
+            _ if state.timed_out => Err(Failure::Timeout(self.limits.timeout)),
             _ if state.infra.is_some() => Err(Failure::Infrastructure(
                 state.infra.take().unwrap_or_default(),
             )),
@@ -266,6 +271,9 @@ fn classify_trap(e: wasmtime::Error, state: &HostState, limits: &Limits) -> Fail
         };
     }
     if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return Failure::Timeout(limits.timeout);
+    }
+    if deadline::exceeded(&e) {
         return Failure::Timeout(limits.timeout);
     }
     if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
