@@ -186,11 +186,17 @@ async fn a_transaction_past_dynamodbs_item_limit_is_refused_by_name() {
     let s = emu.settings("limit");
     levee::provision(&sdk, &s, &[]).await.unwrap();
     let store = DynamoStore::new(&sdk, &s.table);
+    // 100 writes and the completion record: 101 items.
     let big = KvCommit {
         ns: "f".into(),
         writes: (0..100)
             .map(|i| (format!("k{i}"), Some(Bytes::from_static(b"v"))))
             .collect(),
+        record: Some(levee::store::Record {
+            key: "f/m".into(),
+            value: Bytes::from_static(b"{}"),
+            ttl: Duration::from_secs(60),
+        }),
         ..KvCommit::default()
     };
     let err = store.commit(&big).await.unwrap_err();

@@ -261,17 +261,27 @@ impl Store for DynamoStore {
             let op = match v {
                 Some(v) => {
                     values.insert(":v".into(), AttributeValue::B(Blob::new(v.to_vec())));
-                    values.insert(":one".into(), AttributeValue::N("1".into()));
+                    // A key read gets the next version of the one its condition checks; a blind
+                    // write only raises whatever is there (items without `ver` count as 1).
+                    let set_ver = match seen {
+                        Some(seen) => {
+                            values.insert(":next".into(), AttributeValue::N((seen + 1).to_string()));
+                            "ver = :next"
+                        }
+                        None => {
+                            values.insert(":one".into(), AttributeValue::N("1".into()));
+                            "ver = if_not_exists(ver, :one) + :one"
+                        }
+                    };
                     versions.push(seen.map(|s| s + 1));
                     TransactWriteItem::builder()
                         .update(
                             Update::builder()
                                 .table_name(&self.table)
                                 .set_key(Some(Self::key(&c.ns, key)))
-                                .update_expression(
-                                    "SET v = :v, ver = if_not_exists(ver, :one) + :one \
-                                     REMOVE expires_ms, expires_at",
-                                )
+                                .update_expression(format!(
+                                    "SET v = :v, {set_ver} REMOVE expires_ms, expires_at"
+                                ))
                                 .set_condition_expression(cond)
                                 .set_expression_attribute_values(Some(values))
                                 .build()

@@ -30,11 +30,15 @@ pub use backoff::Backoff;
 pub use gate::{Admit, Gate, PAUSE_BASE, PAUSE_MAX};
 pub use stats::{EmitCounts, PoolStats, WorkerCounters};
 
-/// Conflicting commits in a row after which a message backs off instead of running again at
-/// once (a hot key): it goes back for [`CONFLICT_BACKOFF`], without using an attempt.
+/// Conflicting commits in a row after which a message backs off before running again (a hot
+/// key): [`CONFLICT_BACKOFF`], doubled per further conflict up to 32 times that, while the worker
+/// keeps the message and its lease.
 pub const MAX_CONFLICTS: u32 = 8;
-/// How long a message that conflicted [`MAX_CONFLICTS`] times in a row stays hidden.
-pub const CONFLICT_BACKOFF: Duration = Duration::from_millis(100);
+/// Conflicts in a row after which the message goes back to the queue (without using an attempt)
+/// and the worker takes other work.
+pub const MAX_CONFLICTS_HELD: u32 = 64;
+/// The first back-off after [`MAX_CONFLICTS`] conflicts in a row.
+pub const CONFLICT_BACKOFF: Duration = Duration::from_millis(20);
 
 /// Attribute carried by emitted messages: the send time (ms since the Unix epoch) of the message
 /// that started the chain, so the last function of a pipeline measures end-to-end latency.
@@ -319,9 +323,22 @@ async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
                 }
                 // The store answers: a hot key is not an outage.
                 s.gate.succeeded();
-                let delay = CONFLICT_BACKOFF.mul_f64(rand::random_range(0.5..1.5));
-                tracing::debug!(function = %name, id = %msg.id, ?keys, "{conflicts} conflicts in a row; backing off {delay:?}");
-                if let Err(e) = s.queue.release(name, &msg.receipt, delay).await {
+                if conflicts < MAX_CONFLICTS_HELD {
+                    // A hot key: back off while keeping the message (and its lease), so on SQS
+                    // no receive is spent on it.
+                    let doubling = (conflicts - MAX_CONFLICTS).min(5);
+                    let delay = CONFLICT_BACKOFF
+                        .saturating_mul(1 << doubling)
+                        .mul_f64(rand::random_range(0.5..1.5));
+                    tracing::debug!(function = %name, id = %msg.id, ?keys, "{conflicts} conflicts in a row; backing off {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    if let Err(e) = s.queue.extend_lease(name, &msg.receipt, s.cfg.lease).await {
+                        tracing::warn!(function = %name, id = %msg.id, "could not renew the lease of a conflicting message: {e}");
+                    }
+                    continue;
+                }
+                tracing::warn!(function = %name, id = %msg.id, ?keys, "{conflicts} conflicts in a row; handing it back (no attempt used)");
+                if let Err(e) = s.queue.release(name, &msg.receipt, CONFLICT_BACKOFF).await {
                     tracing::warn!(function = %name, id = %msg.id, "could not hand back a conflicting message; it returns when its lease ends: {e}");
                 }
                 return;
