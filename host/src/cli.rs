@@ -146,6 +146,9 @@ pub enum Command {
         #[command(flatten)]
         addr: AddrArg,
     },
+    /// Rehearse an incident on loopback under load and print a verdict (`levee drill` lists the
+    /// drills).
+    Drill(crate::drill::DrillArgs),
 }
 
 #[derive(Debug, Subcommand)]

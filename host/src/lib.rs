@@ -6,6 +6,7 @@ pub mod backends;
 pub mod blobs;
 pub mod cli;
 pub mod client;
+pub mod drill;
 pub mod embedded;
 mod error;
 pub mod ingress;

@@ -177,6 +177,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::Drill(args) => Ok(ExitCode::from(levee::drill::run(args).await?)),
         Command::Dlq {
             command: DlqCommand::Redrive { function, addr },
         } => {

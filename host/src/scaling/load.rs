@@ -1,7 +1,9 @@
 //! `levee load`: a load generator against a running `levee up` on a loopback address. It sends
 //! generated inbound customer messages at a steady rate with an optional surge, bounded in count and
 //! time, prints each second what it sent and what the platform's scaler did, and at the end the
-//! peak workers per function and how soon after the surge began each one reached it.
+//! peak workers per function and how soon after the surge began each one reached it. Its
+//! [`Sender`] (generated messages, bounded requests in flight, counted answers) is shared with the
+//! drills (`levee drill`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -273,18 +275,100 @@ pub fn parse_status(v: &serde_json::Value) -> BTreeMap<String, Observed> {
         .collect()
 }
 
+/// What a [`Sender`] has counted so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendCounts {
+    /// Requests answered with a 2xx (for `POST .../messages`: a 202, the message is durably queued).
+    pub accepted: u64,
+    /// Requests that failed, timed out or got any other answer.
+    pub errors: u64,
+    /// Messages not sent because [`MAX_IN_FLIGHT`] requests were already out.
+    pub skipped: u64,
+}
+
+/// Sends generated inbound messages ([`message`]) to one function of a running platform, each
+/// request on its own task, at most [`MAX_IN_FLIGHT`] at once: beyond that a message is skipped
+/// and counted, never queued. The caller paces it ([`send_up_to`](Self::send_up_to) with the
+/// number due so far); `levee load` and the drills share it.
+#[derive(Debug)]
+pub struct Sender {
+    addr: String,
+    path: String,
+    issued: u64,
+    skipped: u64,
+    accepted: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    in_flight: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+}
+
+impl Sender {
+    /// A sender to `function` at `addr` (HOST:PORT; the caller checks it is loopback).
+    pub fn new(addr: &str, function: &str) -> Self {
+        Sender {
+            addr: addr.to_string(),
+            path: format!("/v1/functions/{}/messages", encode_segment(function)),
+            issued: 0,
+            skipped: 0,
+            accepted: Arc::new(AtomicU64::new(0)),
+            errors: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Issues messages until `due` have been issued in all (the n-th message is `message(n)`).
+    pub fn send_up_to(&mut self, due: u64) {
+        while self.tasks.try_join_next().is_some() {}
+        while self.issued < due {
+            self.issued += 1;
+            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                self.skipped += 1;
+                continue;
+            };
+            let (addr, path) = (self.addr.clone(), self.path.clone());
+            let (accepted, errors) = (self.accepted.clone(), self.errors.clone());
+            let body = message(self.issued);
+            self.tasks.spawn(async move {
+                let ok = matches!(
+                    tokio::time::timeout(REQUEST_TIMEOUT, call(&addr, Method::POST, &path, body)).await,
+                    Ok(Ok(a)) if a.status.is_success()
+                );
+                if ok { &accepted } else { &errors }.fetch_add(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+    }
+
+    /// Messages issued so far (sent or skipped).
+    pub fn issued(&self) -> u64 {
+        self.issued
+    }
+
+    /// The counts so far (requests still out are in none of them).
+    pub fn counts(&self) -> SendCounts {
+        SendCounts {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            skipped: self.skipped,
+        }
+    }
+
+    /// Waits for every request still out (each is bounded by [`REQUEST_TIMEOUT`]); the final counts.
+    pub async fn finish(mut self) -> SendCounts {
+        while self.tasks.join_next().await.is_some() {}
+        self.counts()
+    }
+}
+
 /// Runs the load; `print` gets one line per second and the summary.
 pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Result<LoadSummary> {
     let addr = opts.validate()?.to_string();
-    let path = format!("/v1/functions/{}/messages", encode_segment(&opts.function));
     // Fail fast on a wrong address or function instead of counting thousands of errors.
     call(&addr, Method::GET, "/v1/status", vec![])
         .await?
         .json()?;
-    let sent = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut tasks = JoinSet::new();
+    let mut sender = Sender::new(&addr, &opts.function);
     let mut summary = LoadSummary {
         sent: 0,
         errors: 0,
@@ -294,9 +378,8 @@ pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Re
     };
     let start = Instant::now();
     let end = opts.duration + opts.tail;
-    let mut issued = 0u64;
     let mut next_report = Duration::from_secs(1);
-    let (mut last_sent, mut last_errors) = (0u64, 0u64);
+    let mut last = SendCounts::default();
     if let Ok(v) = status(&addr).await {
         summary.observe(Duration::ZERO, &parse_status(&v));
     }
@@ -304,30 +387,11 @@ pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Re
     loop {
         tick.tick().await;
         let t = start.elapsed();
-        while tasks.try_join_next().is_some() {}
-        let due = opts.due_by(t);
-        while issued < due {
-            issued += 1;
-            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                summary.skipped += 1;
-                continue;
-            };
-            let (addr, path, sent, errors) =
-                (addr.clone(), path.clone(), sent.clone(), errors.clone());
-            let body = message(issued);
-            tasks.spawn(async move {
-                let ok = matches!(
-                    tokio::time::timeout(REQUEST_TIMEOUT, call(&addr, Method::POST, &path, body)).await,
-                    Ok(Ok(a)) if a.status.is_success()
-                );
-                if ok { &sent } else { &errors }.fetch_add(1, Ordering::Relaxed);
-                drop(permit);
-            });
-        }
+        sender.send_up_to(opts.due_by(t));
         if t >= next_report {
             let secs = next_report.as_secs();
             next_report += Duration::from_secs(1);
-            let (s, e) = (sent.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+            let now = sender.counts();
             let mut line = format!(
                 "t={secs:>4}s target {:>6.0}/s sent {:>6}/s errors {:>4}",
                 if t <= opts.duration {
@@ -335,10 +399,10 @@ pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Re
                 } else {
                     0.0
                 },
-                s - last_sent,
-                e - last_errors
+                now.accepted - last.accepted,
+                now.errors - last.errors
             );
-            (last_sent, last_errors) = (s, e);
+            last = now;
             match status(&addr).await {
                 Ok(v) => {
                     let st = parse_status(&v);
@@ -358,9 +422,10 @@ pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Re
             break;
         }
     }
-    while tasks.join_next().await.is_some() {}
-    summary.sent = sent.load(Ordering::Relaxed);
-    summary.errors = errors.load(Ordering::Relaxed);
+    let counts = sender.finish().await;
+    summary.sent = counts.accepted;
+    summary.errors = counts.errors;
+    summary.skipped = counts.skipped;
     print(&summary.render(opts.surge.as_ref()));
     Ok(summary)
 }

@@ -1,0 +1,197 @@
+//! `levee drill`: the registry from the command line, and `levee drill store-outage` run for real
+//! (the built binary, the sample pipeline of `levee.toml`, a short outage) with its JSON figures
+//! checked for consistency. No figure is checked against a time or a rate.
+
+use std::path::Path;
+use std::process::Command;
+
+use levee_tests::{guests, levee, levee_bin, repo_root};
+use serde_json::Value;
+
+/// Runs `levee drill store-outage ARGS --json` on the sample pipeline with TMPDIR set to `tmp`;
+/// returns the exit code, the JSON line and stderr.
+fn store_outage(tmp: &Path, args: &[&str]) -> (i32, Value, String) {
+    guests();
+    let manifest = repo_root().join("levee.toml");
+    let out = Command::new(levee_bin())
+        .args(["drill", "store-outage", "--manifest"])
+        .arg(&manifest)
+        .args(args)
+        .arg("--json")
+        .env("TMPDIR", tmp)
+        .env_remove("LEVEE_MANIFEST")
+        .current_dir(tmp)
+        .output()
+        .expect("running levee drill");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 1,
+        "exit code {code} is neither pass nor fail; stderr:\n{stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "--json prints exactly one line on stdout: {stdout}\nstderr:\n{stderr}"
+    );
+    let v: Value = serde_json::from_str(lines[0])
+        .unwrap_or_else(|e| panic!("the JSON line parses ({e}): {stdout}"));
+    (code, v, stderr)
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` is a count in {v}"))
+}
+
+#[test]
+fn drill_lists_the_drills_and_names_them_for_an_unknown_one() {
+    for args in [&["drill"][..], &["drill", "--list"][..]] {
+        let (code, out, err) = levee(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("store-outage"))
+            .unwrap_or_else(|| panic!("{args:?} lists store-outage: {out}"));
+        assert!(line.contains("store"), "with a summary: {line}");
+    }
+    let (code, _, err) = levee(&["drill", "flood-of-the-century"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("unknown drill `flood-of-the-century`") && err.contains("store-outage"),
+        "{err}"
+    );
+    let (code, out, _) = levee(&["drill", "store-outage", "--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--duration",
+        "--rate",
+        "--warmup",
+        "--load-after",
+        "--drain-timeout",
+        "--manifest",
+        "--keep-data",
+        "--json",
+    ] {
+        assert!(out.contains(flag), "--help documents {flag}: {out}");
+    }
+    let (code, _, err) = levee(&["drill", "store-outage", "--duration", "10 parsecs"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--duration") && err.contains("unit"), "{err}");
+}
+
+#[test]
+fn a_short_store_outage_reports_consistent_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, v, err) = store_outage(
+        tmp.path(),
+        &[
+            "--duration",
+            "4s",
+            "--rate",
+            "50",
+            "--warmup",
+            "1s",
+            "--load-after",
+            "1s",
+            "--drain-timeout",
+            "3m",
+        ],
+    );
+    assert_eq!(v["drill"], "store-outage");
+    let verdict = v["verdict"].as_str().expect("verdict");
+    let reasons = v["reasons"].as_array().expect("reasons");
+    assert_eq!(verdict == "pass", reasons.is_empty(), "{v}");
+    assert_eq!(
+        code == 0,
+        verdict == "pass",
+        "exit code follows the verdict: {v}"
+    );
+
+    let accepted = u(&v, "accepted");
+    assert!(accepted > 0, "{v}");
+    for f in ["inbound", "routing", "search-index", "notify"] {
+        assert!(v["processed"][f].is_u64(), "processed has {f}: {v}");
+        assert!(v["dlq"][f].is_u64(), "dlq has {f}: {v}");
+    }
+    // One message to inbound completes once at each last stage.
+    for sink in ["notify", "search-index"] {
+        assert_eq!(v["expected"][sink].as_u64(), Some(accepted), "{v}");
+    }
+    let all_completed = ["notify", "search-index"]
+        .iter()
+        .all(|s| v["processed"][s].as_u64().unwrap() >= accepted);
+    assert_eq!(v["all_completed"].as_bool(), Some(all_completed), "{v}");
+    let dlq_sum: u64 = v["dlq"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(u(&v, "dead_lettered"), dlq_sum, "{v}");
+
+    assert_eq!(
+        u(&v, "store_max_concurrency"),
+        64,
+        "the [cache] default: {v}"
+    );
+    assert!(
+        u(&v, "store_calls_peak") <= u(&v, "store_max_concurrency"),
+        "store calls held at once stay within the cache's bound: {v}"
+    );
+    assert!(u(&v, "store_calls") > 0, "the store was used: {v}");
+    assert_eq!(v["outage_s"].as_f64(), Some(4.0), "{v}");
+    assert_eq!(v["hang_s"].as_f64(), Some(2.0), "{v}");
+    assert!(v["peak_rss_mib"].as_f64().is_some_and(|m| m > 0.0), "{v}");
+    assert_eq!(v["drained"].as_bool(), Some(true), "{v}");
+    assert!(
+        v["drain_s"].as_f64().is_some_and(|s| s >= 0.0),
+        "drain time measured: {v}"
+    );
+    assert_eq!(u(&v, "backlog_left"), 0, "{v}");
+    assert!(v["data_dir"].is_null(), "not kept: {v}");
+
+    // Progress lines and the readable report go to stderr with --json.
+    for phase in ["warm-up", "hang", "fail", "recover", "drain"] {
+        assert!(err.contains(phase), "progress shows {phase}: {err}");
+    }
+    assert!(err.contains(&format!("verdict: {verdict}")), "{err}");
+    assert!(err.contains("store calls held at once"), "{err}");
+    // The data directory is gone.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("levee-drill-"))
+        .collect();
+    assert!(left.is_empty(), "data directory removed: {left:?}");
+}
+
+/// An outage longer than the retries of the sample pipeline (5 receives, backoff from 1 s: about
+/// 15 s) must still lose nothing and dead-letter nothing.
+#[test]
+#[ignore = "passes once the transactional message path lands"]
+fn a_store_outage_longer_than_the_retries_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, v, err) = store_outage(
+        tmp.path(),
+        &[
+            "--duration",
+            "30s",
+            "--rate",
+            "100",
+            "--drain-timeout",
+            "5m",
+        ],
+    );
+    assert_eq!(
+        u(&v, "dead_lettered"),
+        0,
+        "nothing dead-lettered: {v}\n{err}"
+    );
+    assert_eq!(v["all_completed"].as_bool(), Some(true), "{v}");
+    assert_eq!(v["verdict"], "pass", "{v}\n{err}");
+    assert_eq!(code, 0, "{err}");
+}
