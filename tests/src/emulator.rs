@@ -196,6 +196,21 @@ pub async fn aws_platforms(
     fns: &[crate::Fn],
     hosts: usize,
 ) -> Option<Vec<std::sync::Arc<levee::platform::Platform>>> {
+    Some(aws_fleet(dir, tag, fns, hosts).await?.0)
+}
+
+/// Like [`aws_platforms`], also returning the SDK configuration and the resource names, so a
+/// test can look at the backends directly.
+pub async fn aws_fleet(
+    dir: &std::path::Path,
+    tag: &str,
+    fns: &[crate::Fn],
+    hosts: usize,
+) -> Option<(
+    Vec<std::sync::Arc<levee::platform::Platform>>,
+    SdkConfig,
+    AwsSettings,
+)> {
     let emu = emulator()?;
     let sdk = emu.sdk_config().await;
     let s = emu.settings(tag);
@@ -226,5 +241,5 @@ pub async fn aws_platforms(
         };
         platforms.push(crate::start_with(&manifest, opts).await);
     }
-    Some(platforms)
+    Some((platforms, sdk, s))
 }

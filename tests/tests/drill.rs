@@ -172,7 +172,6 @@ fn a_short_store_outage_reports_consistent_figures() {
 /// An outage longer than the retries of the sample pipeline (5 receives, backoff from 1 s: about
 /// 15 s) must still lose nothing and dead-letter nothing.
 #[test]
-#[ignore = "passes once the transactional message path lands"]
 fn a_store_outage_longer_than_the_retries_passes() {
     let tmp = tempfile::tempdir().unwrap();
     let (code, v, err) = store_outage(

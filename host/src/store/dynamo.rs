@@ -265,7 +265,8 @@ impl Store for DynamoStore {
                     // write only raises whatever is there (items without `ver` count as 1).
                     let set_ver = match seen {
                         Some(seen) => {
-                            values.insert(":next".into(), AttributeValue::N((seen + 1).to_string()));
+                            values
+                                .insert(":next".into(), AttributeValue::N((seen + 1).to_string()));
                             "ver = :next"
                         }
                         None => {
