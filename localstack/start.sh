@@ -108,7 +108,8 @@ if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
 else
   # setsid: the server outlives this script and the shell (or test) that started it.
   # 9>&-: the server must not inherit the start lock.
-  setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 < /dev/null 9>&- &
+  # moto_server.py: moto with DynamoDB calls serialised (see the file for why).
+  setsid "$VENV/bin/python" "$HERE/moto_server.py" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 < /dev/null 9>&- &
   echo $! > "$PIDFILE"
   echo "start.sh: started moto_server (pid $(cat "$PIDFILE"), log $LOG)" >&2
 fi

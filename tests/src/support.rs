@@ -138,8 +138,20 @@ pub fn pipeline_fns(concurrency: u32) -> Vec<Fn> {
     ]
 }
 
+/// Logs of in-process platforms to stderr when `LEVEE_TEST_LOG` is set (an `EnvFilter`, e.g.
+/// `levee=debug`), for looking into a failing test.
+pub fn init_test_log() {
+    if let Ok(filter) = std::env::var("LEVEE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// Starts a platform in this process with workers running, with `opts` (workers forced on).
 pub async fn start_with(manifest: &Path, mut opts: StartOptions) -> Arc<Platform> {
+    init_test_log();
     let m = Manifest::load(manifest).expect("test manifest is valid");
     opts.run_workers = true;
     Platform::start(m, opts).await.expect("platform starts")
