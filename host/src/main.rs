@@ -312,6 +312,24 @@ async fn wait_for_signal() {
     }
 }
 
+/// The REASON column: the scaler's reason, after a pause or conflicts worth knowing about.
+fn reason_line(f: &serde_json::Value) -> String {
+    let mut parts = Vec::new();
+    if f["paused"].as_bool() == Some(true) {
+        parts.push("PAUSED: infrastructure failing, probing".to_string());
+    }
+    let n = |k: &str| f[k].as_u64().unwrap_or(0);
+    if n("conflicts") > 0 || n("infra_failures") > 0 {
+        parts.push(format!(
+            "conflicts {}, infra {}",
+            n("conflicts"),
+            n("infra_failures")
+        ));
+    }
+    parts.push(f["reason"].as_str().unwrap_or("-").to_string());
+    parts.join("; ")
+}
+
 fn print_status(v: &serde_json::Value) {
     println!(
         "{:<16} {:>8} {:>9} {:>6} {:>8} {:>8} {:>10} {:>7}  REASON",
@@ -331,7 +349,7 @@ fn print_status(v: &serde_json::Value) {
             desired,
             f["processed"].to_string(),
             f["failed"].to_string(),
-            f["reason"].as_str().unwrap_or("-")
+            reason_line(f)
         );
     }
     for st in v["stores"].as_array().into_iter().flatten() {
