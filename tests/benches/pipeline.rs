@@ -345,6 +345,12 @@ fn main() {
         ],
         Backend::Aws => vec![noop(8, n(40_000.0)), pipeline(4, n(8_000.0))],
     };
+    // PIPELINE_BENCH_ONLY=pipeline runs only the scenarios whose label contains the text.
+    let only = std::env::var("PIPELINE_BENCH_ONLY").unwrap_or_default();
+    let scenarios: Vec<Scenario> = scenarios
+        .into_iter()
+        .filter(|s| s.label.contains(only.as_str()))
+        .collect();
     let mut rows = Vec::new();
     rt.block_on(async {
         for s in &scenarios {

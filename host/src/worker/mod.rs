@@ -1,6 +1,7 @@
 //! Worker pools: per function, fetchers lease messages from the queue and run each in a fresh
-//! Wasm instance, at most `workers` at a time. A fetcher leases only as many messages as there are
-//! free workers, so no leased message waits without its lease being renewed.
+//! Wasm instance, at most `workers` at a time. A fetcher leases once a worker is free, up to a
+//! batch; messages of the batch that wait for a worker have their leases renewed meanwhile and go
+//! back at once on shutdown.
 //!
 //! Every invocation is a transaction: on success its kv writes, emitted messages (with ids
 //! derived from the source's) and the source's deletion are committed together. A commit whose
@@ -186,6 +187,9 @@ async fn fetch_loop(shared: Arc<Shared>) {
     let mut handlers = JoinSet::new();
     let mut errors = 0u32;
     let name = shared.function.name().to_string();
+    // Leased messages waiting for a worker: at most one batch per fetcher, their leases renewed
+    // while they wait (see `wait_for_worker`).
+    let prefetch = Arc::new(Semaphore::new(MAX_BATCH));
     loop {
         if *stop.borrow() {
             break;
@@ -195,27 +199,29 @@ async fn fetch_loop(shared: Arc<Shared>) {
             a = shared.gate.admit() => a,
             _ = stop.changed() => break,
         };
-        // A worker first, then a lease: so an idle pool holds no leases and no leased message
-        // waits for a worker while its lease runs down.
+        // A free worker first, so an idle pool holds no leases; the first message takes it.
         let first = tokio::select! {
             p = acquire_worker(&shared) => p,
             _ = stop.changed() => break,
         };
-        let mut permits = vec![first];
-        while admit == Admit::Open && permits.len() < MAX_BATCH {
-            match shared.workers.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
+        let Ok(slot) = prefetch.clone().acquire_owned().await else {
+            break;
+        };
+        let mut slots = vec![slot];
+        while admit == Admit::Open && slots.len() < MAX_BATCH {
+            match prefetch.clone().try_acquire_owned() {
+                Ok(p) => slots.push(p),
                 Err(_) => break,
             }
         }
         let opts = ReceiveOptions {
-            max_messages: permits.len(),
+            max_messages: slots.len(),
             visibility: shared.cfg.lease,
             wait: shared.cfg.poll_wait,
         };
         // Not cancelled by `stop`: a receive that leased messages must get to hand them back.
         let received = shared.queue.receive(&name, opts).await;
-        let mut permits = permits.into_iter();
+        let mut first = Some(first);
         match received {
             Ok(msgs) => {
                 errors = 0;
@@ -225,10 +231,18 @@ async fn fetch_loop(shared: Arc<Shared>) {
                     if admit == Admit::Probe && msgs.is_empty() {
                         shared.gate.probe_found_nothing();
                     }
-                    for msg in msgs {
-                        let worker = permits.next().expect("one worker per leased message");
+                    for (msg, slot) in msgs.into_iter().zip(slots.drain(..)) {
+                        let worker = first.take();
                         let s = shared.clone();
                         handlers.spawn(async move {
+                            let worker = match worker {
+                                Some(w) => w,
+                                None => match wait_for_worker(&s, &msg).await {
+                                    Some(w) => w,
+                                    None => return,
+                                },
+                            };
+                            drop(slot);
                             let held = tokio::time::Instant::now();
                             handle(&s, msg).await;
                             s.counters.occupied(held.elapsed());
@@ -245,8 +259,8 @@ async fn fetch_loop(shared: Arc<Shared>) {
                 if admit == Admit::Probe {
                     shared.gate.failed();
                 }
-                for p in permits.by_ref() {
-                    release_worker(&shared, p);
+                if let Some(w) = first.take() {
+                    release_worker(&shared, w);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
@@ -254,12 +268,39 @@ async fn fetch_loop(shared: Arc<Shared>) {
                 }
             }
         }
-        for p in permits {
-            release_worker(&shared, p);
+        if let Some(w) = first {
+            release_worker(&shared, w);
         }
     }
     // Let in-flight handlers finish before reporting done.
     while handlers.join_next().await.is_some() {}
+}
+
+/// Waits for a free worker while renewing the message's lease, so a leased message never runs
+/// out its lease in the pool's own waiting line. On shutdown it hands the message back at once
+/// (no attempt used) and returns `None`.
+async fn wait_for_worker(
+    s: &Shared,
+    msg: &ReceivedMessage,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let name = s.function.name();
+    let mut stop = s.stop.clone();
+    let renew_every = s.cfg.lease / 2;
+    loop {
+        if *stop.borrow() {
+            hand_back(s, vec![msg.clone()]).await;
+            return None;
+        }
+        tokio::select! {
+            p = acquire_worker(s) => return Some(p),
+            _ = tokio::time::sleep(renew_every) => {
+                if let Err(e) = s.queue.extend_lease(name, &msg.receipt, s.cfg.lease).await {
+                    tracing::warn!(function = %name, id = %msg.id, "could not renew the lease of a waiting message: {e}");
+                }
+            }
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 /// On shutdown: messages leased but not started go back at once, without using an attempt.
