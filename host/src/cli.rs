@@ -37,8 +37,9 @@ pub enum Command {
     Up {
         #[command(flatten)]
         manifest: ManifestArg,
-        /// HTTP listen address (default: the manifest's, else 127.0.0.1:8080).
-        #[arg(long)]
+        /// HTTP listen address (default: the manifest's, else 127.0.0.1:8080); 0.0.0.0:8080 in a
+        /// container, with `[ingress] hosts` naming the load balancer's host.
+        #[arg(long, env = "LEVEE_LISTEN")]
         listen: Option<String>,
         /// Data directory for the embedded backend and compiled modules (default: the manifest's, else .levee).
         #[arg(long)]
@@ -125,26 +126,36 @@ pub enum Command {
         /// Steady rate in messages per second.
         #[arg(long)]
         rate: f64,
-        /// How long to send, in seconds.
-        #[arg(long)]
+        /// How long to send, in seconds (at most 3600).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
         duration: u64,
         /// Rate during the surge, in messages per second.
         #[arg(long, requires = "surge_at")]
         surge_rate: Option<f64>,
         /// When the surge starts, in seconds from the beginning.
-        #[arg(long, requires = "surge_rate")]
+        #[arg(long, requires = "surge_rate", value_parser = clap::value_parser!(u64).range(0..=3600))]
         surge_at: Option<u64>,
-        /// How long the surge lasts, in seconds.
-        #[arg(long, default_value_t = 30)]
+        /// How long the surge lasts, in seconds (1 to 3600: a run is at most an hour).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
         surge_for: u64,
-        /// Seconds to keep watching the platform after sending stops.
-        #[arg(long, default_value_t = 10)]
+        /// Seconds to keep watching the platform after sending stops (at most 3600).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
         tail: u64,
         /// The function to send to.
         #[arg(long, default_value = "inbound")]
         function: String,
         #[command(flatten)]
         addr: AddrArg,
+    },
+    /// Manage API keys (stored hashed; a key is printed once, when created).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// List or lift the ingress's automatic blocks of sources.
+    Blocks {
+        #[command(subcommand)]
+        command: BlocksCommand,
     },
     /// Rehearse an incident on loopback under load and print a verdict (`levee drill` lists the
     /// drills).
@@ -164,9 +175,23 @@ pub enum KvCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
-    /// List the dead letters of FUNCTION with the reason each one failed.
+    /// List the dead letters of FUNCTION with the reason each one failed, a page at a time
+    /// (size and a 256-byte preview of each body).
     List {
         function: String,
+        /// Dead letters per page (1 to 100).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: u32,
+        /// Continue after this cursor (printed at the end of a page).
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Print the whole body of one dead letter.
+    Show {
+        function: String,
+        id: String,
         #[command(flatten)]
         addr: AddrArg,
     },
@@ -178,12 +203,81 @@ pub enum DlqCommand {
     },
 }
 
-/// Where the running platform listens.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key for an ingress group (`admin` for every route); prints the key once.
+    Create {
+        /// The ingress group the key sends to, or `admin`.
+        #[arg(long)]
+        group: String,
+        /// A name to recognise it by in `levee keys list`.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Write the key straight into the manifest's store instead of asking a running platform
+        /// (the first admin key of a deployment; uses --manifest and --backend).
+        #[arg(long)]
+        direct: bool,
+        #[command(flatten)]
+        manifest: ManifestArg,
+        /// Backend for --direct (default: the manifest's).
+        #[arg(long, value_parser = parse_backend)]
+        backend: Option<Backend>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Revoke a key by its id (the 12 hex digits after `lvk_`).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlocksCommand {
+    /// Sources blocked now, with their rate, baseline and time left.
+    List {
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Lift the block of SOURCE (as `levee blocks list` prints it).
+    Remove {
+        source: String,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+}
+
+/// Where the running platform listens, and the key to call it with.
 #[derive(Debug, clap::Args)]
 pub struct AddrArg {
     /// Address of the running `levee up`.
     #[arg(long, default_value = DEFAULT_ADDR, env = "LEVEE_ADDR")]
     pub addr: String,
+    /// API key (default: the file of --key-file).
+    #[arg(long, env = "LEVEE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// File holding the API key; `levee up` on loopback writes its admin key to
+    /// .levee/admin.key (its data directory).
+    #[arg(long, env = "LEVEE_KEY_FILE", default_value = ".levee/admin.key")]
+    pub key_file: PathBuf,
+}
+
+impl AddrArg {
+    /// The key to send: --key / LEVEE_KEY, else the key file's first line if it exists.
+    pub fn key(&self) -> Option<String> {
+        self.key.clone().filter(|k| !k.is_empty()).or_else(|| {
+            std::fs::read_to_string(&self.key_file)
+                .ok()
+                .and_then(|t| t.lines().next().map(|l| l.trim().to_string()))
+                .filter(|k| !k.is_empty())
+        })
+    }
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {

@@ -37,8 +37,26 @@ impl Answer {
     }
 }
 
-/// Sends one request to `addr` (HOST:PORT).
-pub async fn call(addr: &str, method: Method, path: &str, body: Vec<u8>) -> Result<Answer> {
+/// Sends one request to `addr` (HOST:PORT) with the API key `key`.
+pub async fn call(
+    addr: &str,
+    key: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Answer> {
+    call_as(addr, key, None, method, path, body).await
+}
+
+/// Like [`call`], naming the client in `X-Levee-Client` (part of its source at the ingress).
+pub async fn call_as(
+    addr: &str,
+    key: Option<&str>,
+    client: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Answer> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| Error::Unavailable {
@@ -51,11 +69,22 @@ pub async fn call(addr: &str, method: Method, path: &str, body: Vec<u8>) -> Resu
         .await
         .map_err(|e| unavailable(addr, e))?;
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header("host", addr)
-        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("levee-cli/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("content-type", "application/json");
+    if let Some(c) = client {
+        req = req.header("x-levee-client", c);
+    }
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| Error::Invalid(format!("bad request: {e}")))?;
     let resp = sender

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use hyper::Method;
-use levee::cli::{Cli, Command, DlqCommand, KvCommand, read_message};
+use levee::cli::{BlocksCommand, Cli, Command, DlqCommand, KeysCommand, KvCommand, read_message};
 use levee::client::{call, encode_segment};
 use levee::manifest::Manifest;
 use levee::platform::{Platform, StartOptions};
@@ -70,7 +70,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let body = read_message(&message).map_err(anyhow::Error::msg)?;
             let path = format!("/v1/functions/{}/messages", encode_segment(&function));
-            let v = call(&addr.addr, Method::POST, &path, body).await?.json()?;
+            let v = call(&addr.addr, addr.key().as_deref(), Method::POST, &path, body)
+                .await?
+                .json()?;
             println!("{}", v["id"].as_str().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
@@ -81,7 +83,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let body = read_message(&message).map_err(anyhow::Error::msg)?;
             let path = format!("/v1/functions/{}/invoke", encode_segment(&function));
-            let v = call(&addr.addr, Method::POST, &path, body).await?.json()?;
+            let v = call(&addr.addr, addr.key().as_deref(), Method::POST, &path, body)
+                .await?
+                .json()?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(if v["outcome"] == "ok" {
                 ExitCode::SUCCESS
@@ -90,9 +94,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Status { json, addr } => {
-            let v = call(&addr.addr, Method::GET, "/v1/status", vec![])
-                .await?
-                .json()?;
+            let v = call(
+                &addr.addr,
+                addr.key().as_deref(),
+                Method::GET,
+                "/v1/status",
+                vec![],
+            )
+            .await?
+            .json()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -113,7 +123,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 encode_segment(&function),
                 encode_segment(&key)
             );
-            let a = call(&addr.addr, Method::GET, &path, vec![]).await?;
+            let a = call(
+                &addr.addr,
+                addr.key().as_deref(),
+                Method::GET,
+                &path,
+                vec![],
+            )
+            .await?;
             if a.status.is_success() {
                 println!("{}", String::from_utf8_lossy(&a.body));
                 Ok(ExitCode::SUCCESS)
@@ -123,25 +140,39 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Dlq {
-            command: DlqCommand::List { function, addr },
+            command:
+                DlqCommand::List {
+                    function,
+                    limit,
+                    after,
+                    addr,
+                },
+        } => dlq_list(&function, limit, after, &addr).await,
+        Command::Dlq {
+            command: DlqCommand::Show { function, id, addr },
         } => {
-            let path = format!("/v1/functions/{}/dlq", encode_segment(&function));
-            let v = call(&addr.addr, Method::GET, &path, vec![]).await?.json()?;
-            let msgs = v["messages"].as_array().cloned().unwrap_or_default();
-            if msgs.is_empty() {
-                println!("no dead letters for {function}");
+            let path = format!(
+                "/v1/functions/{}/dlq/{}/body",
+                encode_segment(&function),
+                encode_segment(&id)
+            );
+            let a = call(
+                &addr.addr,
+                addr.key().as_deref(),
+                Method::GET,
+                &path,
+                vec![],
+            )
+            .await?;
+            if !a.status.is_success() {
+                a.json()?;
             }
-            for m in msgs {
-                println!(
-                    "{}  receives={}  reason: {}",
-                    m["id"].as_str().unwrap_or(""),
-                    m["receive_count"],
-                    m["reason"].as_str().unwrap_or("")
-                );
-                println!("    body: {}", m["body"].as_str().unwrap_or(""));
-            }
+            std::io::stdout().write_all(&a.body)?;
+            println!();
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys { command } => keys(command).await,
+        Command::Blocks { command } => blocks(command).await,
         Command::Sim {
             trace,
             policy,
@@ -159,6 +190,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             addr,
         } => {
             let opts = LoadOptions {
+                key: addr.key(),
                 addr: addr.addr,
                 function,
                 rate,
@@ -182,9 +214,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             command: DlqCommand::Redrive { function, addr },
         } => {
             let path = format!("/v1/functions/{}/dlq/redrive", encode_segment(&function));
-            let v = call(&addr.addr, Method::POST, &path, vec![])
-                .await?
-                .json()?;
+            let v = call(
+                &addr.addr,
+                addr.key().as_deref(),
+                Method::POST,
+                &path,
+                vec![],
+            )
+            .await?
+            .json()?;
             println!("redrove {} message(s) of {function}", v["redriven"]);
             Ok(ExitCode::SUCCESS)
         }
@@ -213,6 +251,7 @@ async fn up(
         .context("starting the platform")?;
     println!("levee listening on http://{addr}");
     println!("data directory: {}", platform.data_dir().display());
+    bootstrap_admin_key(&platform, addr).await?;
     for (name, spec) in &platform.manifest().functions {
         if !platform.pools().contains_key(name) {
             println!("  {name:<14} (no workers on this host)");
@@ -250,6 +289,264 @@ async fn up(
     let _ = server.await;
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// On loopback, makes sure `DATA_DIR/admin.key` holds a valid admin key (creating one on the
+/// first run), so the CLI on this machine works at once; elsewhere, says how to make one.
+async fn bootstrap_admin_key(platform: &Arc<Platform>, addr: std::net::SocketAddr) -> Result<()> {
+    let path = platform.data_dir().join("admin.key");
+    if !addr.ip().is_loopback() {
+        println!(
+            "API keys: create the first admin key with `levee keys create --group admin --direct`"
+        );
+        return Ok(());
+    }
+    let keys = levee::ingress::keys::Keys::new(platform.raw_store().clone());
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && keys.is_admin_key(text.trim()).await
+    {
+        println!(
+            "admin key: {} (the CLI reads it from there)",
+            path.display()
+        );
+        return Ok(());
+    }
+    let (key, record) = keys
+        .create(
+            levee::ingress::settings::ADMIN_GROUP,
+            "bootstrap (levee up on loopback)",
+        )
+        .await
+        .context("creating the first admin key")?;
+    write_secret(&path, &key)?;
+    println!(
+        "admin key {} created: {} (the CLI reads it from there)",
+        record.id,
+        path.display()
+    );
+    Ok(())
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &std::path::Path, secret: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+async fn dlq_list(
+    function: &str,
+    limit: u32,
+    after: Option<String>,
+    addr: &levee::cli::AddrArg,
+) -> Result<ExitCode> {
+    let mut path = format!(
+        "/v1/functions/{}/dlq?limit={limit}",
+        encode_segment(function)
+    );
+    if let Some(a) = &after {
+        path.push_str(&format!("&after={}", encode_segment(a)));
+    }
+    let v = call(
+        &addr.addr,
+        addr.key().as_deref(),
+        Method::GET,
+        &path,
+        vec![],
+    )
+    .await?
+    .json()?;
+    let msgs = v["messages"].as_array().cloned().unwrap_or_default();
+    if msgs.is_empty() && after.is_none() {
+        println!("no dead letters for {function}");
+    }
+    for m in msgs {
+        println!(
+            "{}  receives={}  size={}  reason: {}",
+            m["id"].as_str().unwrap_or(""),
+            m["receive_count"],
+            m["size"],
+            m["reason"].as_str().unwrap_or("")
+        );
+        for h in m["history"].as_array().into_iter().flatten() {
+            println!(
+                "    earlier: receives={} reason: {}",
+                h["receive_count"],
+                h["reason"].as_str().unwrap_or("")
+            );
+        }
+        println!("    preview: {}", m["preview"].as_str().unwrap_or(""));
+    }
+    if let Some(next) = v["next"].as_str() {
+        println!("more: levee dlq list {function} --after {next}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys(command: KeysCommand) -> Result<ExitCode> {
+    match command {
+        KeysCommand::Create {
+            group,
+            name,
+            direct: true,
+            manifest,
+            backend,
+            ..
+        } => {
+            let mut m = Manifest::load(&manifest.path)?;
+            if let Some(b) = backend {
+                m.platform.backend = b;
+            }
+            let sdk = match m.platform.backend {
+                levee::manifest::Backend::Aws => Some(levee::aws::load_sdk_config().await?),
+                levee::manifest::Backend::Embedded => None,
+            };
+            let data_dir = m.data_dir();
+            std::fs::create_dir_all(&data_dir)?;
+            let backends = levee::backends::open(&m, &data_dir, sdk.as_ref())
+                .await
+                .context("opening the manifest's store")?;
+            let keys = levee::ingress::keys::Keys::new(backends.store);
+            let known = m.ingress.all_groups();
+            if group != levee::ingress::settings::ADMIN_GROUP && !known.contains_key(&group) {
+                let names: Vec<&str> = known.keys().map(String::as_str).collect();
+                anyhow::bail!(
+                    "no ingress group `{group}`; groups: admin, {}",
+                    names.join(", ")
+                );
+            }
+            let (key, record) = keys.create(&group, &name).await?;
+            eprintln!(
+                "key {} for group {} (shown once; store it now)",
+                record.id, record.group
+            );
+            println!("{key}");
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Create {
+            group, name, addr, ..
+        } => {
+            let body = serde_json::to_vec(&serde_json::json!({"group": group, "name": name}))?;
+            let v = call(
+                &addr.addr,
+                addr.key().as_deref(),
+                Method::POST,
+                "/v1/keys",
+                body,
+            )
+            .await?
+            .json()?;
+            eprintln!(
+                "key {} for group {} (shown once; store it now)",
+                v["id"].as_str().unwrap_or(""),
+                v["group"].as_str().unwrap_or("")
+            );
+            println!("{}", v["key"].as_str().unwrap_or(""));
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::List { addr } => {
+            let v = call(
+                &addr.addr,
+                addr.key().as_deref(),
+                Method::GET,
+                "/v1/keys",
+                vec![],
+            )
+            .await?
+            .json()?;
+            println!(
+                "{:<14} {:<12} {:<9} {:<14} NAME",
+                "ID", "GROUP", "STATE", "CREATED"
+            );
+            for k in v["keys"].as_array().into_iter().flatten() {
+                let state = if k["revoked_ms"].is_null() {
+                    "active"
+                } else {
+                    "revoked"
+                };
+                println!(
+                    "{:<14} {:<12} {:<9} {:<14} {}",
+                    k["id"].as_str().unwrap_or(""),
+                    k["group"].as_str().unwrap_or(""),
+                    state,
+                    k["created_ms"],
+                    k["name"].as_str().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Revoke { id, addr } => {
+            let path = format!("/v1/keys/{}", encode_segment(&id));
+            call(
+                &addr.addr,
+                addr.key().as_deref(),
+                Method::DELETE,
+                &path,
+                vec![],
+            )
+            .await?
+            .json()?;
+            println!("revoked {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn blocks(command: BlocksCommand) -> Result<ExitCode> {
+    match command {
+        BlocksCommand::List { addr } => {
+            let v = call(
+                &addr.addr,
+                addr.key().as_deref(),
+                Method::GET,
+                "/v1/blocks",
+                vec![],
+            )
+            .await?
+            .json()?;
+            let list = v["blocks"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!(
+                    "no blocked sources ({} blocked since start)",
+                    v["blocked_total"]
+                );
+            }
+            for b in list {
+                println!(
+                    "{}  {:.0} req/s against a baseline of {:.1}/s, {} s left",
+                    b["source"].as_str().unwrap_or(""),
+                    b["rate"].as_f64().unwrap_or(0.0),
+                    b["baseline"].as_f64().unwrap_or(0.0),
+                    b["remaining_s"]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BlocksCommand::Remove { source, addr } => {
+            let path = format!("/v1/blocks/{}", encode_segment(&source));
+            call(
+                &addr.addr,
+                addr.key().as_deref(),
+                Method::DELETE,
+                &path,
+                vec![],
+            )
+            .await?
+            .json()?;
+            println!("lifted the block of {source}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// `levee scale`: the fleet's controller, printing each decision that changes a desired count.
@@ -368,6 +665,48 @@ fn print_status(v: &serde_json::Value) {
             n("timeouts"),
             n("rejected"),
         );
+    }
+    let ing = &v["ingress"];
+    if ing.is_object() {
+        println!(
+            "\ningress: connections {}/{} (shed {}), body bytes in flight {}, blocked now {} (since start {}){}",
+            ing["connections"],
+            ing["max_connections"],
+            ing["shed_connections"],
+            ing["body_bytes_in_flight"],
+            ing["blocks"].as_array().map_or(0, Vec::len),
+            ing["blocked_total"],
+            if ing["protections"] == false {
+                ", PROTECTIONS OFF"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "{:<12} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}",
+            "GROUP", "IN_USE", "WAITING", "REQUESTS", "LIMITED", "SHED", "BLOCKED"
+        );
+        for g in ing["groups"].as_array().into_iter().flatten() {
+            println!(
+                "{:<12} {:>6} {:>7} {:>9} {:>8} {:>7} {:>7}",
+                g["name"].as_str().unwrap_or(""),
+                g["in_use"].to_string(),
+                g["waiting"].to_string(),
+                g["requests"].to_string(),
+                g["limited"].to_string(),
+                g["shed"].to_string(),
+                g["blocked"].to_string()
+            );
+        }
+        for b in ing["blocks"].as_array().into_iter().flatten() {
+            println!(
+                "blocked: {} ({:.0} req/s, baseline {:.1}/s, {} s left)",
+                b["source"].as_str().unwrap_or(""),
+                b["rate"].as_f64().unwrap_or(0.0),
+                b["baseline"].as_f64().unwrap_or(0.0),
+                b["remaining_s"]
+            );
+        }
     }
 }
 

@@ -149,6 +149,10 @@ pub struct FunctionSpec {
     /// never touches the store.
     #[serde(default = "default_kv_ops")]
     pub kv_ops_per_message: f64,
+    /// A public entry point: clients may send it messages (`POST .../messages`, with a key of
+    /// the group serving it). Other functions only take messages other functions emit.
+    #[serde(default)]
+    pub public: bool,
 }
 
 fn default_kv_ops() -> f64 {
@@ -214,6 +218,9 @@ pub struct Manifest {
     /// `[aws]`: resource names for the aws backend.
     #[serde(default)]
     pub aws: AwsSettings,
+    /// `[ingress]`: the HTTP API's bounds, groups and blocking.
+    #[serde(default)]
+    pub ingress: crate::ingress::settings::IngressSettings,
     /// Directory the manifest was read from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -274,6 +281,7 @@ impl Manifest {
             );
         }
         self.cache.validate("cache")?;
+        self.ingress.validate(&self.functions)?;
         self.aws.validate().map_err(|e| match e {
             Error::Manifest(m) if !m.contains("aws.") => Error::Manifest(format!("aws: {m}")),
             other => other,
@@ -433,7 +441,7 @@ impl Manifest {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name

@@ -115,6 +115,7 @@ pub struct Platform {
     manifest: Manifest,
     queue: Arc<dyn Queue>,
     store: Arc<dyn Store>,
+    raw_store: Arc<dyn Store>,
     cache: CachedStore<dyn Store>,
     faults: Option<Arc<FaultyStore<dyn Store>>>,
     functions: BTreeMap<String, Arc<Function>>,
@@ -143,7 +144,7 @@ impl Platform {
         } else {
             (backends.store.clone(), None)
         };
-        let cache = CachedStore::new("kv", raw_store, &manifest.cache)?;
+        let cache = CachedStore::new("kv", raw_store.clone(), &manifest.cache)?;
         let store: Arc<dyn Store> = Arc::new(cache.clone());
         let max_workers: u32 = manifest.functions.values().map(|f| f.max_workers()).sum();
         let runtime = Runtime::new(RuntimeConfig {
@@ -227,6 +228,7 @@ impl Platform {
             manifest,
             queue: backends.queue,
             store,
+            raw_store,
             cache,
             faults,
             functions,
@@ -267,6 +269,12 @@ impl Platform {
     /// The store functions use (the cache in front of the backend's store).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The backend's store without the cache (through the fault injector when there is one):
+    /// the platform's own records, such as API keys, which must not be served stale.
+    pub fn raw_store(&self) -> &Arc<dyn Store> {
+        &self.raw_store
     }
 
     fn function(&self, name: &str) -> Result<&Arc<Function>> {

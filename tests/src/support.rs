@@ -108,7 +108,7 @@ pub fn write_manifest_with(dir: &Path, platform_extra: &str, fns: &[Fn]) -> Path
     let mut text = format!("[platform]\ndata_dir = \"data\"\n{platform_extra}\n\n");
     for f in fns {
         text.push_str(&format!(
-            "[functions.{}]\nmodule = \"{}\"\n{}\n\n",
+            "[functions.{}]\nmodule = \"{}\"\npublic = true\n{}\n\n",
             f.name,
             guest(&f.module).display(),
             f.extra
@@ -224,6 +224,8 @@ pub fn free_port() -> u16 {
 pub struct LeveeProcess {
     pub child: Child,
     pub addr: String,
+    /// The admin key `levee up` on loopback writes to its data directory.
+    pub key: String,
 }
 
 impl LeveeProcess {
@@ -239,10 +241,21 @@ impl LeveeProcess {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawning levee up");
-        let p = Self { child, addr };
+        let key_file = Manifest::load(manifest)
+            .expect("test manifest is valid")
+            .data_dir()
+            .join("admin.key");
+        let mut p = Self {
+            child,
+            addr,
+            key: String::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(&p.addr).is_ok() {
+            if let Ok(k) = std::fs::read_to_string(&key_file)
+                && std::net::TcpStream::connect(&p.addr).is_ok()
+            {
+                p.key = k.trim().to_string();
                 return p;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -252,6 +265,21 @@ impl LeveeProcess {
             p.addr,
             std::fs::read_to_string(&log).unwrap_or_default()
         );
+    }
+
+    /// Runs a client command of the `levee` CLI against this platform with its admin key.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(levee_bin())
+            .args(args)
+            .args(["--addr", &self.addr])
+            .env("LEVEE_KEY", &self.key)
+            .output()
+            .expect("running levee");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// SIGKILL: no chance to finish anything.

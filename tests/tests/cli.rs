@@ -66,12 +66,7 @@ fn client_commands_work_against_a_running_platform() {
         )],
     );
     let up = LeveeProcess::up(&manifest, free_port());
-    let addr = ["--addr", up.addr.as_str()];
-    let with = |args: &[&str]| {
-        let mut v = args.to_vec();
-        v.extend_from_slice(&addr);
-        levee(&v)
-    };
+    let with = |args: &[&str]| up.cli(args);
 
     let (code, out, err) = with(&["send", "faulty", r#"{"action":"ok"}"#]);
     assert_eq!(code, 0, "{err}");
@@ -165,7 +160,7 @@ fn sigterm_lets_in_flight_messages_finish_and_exits_cleanly() {
     let addr = up.addr.clone();
     // A handler that is still running when the signal arrives: it must be settled (here: it
     // times out and is dead-lettered), not abandoned mid-flight.
-    let (code, _, err) = levee(&["send", "faulty", r#"{"action":"spin"}"#, "--addr", &addr]);
+    let (code, _, err) = up.cli(&["send", "faulty", r#"{"action":"spin"}"#]);
     assert_eq!(code, 0, "{err}");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = up.child.id().to_string();
@@ -188,7 +183,7 @@ fn sigterm_lets_in_flight_messages_finish_and_exits_cleanly() {
 
     // Restarted, the data shows the in-flight message was settled before the exit.
     let again = LeveeProcess::up(&manifest, free_port());
-    let (code, out, _) = levee(&["status", "--json", "--addr", &again.addr]);
+    let (code, out, _) = again.cli(&["status", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let f = &v["functions"][0];

@@ -131,8 +131,10 @@ fn sigterm(process: &LeveeProcess) {
     assert_eq!(rc, 0, "kill(SIGTERM)");
 }
 
-async fn sink_status(addr: &str) -> Option<serde_json::Value> {
-    let a = call(addr, Method::GET, "/v1/status", vec![]).await.ok()?;
+async fn sink_status(addr: &str, key: &str) -> Option<serde_json::Value> {
+    let a = call(addr, Some(key), Method::GET, "/v1/status", vec![])
+        .await
+        .ok()?;
     a.json().ok().map(|v| v["functions"][0].clone())
 }
 
@@ -154,6 +156,7 @@ async fn sigterm_with_max_receive_one_dead_letters_nothing() {
         let body = br#"{"action": "sleep", "ms": 20}"#.to_vec();
         let a = call(
             &first.addr,
+            Some(&first.key),
             Method::POST,
             "/v1/functions/sink/messages",
             body,
@@ -183,7 +186,7 @@ async fn sigterm_with_max_receive_one_dead_letters_nothing() {
     let mut last = serde_json::Value::Null;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
-        if let Some(s) = sink_status(&second.addr).await {
+        if let Some(s) = sink_status(&second.addr, &second.key).await {
             let done = s["processed"].as_u64() == Some(N) && s["visible"] == 0;
             last = s;
             if done {

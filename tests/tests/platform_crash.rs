@@ -11,8 +11,10 @@ use levee_tests::{Fn, LeveeProcess, free_port, write_manifest};
 
 const MESSAGES: u64 = 4000;
 
-async fn status(addr: &str) -> Option<serde_json::Value> {
-    let a = call(addr, Method::GET, "/v1/status", vec![]).await.ok()?;
+async fn status(addr: &str, key: &str) -> Option<serde_json::Value> {
+    let a = call(addr, Some(key), Method::GET, "/v1/status", vec![])
+        .await
+        .ok()?;
     a.json().ok().map(|v| v["functions"][0].clone())
 }
 
@@ -30,17 +32,27 @@ async fn sigkill_mid_run_loses_nothing() {
     );
     let mut first = LeveeProcess::up(&manifest, free_port());
     let addr = first.addr.clone();
+    let key = first.key.clone();
 
     let accepted = Arc::new(AtomicU64::new(0));
     let attempted = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     for t in 0..4 {
         let (addr, accepted, attempted) = (addr.clone(), accepted.clone(), attempted.clone());
+        let key = key.clone();
         senders.push(tokio::spawn(async move {
             for i in 0..MESSAGES / 4 {
                 attempted.fetch_add(1, Ordering::SeqCst);
                 let body = format!("{{\"n\":{}}}", t * MESSAGES + i).into_bytes();
-                match call(&addr, Method::POST, "/v1/functions/sink/messages", body).await {
+                match call(
+                    &addr,
+                    Some(&key),
+                    Method::POST,
+                    "/v1/functions/sink/messages",
+                    body,
+                )
+                .await
+                {
                     Ok(a) if a.status.as_u16() == 202 => {
                         accepted.fetch_add(1, Ordering::SeqCst);
                     }
@@ -54,7 +66,7 @@ async fn sigkill_mid_run_loses_nothing() {
     // Kill once a good part has been processed but sending is still under way.
     let start = Instant::now();
     loop {
-        let processed = status(&addr)
+        let processed = status(&addr, &key)
             .await
             .map(|s| s["processed"].as_u64().unwrap_or(0))
             .unwrap_or(0);
@@ -78,7 +90,7 @@ async fn sigkill_mid_run_loses_nothing() {
     let start = Instant::now();
     let mut last = serde_json::Value::Null;
     while start.elapsed() < Duration::from_secs(120) {
-        if let Some(s) = status(&second.addr).await {
+        if let Some(s) = status(&second.addr, &second.key).await {
             let n = |k: &str| s[k].as_u64().unwrap_or(u64::MAX);
             if n("visible") == 0
                 && n("in_flight") == 0
@@ -103,12 +115,14 @@ async fn sigkill_mid_run_loses_nothing() {
     eprintln!("accepted {accepted} of {attempted} attempted; processed {processed} after restart");
 }
 
-async fn kv_count(addr: &str, function: &str, key: &str) -> Option<i64> {
+async fn kv_count(addr: &str, api_key: &str, function: &str, key: &str) -> Option<i64> {
     let path = format!(
         "/v1/functions/{function}/kv/{}",
         levee::client::encode_segment(key)
     );
-    let a = call(addr, Method::GET, &path, vec![]).await.ok()?;
+    let a = call(addr, Some(api_key), Method::GET, &path, vec![])
+        .await
+        .ok()?;
     match a.status.as_u16() {
         404 => Some(0),
         200 => a.json().ok()?.as_i64(),
@@ -116,8 +130,10 @@ async fn kv_count(addr: &str, function: &str, key: &str) -> Option<i64> {
     }
 }
 
-async fn functions(addr: &str) -> Option<Vec<serde_json::Value>> {
-    let a = call(addr, Method::GET, "/v1/status", vec![]).await.ok()?;
+async fn functions(addr: &str, key: &str) -> Option<Vec<serde_json::Value>> {
+    let a = call(addr, Some(key), Method::GET, "/v1/status", vec![])
+        .await
+        .ok()?;
     a.json().ok()?["functions"].as_array().cloned()
 }
 
@@ -147,9 +163,15 @@ async fn twenty_sigkills_during_a_fan_out_apply_every_effect_once() {
         for i in 0..PER_ROUND {
             let key = format!("r{round}-{i}");
             let body = format!(r#"{{"key": "{key}", "fanout": 2, "to": "tally"}}"#).into_bytes();
-            let a = call(&p.addr, Method::POST, "/v1/functions/fan/messages", body)
-                .await
-                .unwrap();
+            let a = call(
+                &p.addr,
+                Some(&p.key),
+                Method::POST,
+                "/v1/functions/fan/messages",
+                body,
+            )
+            .await
+            .unwrap();
             assert_eq!(a.status.as_u16(), 202);
             accepted.push(key);
         }
@@ -161,7 +183,7 @@ async fn twenty_sigkills_during_a_fan_out_apply_every_effect_once() {
     let last = LeveeProcess::up(&manifest, free_port());
     let start = Instant::now();
     let drained = loop {
-        if let Some(fs) = functions(&last.addr).await {
+        if let Some(fs) = functions(&last.addr, &last.key).await {
             let idle = fs
                 .iter()
                 .all(|f| f["visible"] == 0 && f["in_flight"] == 0 && f["delayed"] == 0);
@@ -174,25 +196,28 @@ async fn twenty_sigkills_during_a_fan_out_apply_every_effect_once() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let status = functions(&last.addr).await;
+    let status = functions(&last.addr, &last.key).await;
     assert!(drained, "the backlog drained: {status:?}");
     let n = accepted.len() as i64;
-    assert_eq!(kv_count(&last.addr, "fan", "count/_total").await, Some(n));
     assert_eq!(
-        kv_count(&last.addr, "tally", "count/_total").await,
+        kv_count(&last.addr, &last.key, "fan", "count/_total").await,
+        Some(n)
+    );
+    assert_eq!(
+        kv_count(&last.addr, &last.key, "tally", "count/_total").await,
         Some(2 * n),
         "every emitted message counted once: {status:?}"
     );
     for key in &accepted {
         assert_eq!(
-            kv_count(&last.addr, "fan", &format!("count/{key}")).await,
+            kv_count(&last.addr, &last.key, "fan", &format!("count/{key}")).await,
             Some(1),
             "{key}"
         );
         for i in 0..2 {
             let emitted = format!("count/{key}.{i}");
             assert_eq!(
-                kv_count(&last.addr, "tally", &emitted).await,
+                kv_count(&last.addr, &last.key, "tally", &emitted).await,
                 Some(1),
                 "{emitted}"
             );

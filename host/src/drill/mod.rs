@@ -7,6 +7,7 @@
 //! Adding a drill: a module with a `clap::Args` struct that implements [`Drill`] (see
 //! [`store_outage`]), and one line in the [`drills!`] registry below.
 
+pub mod flood;
 pub mod store_outage;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,7 @@ macro_rules! drills {
 
 drills! {
     "store-outage" => StoreOutage(store_outage::StoreOutage),
+    "flood" => Flood(flood::Flood),
 }
 
 /// `levee drill [--list] [NAME [FLAGS]]`.
@@ -440,6 +442,10 @@ pub struct Loopback {
     pub platform: Arc<Platform>,
     /// Where the HTTP API listens (127.0.0.1 and a port the system chose).
     pub addr: SocketAddr,
+    /// The HTTP API's live state (groups, blocks).
+    pub ingress: Arc<crate::ingress::Ingress>,
+    /// An admin key for the drill's own calls.
+    pub admin_key: String,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     data: DataDir,
@@ -462,10 +468,21 @@ impl Loopback {
         let (listener, addr) = crate::ingress::bind("127.0.0.1:0").await?;
         let platform = Platform::start(manifest, opts).await?;
         let (stop, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(crate::ingress::serve(listener, platform.clone(), stop_rx));
+        let ingress = crate::ingress::Ingress::new(platform.clone(), addr);
+        let (admin_key, _) = ingress
+            .keys
+            .create(crate::ingress::settings::ADMIN_GROUP, drill)
+            .await?;
+        let server = tokio::spawn(crate::ingress::serve_ingress(
+            listener,
+            ingress.clone(),
+            stop_rx,
+        ));
         Ok(Loopback {
             platform,
             addr,
+            ingress,
+            admin_key,
             stop,
             server,
             data,

@@ -279,7 +279,7 @@ impl Drill for StoreOutage {
         let (hang_at, fail_at) = (c.warmup, c.warmup + hang);
         let heal_at = c.warmup + self.duration;
         let stop_at = heal_at + self.load_after;
-        let mut sender = Sender::new(&lb.addr.to_string(), ENTRY);
+        let mut sender = Sender::new(&lb.addr.to_string(), ENTRY).with_key(Some(&lb.admin_key));
         let mut peaks = Peaks::default();
         let mut phase = Phase::WarmUp;
         let mut healed_at = None;

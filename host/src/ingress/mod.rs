@@ -1,69 +1,374 @@
-//! The HTTP API (hyper): send messages, read status, kv and dead letters, invoke once.
+//! The HTTP API (hyper): keys on every route, API groups as bulkheads with per-source limits and
+//! automatic blocking, and a bound on every resource a client can hold.
 //!
-//! Routes: `POST /v1/functions/{name}/messages`, `POST /v1/functions/{name}/invoke`,
-//! `GET /v1/functions/{name}/kv/{key}`, `GET /v1/functions/{name}/dlq`,
-//! `POST /v1/functions/{name}/dlq/redrive`, `GET /v1/status`, `GET /healthz`.
-//! Bad requests get a 4xx with `{"error": reason}`; a backend that is down gets a 503.
+//! Routes (see [`routes`]): `POST /v1/functions/{name}/messages`, `POST .../invoke`,
+//! `GET .../kv/{key}`, `GET .../dlq`, `GET .../dlq/{id}`, `GET .../dlq/{id}/body`,
+//! `POST .../dlq/redrive`, `GET /v1/status`, `GET|POST /v1/keys`, `DELETE /v1/keys/{id}`,
+//! `GET /v1/blocks`, `DELETE /v1/blocks/{source}`, `GET /healthz`.
+//!
+//! Bounds, all from `[ingress]` (defaults in [`settings`]): connections at once (capped below
+//! the file-descriptor limit) and per peer, answered 503 and closed past them; headers within
+//! `header_timeout_ms` (64 KiB, 100 headers at most); a body within `body_timeout_ms`, at most
+//! [`MAX_BODY_BYTES`] (a larger `Content-Length` is refused before reading) and within the
+//! shared budget of body bytes in flight; an idle connection closed after `idle_timeout_ms`.
+//! Responses are at most one message body ([`MAX_BODY_BYTES`]) or a page of at most 100 dead
+//! letters with 256-byte previews.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+pub mod blocker;
+pub mod body;
+pub mod dlq;
+pub mod groups;
+pub mod keys;
+pub mod routes;
+pub mod settings;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 
-use crate::platform::{MAX_BODY_BYTES, Platform};
+use crate::platform::Platform;
 use crate::{Error, Result};
 
-type Resp = Response<Full<Bytes>>;
+use blocker::Blocker;
+use groups::Group;
+use keys::Keys;
+use settings::IngressSettings;
+
+/// Largest request head (request line and headers).
+pub const MAX_HEAD_BYTES: usize = 64 << 10;
+/// Most headers in a request.
+pub const MAX_HEADERS: usize = 100;
+/// Descriptors kept free for the store, queue, modules and logs when capping connections.
+const RESERVED_FDS: u64 = 256;
+/// Connections being answered 503 at once past the connection bound; beyond, they are closed.
+const MAX_SHEDDING: usize = 64;
+
+/// The ingress of one host: its settings and live state.
+pub struct Ingress {
+    pub platform: Arc<Platform>,
+    pub settings: IngressSettings,
+    pub keys: Keys,
+    pub blocker: Blocker,
+    pub groups: BTreeMap<String, Group>,
+    /// Request body bytes that may be held at once.
+    pub body_budget: Arc<Semaphore>,
+    pub invoke_slots: Arc<Semaphore>,
+    allowed_hosts: Option<Vec<String>>,
+    max_connections: usize,
+    connections: Arc<Semaphore>,
+    per_peer: Mutex<HashMap<IpAddr, usize>>,
+    shedding: Arc<Semaphore>,
+    shed_connections: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress").finish_non_exhaustive()
+    }
+}
+
+/// The ingress part of `GET /v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngressStatus {
+    pub protections: bool,
+    pub groups: Vec<groups::GroupStatus>,
+    pub blocks: Vec<blocker::Block>,
+    pub blocked_total: u64,
+    pub tracked_sources: usize,
+    pub connections: usize,
+    pub max_connections: usize,
+    /// Connections answered 503 at the connection bound (a running total).
+    pub shed_connections: u64,
+    pub body_bytes_in_flight: usize,
+    pub max_inflight_body_bytes: usize,
+}
+
+impl Ingress {
+    /// The ingress for `platform`, listening on `local` (for the Host allowlist).
+    pub fn new(platform: Arc<Platform>, local: SocketAddr) -> Arc<Self> {
+        let settings = platform.manifest().ingress.clone();
+        let max_connections = settings.max_connections.min(fd_cap());
+        if max_connections < settings.max_connections {
+            tracing::warn!(
+                "ingress.max_connections {} lowered to {max_connections}, below the file-descriptor limit",
+                settings.max_connections
+            );
+        }
+        let allowed_hosts = allowed_hosts(&settings, local);
+        if allowed_hosts.is_none() {
+            tracing::warn!(
+                "listening on {local} with no [ingress] hosts allowlist: any Host header is accepted"
+            );
+        }
+        let groups = settings
+            .all_groups()
+            .iter()
+            .map(|(n, g)| (n.clone(), Group::new(n, g)))
+            .collect();
+        let ingress = Arc::new(Ingress {
+            keys: Keys::new(platform.raw_store().clone()),
+            blocker: Blocker::new(settings.blocking.clone()),
+            groups,
+            body_budget: Arc::new(Semaphore::new(settings.max_inflight_body_bytes)),
+            invoke_slots: Arc::new(Semaphore::new(settings.invoke_concurrency)),
+            allowed_hosts,
+            max_connections,
+            connections: Arc::new(Semaphore::new(max_connections)),
+            per_peer: Mutex::new(HashMap::new()),
+            shedding: Arc::new(Semaphore::new(MAX_SHEDDING)),
+            shed_connections: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            settings,
+            platform,
+        });
+        // Drop full token buckets now and then so idle sources cost nothing.
+        let weak = Arc::downgrade(&ingress);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let Some(i) = weak.upgrade() else { break };
+                i.groups.values().for_each(Group::tidy);
+            }
+        });
+        ingress
+    }
+
+    /// Whether a request's Host header names this API.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let Some(allowed) = &self.allowed_hosts else {
+            return true;
+        };
+        let name = host_name(host);
+        allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+    }
+
+    pub fn status(&self) -> IngressStatus {
+        IngressStatus {
+            protections: self.settings.protections,
+            groups: self.groups.values().map(Group::status).collect(),
+            blocks: self.blocker.list(),
+            blocked_total: self.blocker.blocked_total(),
+            tracked_sources: self.blocker.tracked(),
+            connections: self.open.load(Ordering::Relaxed),
+            max_connections: self.max_connections,
+            shed_connections: self.shed_connections.load(Ordering::Relaxed),
+            body_bytes_in_flight: self.settings.max_inflight_body_bytes
+                - self.body_budget.available_permits(),
+            max_inflight_body_bytes: self.settings.max_inflight_body_bytes,
+        }
+    }
+
+    /// Takes a connection slot for `peer`, or `None` when the total or its share is used up.
+    fn admit_connection(self: &Arc<Self>, peer: IpAddr) -> Option<ConnGuard> {
+        let permit = self.connections.clone().try_acquire_owned().ok()?;
+        let mut per = self.per_peer.lock().expect("per-peer lock");
+        let n = per.entry(peer).or_default();
+        if *n >= self.settings.max_connections_per_peer {
+            return None;
+        }
+        *n += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(ConnGuard {
+            ingress: self.clone(),
+            peer,
+            _permit: permit,
+        })
+    }
+}
+
+struct ConnGuard {
+    ingress: Arc<Ingress>,
+    peer: IpAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.ingress.open.fetch_sub(1, Ordering::Relaxed);
+        let mut per = self.ingress.per_peer.lock().expect("per-peer lock");
+        if let Some(n) = per.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The connection bound the descriptor limit allows (after raising the soft limit to the hard).
+fn fd_cap() -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    limit.saturating_sub(RESERVED_FDS).max(16) as usize
+}
+
+/// `None`: any Host (a public listen address with no allowlist).
+fn allowed_hosts(s: &IngressSettings, local: SocketAddr) -> Option<Vec<String>> {
+    let ip = local.ip();
+    if s.hosts.is_empty() && ip.is_unspecified() {
+        return None;
+    }
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    hosts.push(ip.to_string());
+    hosts.extend(s.hosts.iter().cloned());
+    Some(hosts)
+}
+
+/// The host part of a Host header (`name:port`, `[v6]:port`).
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
 
 /// Serves the API on `listener` until `stop` turns true.
-pub async fn serve(
+pub async fn serve(listener: TcpListener, platform: Arc<Platform>, stop: watch::Receiver<bool>) {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    serve_ingress(listener, Ingress::new(platform, local), stop).await
+}
+
+/// Serves `ingress` on `listener` until `stop` turns true.
+pub async fn serve_ingress(
     listener: TcpListener,
-    platform: Arc<Platform>,
+    ingress: Arc<Ingress>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the bound keeps it rare.
                     tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let platform = platform.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let p = platform.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&p, req).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!("connection ended: {e}");
+        match ingress.admit_connection(peer.ip()) {
+            Some(guard) => {
+                let stop = stop.clone();
+                tokio::spawn(serve_connection(ingress.clone(), stream, peer, guard, stop));
             }
-        });
+            None => shed(&ingress, stream),
+        }
     }
+}
+
+/// Answers a connection over the bound with 503 and closes it, or just closes it when too many
+/// are being answered already.
+fn shed(ingress: &Arc<Ingress>, mut stream: TcpStream) {
+    ingress.shed_connections.fetch_add(1, Ordering::Relaxed);
+    let Ok(permit) = ingress.shedding.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let body = r#"{"error":"too many connections; retry later"}"#;
+        let resp = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), stream.write_all(resp.as_bytes())).await;
+        drop(permit);
+    });
+}
+
+/// Activity of one connection, for the idle timeout.
+struct Activity {
+    in_flight: AtomicUsize,
+    since: Instant,
+    /// ms after `since` of the last request's end (or the connection's start).
+    last_ms: AtomicU64,
+}
+
+async fn serve_connection(
+    ingress: Arc<Ingress>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    guard: ConnGuard,
+    mut stop: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(Activity {
+        in_flight: AtomicUsize::new(0),
+        since: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    });
+    let svc = {
+        let (ingress, activity) = (ingress.clone(), activity.clone());
+        service_fn(move |req| {
+            let (ingress, activity) = (ingress.clone(), activity.clone());
+            activity.in_flight.fetch_add(1, Ordering::AcqRel);
+            async move {
+                let resp = routes::handle(&ingress, req, peer).await;
+                activity.last_ms.store(
+                    activity.since.elapsed().as_millis() as u64,
+                    Ordering::Release,
+                );
+                activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let s = &ingress.settings;
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_timeout())
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let idle = s.idle_timeout();
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!("connection from {peer} ended: {e}");
+                }
+                break;
+            }
+            _ = tokio::time::sleep(idle / 4) => {
+                let last = Duration::from_millis(activity.last_ms.load(Ordering::Acquire));
+                let quiet = activity.since.elapsed().saturating_sub(last);
+                // No request being handled and none for `idle`: a keep-alive connection left
+                // open, or a client that never finished its headers. Nothing is lost closing it.
+                if activity.in_flight.load(Ordering::Acquire) == 0 && quiet >= idle {
+                    tracing::debug!("closing idle connection from {peer}");
+                    break;
+                }
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    drop(guard);
 }
 
 /// Binds the listen address with a clear error.
 pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         Error::io(
-            format!("cannot listen on {addr} (pass --listen to pick another address)"),
+            format!("cannot listen on {addr} (pass --listen or set LEVEE_LISTEN to pick another address)"),
             e,
         )
     })?;
@@ -73,135 +378,15 @@ pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr)> {
     Ok((listener, local))
 }
 
-async fn route(p: &Platform, req: Request<Incoming>) -> Resp {
-    let path: Vec<String> = req
-        .uri()
-        .path()
-        .trim_matches('/')
-        .split('/')
-        .map(percent_decode)
-        .collect();
-    let segs: Vec<&str> = path.iter().map(String::as_str).collect();
-    let method = req.method().clone();
-    let result = match (&method, segs.as_slice()) {
-        (&Method::GET, ["healthz"]) => Ok(json_resp(StatusCode::OK, json!({"status": "ok"}))),
-        (&Method::GET, ["v1", "status"]) => p
-            .status()
-            .await
-            .map(|s| json_resp(StatusCode::OK, json!(s))),
-        (&Method::POST, ["v1", "functions", name, "messages"]) => match body(req).await {
-            Ok(b) => p
-                .send(name, b.to_vec())
-                .await
-                .map(|id| json_resp(StatusCode::ACCEPTED, json!({"id": id}))),
-            Err(r) => return r,
-        },
-        (&Method::POST, ["v1", "functions", name, "invoke"]) => match body(req).await {
-            Ok(b) => p
-                .invoke(name, b.to_vec())
-                .await
-                .map(|r| json_resp(StatusCode::OK, json!(r))),
-            Err(r) => return r,
-        },
-        (&Method::GET, ["v1", "functions", name, "kv", key]) => {
-            p.kv_get(name, key).await.map(|v| match v {
-                Some(v) => Response::builder()
-                    .status(StatusCode::OK)
-                    .header("content-type", "application/octet-stream")
-                    .body(Full::new(v))
-                    .expect("static response"),
-                None => error_resp(
-                    StatusCode::NOT_FOUND,
-                    &format!("no key `{key}` in {name}'s kv"),
-                ),
-            })
-        }
-        (&Method::GET, ["v1", "functions", name, "dlq"]) => {
-            p.dlq_list(name, 100).await.map(|list| {
-                let items: Vec<_> = list
-                    .iter()
-                    .map(|d| {
-                        json!({"id": d.id, "reason": d.reason, "receive_count": d.receive_count,
-                           "dead_at_ms": d.dead_at_ms, "body": String::from_utf8_lossy(&d.body)})
-                    })
-                    .collect();
-                json_resp(StatusCode::OK, json!({"function": name, "messages": items}))
-            })
-        }
-        (&Method::POST, ["v1", "functions", name, "dlq", "redrive"]) => p
-            .dlq_redrive(name)
-            .await
-            .map(|n| json_resp(StatusCode::OK, json!({"function": name, "redriven": n}))),
-        (_, ["healthz"] | ["v1", "status"] | ["v1", "functions", _, ..]) => Ok(error_resp(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("{method} is not allowed here"),
-        )),
-        _ => Ok(error_resp(
-            StatusCode::NOT_FOUND,
-            "no such route; see GET /v1/status, POST /v1/functions/{name}/messages",
-        )),
-    };
-    result.unwrap_or_else(|e| error_for(&e))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn body(req: Request<Incoming>) -> std::result::Result<Bytes, Resp> {
-    match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error_resp(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("body larger than {MAX_BODY_BYTES} bytes"),
-        )),
-        Err(e) => Err(error_resp(
-            StatusCode::BAD_REQUEST,
-            &format!("could not read the body: {e}"),
-        )),
+    #[test]
+    fn host_names_lose_their_port() {
+        assert_eq!(host_name("localhost:8080"), "localhost");
+        assert_eq!(host_name("[::1]:8080"), "::1");
+        assert_eq!(host_name("example.com"), "example.com");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
     }
-}
-
-/// Maps an error to its status: bad input is the client's (4xx); a backend that is down is
-/// temporary (503, retry later); nothing a client sends yields a 500.
-fn error_for(e: &Error) -> Resp {
-    let status = match e {
-        Error::Invalid(m) if m.starts_with("unknown function") => StatusCode::NOT_FOUND,
-        Error::Invalid(_) | Error::Manifest(_) => StatusCode::BAD_REQUEST,
-        e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-        Error::QueueNotFound(_) => StatusCode::NOT_FOUND,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    error_resp(status, &e.to_string())
-}
-
-fn json_resp(status: StatusCode, v: serde_json::Value) -> Resp {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(v.to_string())))
-        .expect("static response")
-}
-
-fn error_resp(status: StatusCode, reason: &str) -> Resp {
-    json_resp(status, json!({"error": reason}))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -56,6 +56,8 @@ pub struct LoadOptions {
     pub surge: Option<Surge>,
     /// How long to keep watching the platform after sending stops.
     pub tail: Duration,
+    /// The API key to send with.
+    pub key: Option<String>,
 }
 
 impl LoadOptions {
@@ -95,8 +97,13 @@ impl LoadOptions {
                     s.at, self.duration
                 ));
             }
-            if s.length.is_zero() {
-                return bad("--surge-for must be at least 1 s".into());
+            // Bounded so `at + length` can never overflow (a u64 of seconds would).
+            if s.length.is_zero() || s.length > MAX_DURATION {
+                return bad(format!(
+                    "--surge-for must be 1 to {} s, got {} s",
+                    MAX_DURATION.as_secs(),
+                    s.length.as_secs()
+                ));
             }
         }
         let addr = self
@@ -294,6 +301,8 @@ pub struct SendCounts {
 pub struct Sender {
     addr: String,
     path: String,
+    key: Option<Arc<str>>,
+    client: Option<Arc<str>>,
     issued: u64,
     skipped: u64,
     accepted: Arc<AtomicU64>,
@@ -308,6 +317,8 @@ impl Sender {
         Sender {
             addr: addr.to_string(),
             path: format!("/v1/functions/{}/messages", encode_segment(function)),
+            key: None,
+            client: None,
             issued: 0,
             skipped: 0,
             accepted: Arc::new(AtomicU64::new(0)),
@@ -315,6 +326,18 @@ impl Sender {
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             tasks: JoinSet::new(),
         }
+    }
+
+    /// Sends with API key `key`.
+    pub fn with_key(mut self, key: Option<&str>) -> Self {
+        self.key = key.map(Arc::from);
+        self
+    }
+
+    /// Names the client (`X-Levee-Client`), part of the source the ingress limits and blocks.
+    pub fn with_client(mut self, client: &str) -> Self {
+        self.client = Some(Arc::from(client));
+        self
     }
 
     /// Issues messages until `due` have been issued in all (the n-th message is `message(n)`).
@@ -327,11 +350,16 @@ impl Sender {
                 continue;
             };
             let (addr, path) = (self.addr.clone(), self.path.clone());
+            let (key, client) = (self.key.clone(), self.client.clone());
             let (accepted, errors) = (self.accepted.clone(), self.errors.clone());
             let body = message(self.issued);
             self.tasks.spawn(async move {
                 let ok = matches!(
-                    tokio::time::timeout(REQUEST_TIMEOUT, call(&addr, Method::POST, &path, body)).await,
+                    tokio::time::timeout(
+                        REQUEST_TIMEOUT,
+                        crate::client::call_as(&addr, key.as_deref(), client.as_deref(), Method::POST, &path, body),
+                    )
+                    .await,
                     Ok(Ok(a)) if a.status.is_success()
                 );
                 if ok { &accepted } else { &errors }.fetch_add(1, Ordering::Relaxed);
@@ -365,10 +393,11 @@ impl Sender {
 pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Result<LoadSummary> {
     let addr = opts.validate()?.to_string();
     // Fail fast on a wrong address or function instead of counting thousands of errors.
-    call(&addr, Method::GET, "/v1/status", vec![])
+    let key = opts.key.as_deref();
+    call(&addr, key, Method::GET, "/v1/status", vec![])
         .await?
         .json()?;
-    let mut sender = Sender::new(&addr, &opts.function);
+    let mut sender = Sender::new(&addr, &opts.function).with_key(key);
     let mut summary = LoadSummary {
         sent: 0,
         errors: 0,
@@ -380,7 +409,7 @@ pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Re
     let end = opts.duration + opts.tail;
     let mut next_report = Duration::from_secs(1);
     let mut last = SendCounts::default();
-    if let Ok(v) = status(&addr).await {
+    if let Ok(v) = status(&addr, key).await {
         summary.observe(Duration::ZERO, &parse_status(&v));
     }
     let mut tick = tokio::time::interval(STEP);
@@ -403,7 +432,7 @@ pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Re
                 now.errors - last.errors
             );
             last = now;
-            match status(&addr).await {
+            match status(&addr, key).await {
                 Ok(v) => {
                     let st = parse_status(&v);
                     summary.observe(t, &st);
@@ -430,8 +459,10 @@ pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Re
     Ok(summary)
 }
 
-async fn status(addr: &str) -> Result<serde_json::Value> {
-    call(addr, Method::GET, "/v1/status", vec![]).await?.json()
+async fn status(addr: &str, key: Option<&str>) -> Result<serde_json::Value> {
+    call(addr, key, Method::GET, "/v1/status", vec![])
+        .await?
+        .json()
 }
 
 #[cfg(test)]
@@ -450,6 +481,7 @@ mod tests {
                 length: Duration::from_secs(20),
             }),
             tail: Duration::ZERO,
+            key: None,
         }
     }
 

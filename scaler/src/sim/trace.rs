@@ -12,6 +12,13 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// Longest trace accepted: one day. The simulation steps once per policy interval (100 ms to
+/// 1 s), so this keeps a run under a minute; `1e20` would overflow the step counter and `1e9`
+/// would run for days.
+pub const MAX_TRACE_SECONDS: f64 = 86_400.0;
+/// Highest rate accepted, messages per second (far above any pipeline the models describe).
+pub const MAX_RATE: f64 = 10_000_000.0;
+
 /// A parsed trace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trace {
@@ -47,10 +54,12 @@ impl Trace {
                 line,
                 message: format!("t_seconds {:?} is not a number", fields[0]),
             })?;
-            if !(t.is_finite() && t >= 0.0) {
+            if !(t.is_finite() && (0.0..=MAX_TRACE_SECONDS).contains(&t)) {
                 return Err(Error::Trace {
                     line,
-                    message: format!("t_seconds must be >= 0, got {t}"),
+                    message: format!(
+                        "t_seconds must be 0 to {MAX_TRACE_SECONDS} (one day), got {t}"
+                    ),
                 });
             }
             if fields[1].is_empty() {
@@ -63,10 +72,10 @@ impl Trace {
                 line,
                 message: format!("rate_per_second {:?} is not a number", fields[2]),
             })?;
-            if !(rate.is_finite() && rate >= 0.0) {
+            if !(rate.is_finite() && (0.0..=MAX_RATE).contains(&rate)) {
                 return Err(Error::Trace {
                     line,
-                    message: format!("rate_per_second must be >= 0, got {rate}"),
+                    message: format!("rate_per_second must be 0 to {MAX_RATE}, got {rate}"),
                 });
             }
             let rows = rates.entry(fields[1].to_string()).or_default();
