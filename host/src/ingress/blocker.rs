@@ -165,6 +165,15 @@ impl Blocker {
         let floor = self.cfg.min_rate;
         let tau = self.cfg.baseline_s as f64;
         let mut verdict = None;
+        // Quiet for longer than the one-second window: nothing in it counts any more; decay the
+        // baseline over the gap at once instead of looping over every missed tick.
+        let gap = now.duration_since(t.tick_start);
+        if gap > TICK * (BUCKETS as u32 + 1) {
+            t.baseline *= (-gap.as_secs_f64() / tau).exp();
+            t.buckets = [0; BUCKETS];
+            t.over_since = None;
+            t.tick_start = now;
+        }
         while now.duration_since(t.tick_start) >= TICK {
             // A tick ended: fold its rate into the baseline, then judge the last second.
             let tick_rate = f64::from(t.buckets[t.current]) / TICK.as_secs_f64();
@@ -183,14 +192,6 @@ impl Blocker {
             t.current = (t.current + 1) % BUCKETS;
             t.buckets[t.current] = 0;
             t.tick_start += TICK;
-            // Long idle: skip ahead instead of looping over every missed tick.
-            if now.duration_since(t.tick_start) > TICK * (BUCKETS as u32 + 1) {
-                let idle = now.duration_since(t.tick_start).as_secs_f64();
-                t.baseline *= (-idle / tau).exp();
-                t.buckets = [0; BUCKETS];
-                t.over_since = None;
-                t.tick_start = now;
-            }
         }
         t.buckets[t.current] = t.buckets[t.current].saturating_add(1);
         verdict
