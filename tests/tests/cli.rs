@@ -1,7 +1,7 @@
 //! The CLI and HTTP API from a user's side: clear errors for bad manifests and bad input,
 //! and every client command against a running `levee up`.
 
-use levee_tests::{Fn, LeveeProcess, free_port, levee, write_manifest};
+use levee_tests::{Fn, LeveeProcess, free_port, levee, write_manifest, write_manifest_with};
 
 fn write(dir: &std::path::Path, text: &str) -> String {
     let p = dir.join("bad.toml");
@@ -192,4 +192,103 @@ fn sigterm_lets_in_flight_messages_finish_and_exits_cleanly() {
         (Some(1), Some(0)),
         "{out}"
     );
+}
+
+#[test]
+fn out_of_range_flags_and_traces_are_refused_without_a_panic() {
+    let (code, _, err) = levee(&[
+        "load",
+        "--rate",
+        "10",
+        "--duration",
+        "10",
+        "--surge-rate",
+        "20",
+        "--surge-at",
+        "1",
+        "--surge-for",
+        "18446744073709551615",
+    ]);
+    assert_eq!(code, 2, "a usage error: {err}");
+    assert!(err.contains("--surge-for") && !err.contains("panicked"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    for (t, why) in [("1e20", "one day"), ("1e9", "one day"), ("-1", "must be 0 to")] {
+        let trace = dir.path().join("trace.csv");
+        std::fs::write(&trace, format!("t_seconds,function,rate_per_second\n0,inbound,10\n{t},inbound,0\n")).unwrap();
+        let out = dir.path().join("out");
+        let (code, _, err) = levee(&[
+            "sim",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_ne!(code, 0, "t_seconds={t}");
+        assert!(err.contains(why) && !err.contains("panicked"), "t_seconds={t}: {err}");
+    }
+}
+
+#[test]
+fn keys_and_blocks_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest_with(
+        dir.path(),
+        "\n[ingress.groups.chat]\nfunctions = [\"faulty\"]",
+        &[Fn::new("faulty", "faulty", "")],
+    );
+    let up = LeveeProcess::up(&manifest, free_port());
+    let (code, out, err) = up.cli(&["keys", "create", "--group", "chat", "--name", "widget"]);
+    assert_eq!(code, 0, "{err}");
+    let key = out.trim().to_string();
+    assert!(key.starts_with("lvk_"), "the key alone on stdout: {out}");
+    assert!(err.contains("shown once"), "{err}");
+    let id = key[4..16].to_string();
+    // The new key sends to its group; it cannot manage keys.
+    let send = |key: &str| {
+        std::process::Command::new(levee_tests::levee_bin())
+            .args(["send", "faulty", r#"{"action":"ok"}"#, "--addr", &up.addr])
+            .env("LEVEE_KEY", key)
+            .output()
+            .unwrap()
+    };
+    assert!(send(&key).status.success());
+    let (code, out, _) = up.cli(&["keys", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&id) && out.contains("widget") && out.contains("active"), "{out}");
+    assert!(!out.contains(&key[17..]), "no secret in the list: {out}");
+    let (code, _, err) = up.cli(&["keys", "revoke", &id]);
+    assert_eq!(code, 0, "{err}");
+    let denied = send(&key);
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("401"));
+    let (code, out, _) = up.cli(&["blocks", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no blocked sources"), "{out}");
+    let (code, _, err) = up.cli(&["blocks", "remove", "nosuch|x|127.0.0.1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not blocked"), "{err}");
+    // Without a key the CLI says how to get one.
+    let (code, _, err) = levee(&["status", "--addr", &up.addr, "--key-file", "/nonexistent"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("API key is required"), "{err}");
+    // A direct key for the manifest's store (the first admin key of a deployment).
+    drop(up);
+    let (code, out, err) = levee(&[
+        "keys",
+        "create",
+        "--group",
+        "admin",
+        "--direct",
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let admin = out.trim().to_string();
+    let again = LeveeProcess::up(&manifest, free_port());
+    let out = std::process::Command::new(levee_tests::levee_bin())
+        .args(["keys", "list", "--addr", &again.addr])
+        .env("LEVEE_KEY", &admin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

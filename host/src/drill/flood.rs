@@ -110,9 +110,11 @@ pub struct Figures {
     pub runs: Vec<Run>,
 }
 
-/// A normal source or the flood.
+/// A normal source or the flood. Each client has its own loopback address (127.0.0.x), as
+/// distinct clients have distinct addresses.
 #[derive(Clone)]
 struct Source {
+    ip: std::net::Ipv4Addr,
     group: &'static str,
     client: String,
     key: String,
@@ -130,6 +132,16 @@ struct Samples {
 }
 
 type Http = Client<HttpConnector, Full<Bytes>>;
+
+/// A keep-alive client pool sending from `ip`.
+fn client_from(ip: std::net::Ipv4Addr, max_idle: usize) -> Http {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(ip.into()));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(max_idle)
+        .build(connector)
+}
 
 fn window(lat: &mut [u32], errors: u64) -> Window {
     lat.sort_unstable();
@@ -207,8 +219,9 @@ impl Flood {
         ));
         let base = format!("http://{}", lb.addr);
         let mut sources = Vec::new();
-        for i in 0..4 {
+        for i in 0..4u8 {
             sources.push(Source {
+                ip: std::net::Ipv4Addr::new(127, 0, 0, 10 + i),
                 group: "chat",
                 client: format!("chat-web/5.{i}"),
                 key: chat_key.clone(),
@@ -218,8 +231,9 @@ impl Flood {
                 flood: false,
             });
         }
-        for i in 0..2 {
+        for i in 0..2u8 {
             sources.push(Source {
+                ip: std::net::Ipv4Addr::new(127, 0, 0, 20 + i),
                 group: "events",
                 client: format!("provider-hooks/1.{i}"),
                 key: events_key.clone(),
@@ -230,6 +244,7 @@ impl Flood {
             });
         }
         sources.push(Source {
+            ip: std::net::Ipv4Addr::new(127, 0, 0, 30),
             group: "ops",
             client: "ops-dashboard/1.0".into(),
             key: lb.admin_key.clone(),
@@ -238,32 +253,32 @@ impl Flood {
             rate: c.rate * 0.1,
             flood: false,
         });
-        // The stuck SDK: the first chat source's identity, at `factor` × its rate.
+        // The stuck SDK: the first chat client goes into its loop, at `factor` × its rate (it
+        // sends nothing else during the flood).
         let mut flood = sources[0].clone();
         flood.rate *= self.factor;
         flood.flood = true;
         let flood_source = format!(
-            "{}|{}|127.0.0.1",
+            "{}|{}|{}",
             crate::ingress::keys::key_id(&flood.key).unwrap_or(""),
-            flood.client
+            flood.client,
+            flood.ip
         );
-
-        let http: Http = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(FLOOD_IN_FLIGHT + 8 * NORMAL_IN_FLIGHT)
-            .build_http();
         let samples = Arc::new(Mutex::new(Samples::default()));
         let start = Instant::now();
         let flood_at = start + c.warmup;
         let flood_end = flood_at + self.flood_for;
         let end = flood_end;
         let mut tasks = JoinSet::new();
-        for s in sources.into_iter().chain(std::iter::once(flood)) {
-            let (http, samples) = (http.clone(), samples.clone());
-            let (from, until) = if s.flood {
-                (flood_at, flood_end)
-            } else {
-                (start, end)
+        for (i, s) in sources.into_iter().chain(std::iter::once(flood)).enumerate() {
+            let samples = samples.clone();
+            let (from, until) = match (s.flood, i) {
+                (true, _) => (flood_at, flood_end),
+                (false, 0) => (start, flood_at),
+                _ => (start, end),
             };
+            let max = if s.flood { FLOOD_IN_FLIGHT } else { NORMAL_IN_FLIGHT };
+            let http = client_from(s.ip, max);
             tasks.spawn(drive(http, s, from, until, flood_at, samples));
         }
         let mut peak_rss: Option<f64> = None;
