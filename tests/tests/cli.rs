@@ -210,11 +210,22 @@ fn out_of_range_flags_and_traces_are_refused_without_a_panic() {
         "18446744073709551615",
     ]);
     assert_eq!(code, 2, "a usage error: {err}");
-    assert!(err.contains("--surge-for") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("--surge-for") && !err.contains("panicked"),
+        "{err}"
+    );
     let dir = tempfile::tempdir().unwrap();
-    for (t, why) in [("1e20", "one day"), ("1e9", "one day"), ("-1", "must be 0 to")] {
+    for (t, why) in [
+        ("1e20", "one day"),
+        ("1e9", "one day"),
+        ("-1", "must be 0 to"),
+    ] {
         let trace = dir.path().join("trace.csv");
-        std::fs::write(&trace, format!("t_seconds,function,rate_per_second\n0,inbound,10\n{t},inbound,0\n")).unwrap();
+        std::fs::write(
+            &trace,
+            format!("t_seconds,function,rate_per_second\n0,inbound,10\n{t},inbound,0\n"),
+        )
+        .unwrap();
         let out = dir.path().join("out");
         let (code, _, err) = levee(&[
             "sim",
@@ -224,7 +235,10 @@ fn out_of_range_flags_and_traces_are_refused_without_a_panic() {
             out.to_str().unwrap(),
         ]);
         assert_ne!(code, 0, "t_seconds={t}");
-        assert!(err.contains(why) && !err.contains("panicked"), "t_seconds={t}: {err}");
+        assert!(
+            err.contains(why) && !err.contains("panicked"),
+            "t_seconds={t}: {err}"
+        );
     }
 }
 
@@ -254,7 +268,10 @@ fn keys_and_blocks_from_the_cli() {
     assert!(send(&key).status.success());
     let (code, out, _) = up.cli(&["keys", "list"]);
     assert_eq!(code, 0);
-    assert!(out.contains(&id) && out.contains("widget") && out.contains("active"), "{out}");
+    assert!(
+        out.contains(&id) && out.contains("widget") && out.contains("active"),
+        "{out}"
+    );
     assert!(!out.contains(&key[17..]), "no secret in the list: {out}");
     let (code, _, err) = up.cli(&["keys", "revoke", &id]);
     assert_eq!(code, 0, "{err}");
@@ -290,5 +307,9 @@ fn keys_and_blocks_from_the_cli() {
         .env("LEVEE_KEY", &admin)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -187,3 +187,73 @@ fn a_60_s_store_outage_with_the_shipped_defaults_passes() {
     assert_eq!(v["verdict"], "pass", "{v}\n{err}");
     assert_eq!(code, 0, "{err}");
 }
+
+/// `levee drill flood`, protected then unprotected in one run, short: the flooding source is
+/// blocked within 2 s when protected and never when not; protected, the flood is refused and
+/// leaves nothing in the queues, unprotected it is accepted and piles up.
+#[test]
+fn flood_drill_blocks_the_source_and_measures_the_difference() {
+    guests();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(levee_bin())
+        .args(["drill", "flood", "--manifest"])
+        .arg(repo_root().join("levee.toml"))
+        .args([
+            "--flood-for",
+            "4s",
+            "--warmup",
+            "3s",
+            "--rate",
+            "100",
+            "--json",
+        ])
+        .env("TMPDIR", tmp.path())
+        .current_dir(tmp.path())
+        .output()
+        .expect("running levee drill flood");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    assert!(code == 0 || code == 1, "exit {code}: {stderr}");
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(
+        stderr.contains("protected") && stderr.contains("unprotected"),
+        "{stderr}"
+    );
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{v}");
+    let (on, off) = (&runs[0], &runs[1]);
+    assert_eq!(
+        (on["protections"].as_bool(), off["protections"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let block = on["time_to_block_s"]
+        .as_f64()
+        .expect("the protected run blocked the source");
+    assert!(block <= 2.0, "blocked after {block} s: {v}");
+    assert!(off["time_to_block_s"].is_null(), "{v}");
+    let sent = u(on, "flood_sent");
+    assert!(sent > 100, "{v}");
+    assert!(
+        u(on, "flood_refused") * 2 > sent,
+        "most of the flood is refused: {v}"
+    );
+    assert!(
+        u(off, "flood_accepted") > 4 * u(on, "flood_accepted"),
+        "unprotected, the flood gets in: {v}"
+    );
+    for group in ["chat", "events", "ops"] {
+        assert!(
+            on["during"][group]["requests"].as_u64().unwrap_or(0) > 0,
+            "{group}: {v}"
+        );
+        assert_eq!(
+            on["during"][group]["errors"], 0,
+            "{group} had errors protected: {v}"
+        );
+    }
+    assert!(
+        u(off, "backlog_at_end") > u(on, "backlog_at_end"),
+        "the accepted flood piles up in the queues: {v}"
+    );
+}

@@ -30,7 +30,11 @@ struct Target {
     addr: SocketAddr,
     admin: String,
     chat: String,
-    _keep: (Arc<Platform>, tokio::sync::watch::Sender<bool>, tempfile::TempDir),
+    _keep: (
+        Arc<Platform>,
+        tokio::sync::watch::Sender<bool>,
+        tempfile::TempDir,
+    ),
 }
 
 /// One platform for every request case (in its own runtime), with keys of each kind.
@@ -92,27 +96,56 @@ fn segment() -> impl Strategy<Value = String> {
 
 fn request() -> impl Strategy<Value = (String, String, Vec<(String, String)>, Vec<u8>)> {
     let method = prop_oneof![
-        Just("GET"), Just("POST"), Just("DELETE"), Just("PUT"), Just("OPTIONS"), Just("HEAD"), Just("PATCH")
+        Just("GET"),
+        Just("POST"),
+        Just("DELETE"),
+        Just("PUT"),
+        Just("OPTIONS"),
+        Just("HEAD"),
+        Just("PATCH")
     ];
-    let function = prop_oneof![Just("faulty".to_string()), Just("noop".to_string()), Just("nosuch".to_string()), segment()];
+    let function = prop_oneof![
+        Just("faulty".to_string()),
+        Just("noop".to_string()),
+        Just("nosuch".to_string()),
+        segment()
+    ];
     let template = prop_oneof![
-        Just("/v1/functions/F/messages"), Just("/v1/functions/F/invoke"), Just("/v1/functions/F/kv/S"),
-        Just("/v1/functions/F/dlq"), Just("/v1/functions/F/dlq/S"), Just("/v1/functions/F/dlq/S/body"),
-        Just("/v1/functions/F/dlq/redrive"), Just("/v1/status"), Just("/v1/keys"), Just("/v1/keys/S"),
-        Just("/v1/blocks"), Just("/v1/blocks/S"), Just("/healthz"),
+        Just("/v1/functions/F/messages"),
+        Just("/v1/functions/F/invoke"),
+        Just("/v1/functions/F/kv/S"),
+        Just("/v1/functions/F/dlq"),
+        Just("/v1/functions/F/dlq/S"),
+        Just("/v1/functions/F/dlq/S/body"),
+        Just("/v1/functions/F/dlq/redrive"),
+        Just("/v1/status"),
+        Just("/v1/keys"),
+        Just("/v1/keys/S"),
+        Just("/v1/blocks"),
+        Just("/v1/blocks/S"),
+        Just("/healthz"),
     ];
     let structured = (template, function, segment(), "(\\?[a-z=&%0-9]{0,20})?")
         .prop_map(|(t, f, s, q)| format!("{}{q}", t.replace('F', &f).replace('S', &s)));
-    let random = (proptest::collection::vec(segment(), 0..7), "(\\?[a-z=&%0-9]{0,20})?")
+    let random = (
+        proptest::collection::vec(segment(), 0..7),
+        "(\\?[a-z=&%0-9]{0,20})?",
+    )
         .prop_map(|(segs, q)| format!("/{}{q}", segs.join("/")));
     let path = prop_oneof![3 => structured, 1 => random];
     let header = prop_oneof![
         Just(("content-type".to_string(), "application/json".to_string())),
         Just(("content-type".to_string(), "text/plain".to_string())),
-        Just(("content-type".to_string(), "application/json; charset=utf-8".to_string())),
+        Just((
+            "content-type".to_string(),
+            "application/json; charset=utf-8".to_string()
+        )),
         Just(("authorization".to_string(), "ADMIN".to_string())),
         Just(("authorization".to_string(), "CHAT".to_string())),
-        Just(("authorization".to_string(), "Bearer lvk_000000000000_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx".to_string())),
+        Just((
+            "authorization".to_string(),
+            "Bearer lvk_000000000000_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx".to_string()
+        )),
         Just(("authorization".to_string(), "Bearer".to_string())),
         Just(("origin".to_string(), "https://evil.example".to_string())),
         Just(("x-levee-client".to_string(), "fuzz/1".to_string())),
@@ -131,7 +164,13 @@ fn request() -> impl Strategy<Value = (String, String, Vec<(String, String)>, Ve
 }
 
 /// Sends one framed request and returns the status line's code and the head of the answer.
-async fn send(t: &Target, method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> (u16, String) {
+async fn send(
+    t: &Target,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> (u16, String) {
     let mut head = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
     for (k, v) in headers {
         let v = match v.as_str() {
@@ -153,7 +192,11 @@ async fn send(t: &Target, method: &str, path: &str, headers: &[(String, String)]
         .expect("the ingress answered within 10 s")
         .ok();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (code, text.chars().take(400).collect())
 }
 
@@ -178,7 +221,10 @@ fn any_request_gets_a_4xx_or_a_success_never_a_5xx() {
             "{method} {path} {headers:?} → {text}"
         );
         if code >= 400 && method != "HEAD" {
-            prop_assert!(text.contains("\"error\""), "a refusal carries a reason: {text}");
+            prop_assert!(
+                text.contains("\"error\""),
+                "a refusal carries a reason: {text}"
+            );
         }
         Ok(())
     });
@@ -187,7 +233,10 @@ fn any_request_gets_a_4xx_or_a_success_never_a_5xx() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    assert!(seen.keys().any(|c| (200..300).contains(c)), "some cases succeed: {seen:?}");
+    assert!(
+        seen.keys().any(|c| (200..300).contains(c)),
+        "some cases succeed: {seen:?}"
+    );
     assert!(seen.len() >= 5, "the cases reach many answers: {seen:?}");
 }
 
@@ -199,9 +248,20 @@ fn sample() -> &'static str {
 /// A value of a wrong kind or out of range.
 fn bad_value() -> impl Strategy<Value = &'static str> {
     prop_oneof![
-        Just("-1"), Just("0"), Just("1e20"), Just("18446744073709551615"), Just("3.5"),
-        Just("\"x\""), Just("\"\""), Just("true"), Just("[]"), Just("{}"), Just("nan"), Just("inf"),
-        Just("[\"nosuch\"]"), Just("\"0.0.0.0:99999\""),
+        Just("-1"),
+        Just("0"),
+        Just("1e20"),
+        Just("18446744073709551615"),
+        Just("3.5"),
+        Just("\"x\""),
+        Just("\"\""),
+        Just("true"),
+        Just("[]"),
+        Just("{}"),
+        Just("nan"),
+        Just("inf"),
+        Just("[\"nosuch\"]"),
+        Just("\"0.0.0.0:99999\""),
     ]
 }
 

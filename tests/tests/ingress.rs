@@ -119,10 +119,17 @@ async fn raw(addr: SocketAddr, raw: &[u8], wait: Duration) -> (String, bool) {
 
 /// Writes `raw` and reads one whole answer (headers and `content-length` body).
 async fn answer(addr: SocketAddr, raw: &[u8]) -> String {
-    read_answer(addr, raw, Duration::from_secs(5), false).await.0
+    read_answer(addr, raw, Duration::from_secs(5), false)
+        .await
+        .0
 }
 
-async fn read_answer(addr: SocketAddr, raw: &[u8], wait: Duration, until_close: bool) -> (String, bool) {
+async fn read_answer(
+    addr: SocketAddr,
+    raw: &[u8],
+    wait: Duration,
+    until_close: bool,
+) -> (String, bool) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(raw).await.unwrap();
     let mut out = Vec::new();
@@ -135,12 +142,14 @@ async fn read_answer(addr: SocketAddr, raw: &[u8], wait: Duration, until_close: 
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
         }
         let text = String::from_utf8_lossy(&out).into_owned();
-        if !until_close
-            && let Some(end) = text.find("\r\n\r\n")
-        {
+        if !until_close && let Some(end) = text.find("\r\n\r\n") {
             let len = text[..end]
                 .lines()
-                .find_map(|l| l.to_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
                 .unwrap_or(0);
             if out.len() >= end + 4 + len {
                 return (text, false);
@@ -166,27 +175,70 @@ async fn every_route_but_healthz_needs_a_key_and_admin_routes_an_admin_key() {
     ] {
         let a = api.call(None, method.clone(), path, ok).await;
         assert_eq!(a.status, 401, "{path} without a key");
-        let a = api.call(Some("lvk_0123456789ab_notthesecretnotthesecretnotthesecret00"), method, path, ok).await;
+        let a = api
+            .call(
+                Some("lvk_0123456789ab_notthesecretnotthesecretnotthesecret00"),
+                method,
+                path,
+                ok,
+            )
+            .await;
         assert_eq!(a.status, 401, "{path} with a wrong key");
-        assert!(!reason(&a).contains("notthesecret"), "the key is not echoed: {}", reason(&a));
+        assert!(
+            !reason(&a).contains("notthesecret"),
+            "the key is not echoed: {}",
+            reason(&a)
+        );
     }
 
     // A group key sends to its own public function only.
-    let a = api.call(Some(&chat), Method::POST, "/v1/functions/faulty/messages", ok).await;
+    let a = api
+        .call(
+            Some(&chat),
+            Method::POST,
+            "/v1/functions/faulty/messages",
+            ok,
+        )
+        .await;
     assert_eq!(a.status, 202, "{}", reason(&a));
-    let a = api.call(Some(&chat), Method::POST, "/v1/functions/tally/messages", r#"{"key":"a"}"#).await;
+    let a = api
+        .call(
+            Some(&chat),
+            Method::POST,
+            "/v1/functions/tally/messages",
+            r#"{"key":"a"}"#,
+        )
+        .await;
     assert_eq!(a.status, 403);
     assert!(reason(&a).contains("group `events`"), "{}", reason(&a));
-    let a = api.call(Some(&events), Method::POST, "/v1/functions/tally/messages", r#"{"key":"a"}"#).await;
+    let a = api
+        .call(
+            Some(&events),
+            Method::POST,
+            "/v1/functions/tally/messages",
+            r#"{"key":"a"}"#,
+        )
+        .await;
     assert_eq!(a.status, 202, "{}", reason(&a));
     // An internal function takes no message from outside, not even with an admin key.
     for key in [&chat, &api.admin] {
-        let a = api.call(Some(key), Method::POST, "/v1/functions/noop/messages", "{}").await;
+        let a = api
+            .call(Some(key), Method::POST, "/v1/functions/noop/messages", "{}")
+            .await;
         assert_eq!(a.status, 403, "{}", reason(&a));
-        assert!(reason(&a).contains("not a public entry point"), "{}", reason(&a));
+        assert!(
+            reason(&a).contains("not a public entry point"),
+            "{}",
+            reason(&a)
+        );
     }
     // Status with any key; kv, dlq, invoke, redrive and keys with an admin key only.
-    assert_eq!(api.call(Some(&chat), Method::GET, "/v1/status", "").await.status, 200);
+    assert_eq!(
+        api.call(Some(&chat), Method::GET, "/v1/status", "")
+            .await
+            .status,
+        200
+    );
     for (method, path, body) in [
         (Method::GET, "/v1/functions/faulty/kv/x", ""),
         (Method::GET, "/v1/functions/faulty/dlq", ""),
@@ -200,25 +252,73 @@ async fn every_route_but_healthz_needs_a_key_and_admin_routes_an_admin_key() {
         assert_eq!(a.status, 403, "{method} {path} with a chat key");
         assert!(reason(&a).contains("admin key"), "{}", reason(&a));
         let a = api.call(Some(&api.admin), method.clone(), path, body).await;
-        assert!(a.status.is_success() || a.status == 404, "{method} {path} as admin: {} {}", a.status, reason(&a));
+        assert!(
+            a.status.is_success() || a.status == 404,
+            "{method} {path} as admin: {} {}",
+            a.status,
+            reason(&a)
+        );
     }
 
     // Keys: created through the API, listed without secrets, revoked for good.
-    let a = api.call(Some(&api.admin), Method::POST, "/v1/keys", r#"{"group":"chat","name":"web"}"#).await;
+    let a = api
+        .call(
+            Some(&api.admin),
+            Method::POST,
+            "/v1/keys",
+            r#"{"group":"chat","name":"web"}"#,
+        )
+        .await;
     assert_eq!(a.status, 201);
     let made: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
     let key = made["key"].as_str().unwrap().to_string();
     let id = made["id"].as_str().unwrap().to_string();
-    let a = api.call(Some(&key), Method::POST, "/v1/functions/faulty/messages", ok).await;
+    let a = api
+        .call(
+            Some(&key),
+            Method::POST,
+            "/v1/functions/faulty/messages",
+            ok,
+        )
+        .await;
     assert_eq!(a.status, 202);
-    let list = api.call(Some(&api.admin), Method::GET, "/v1/keys", "").await;
+    let list = api
+        .call(Some(&api.admin), Method::GET, "/v1/keys", "")
+        .await;
     let text = String::from_utf8_lossy(&list.body).to_string();
-    assert!(text.contains(&id) && !text.contains(&key[17..]) && !text.contains("hash"), "{text}");
-    let a = api.call(Some(&api.admin), Method::DELETE, &format!("/v1/keys/{id}"), "").await;
+    assert!(
+        text.contains(&id) && !text.contains(&key[17..]) && !text.contains("hash"),
+        "{text}"
+    );
+    let a = api
+        .call(
+            Some(&api.admin),
+            Method::DELETE,
+            &format!("/v1/keys/{id}"),
+            "",
+        )
+        .await;
     assert_eq!(a.status, 200);
-    let a = api.call(Some(&key), Method::POST, "/v1/functions/faulty/messages", ok).await;
-    assert_eq!(a.status, 401, "a revoked key is refused at once on this host");
-    let a = api.call(Some(&api.admin), Method::POST, "/v1/keys", r#"{"group":"nosuch"}"#).await;
+    let a = api
+        .call(
+            Some(&key),
+            Method::POST,
+            "/v1/functions/faulty/messages",
+            ok,
+        )
+        .await;
+    assert_eq!(
+        a.status, 401,
+        "a revoked key is refused at once on this host"
+    );
+    let a = api
+        .call(
+            Some(&api.admin),
+            Method::POST,
+            "/v1/keys",
+            r#"{"group":"nosuch"}"#,
+        )
+        .await;
     assert_eq!(a.status, 400);
 }
 
@@ -229,22 +329,90 @@ async fn bad_input_gets_a_4xx_with_a_reason_never_a_5xx() {
     let send = "/v1/functions/faulty/messages";
     let cases: Vec<(String, u16, &str)> = vec![
         // Not JSON, by type or by content.
-        (format!("POST {send} HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\n{{}}"), 415, "must be JSON"),
-        (format!("POST {send} HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\n{{not"), 400, "not valid JSON"),
+        (
+            format!(
+                "POST {send} HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\n{{}}"
+            ),
+            415,
+            "must be JSON",
+        ),
+        (
+            format!(
+                "POST {send} HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\n{{not"
+            ),
+            400,
+            "not valid JSON",
+        ),
         // A Content-Length far over the limit is refused before reading a byte.
-        (format!("POST {send} HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\ncontent-type: application/json\r\ncontent-length: 99999999999\r\n\r\n"), 413, "larger than the limit"),
+        (
+            format!(
+                "POST {send} HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\ncontent-type: application/json\r\ncontent-length: 99999999999\r\n\r\n"
+            ),
+            413,
+            "larger than the limit",
+        ),
         // DNS rebinding: a Host this API does not serve.
-        (format!("GET /v1/status HTTP/1.1\r\nhost: evil.example:80\r\nauthorization: {k}\r\n\r\n"), 421, "Host is not served"),
+        (
+            format!(
+                "GET /v1/status HTTP/1.1\r\nhost: evil.example:80\r\nauthorization: {k}\r\n\r\n"
+            ),
+            421,
+            "Host is not served",
+        ),
         // A page on another origin.
-        (format!("POST {send} HTTP/1.1\r\nhost: localhost\r\norigin: https://evil.example\r\nauthorization: {k}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"), 403, "cross-origin"),
+        (
+            format!(
+                "POST {send} HTTP/1.1\r\nhost: localhost\r\norigin: https://evil.example\r\nauthorization: {k}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+            ),
+            403,
+            "cross-origin",
+        ),
         // Paths: a bad escape and bytes that are not UTF-8 are 400s, never another key.
-        (format!("GET /v1/functions/faulty/kv/a%zz HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"), 400, "percent-escape"),
-        (format!("GET /v1/functions/faulty/kv/a%ff%fe HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"), 400, "not UTF-8"),
-        (format!("GET /v1/functions/nosuch/kv/a HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"), 400, "unknown function"),
-        (format!("DELETE {send} HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"), 405, "not allowed"),
-        (format!("GET /v1/functions/faulty/dlq?limit=1000 HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"), 400, "limit"),
-        (format!("GET /nope HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"), 404, "no such route"),
-        (format!("GET /v1/status HTTP/1.1\r\nhost: localhost\r\nauthorization: Basic abc\r\n\r\n"), 401, "API key is required"),
+        (
+            format!(
+                "GET /v1/functions/faulty/kv/a%zz HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"
+            ),
+            400,
+            "percent-escape",
+        ),
+        (
+            format!(
+                "GET /v1/functions/faulty/kv/a%ff%fe HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"
+            ),
+            400,
+            "not UTF-8",
+        ),
+        (
+            format!(
+                "GET /v1/functions/nosuch/kv/a HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"
+            ),
+            400,
+            "unknown function",
+        ),
+        (
+            format!("DELETE {send} HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"),
+            405,
+            "not allowed",
+        ),
+        (
+            format!(
+                "GET /v1/functions/faulty/dlq?limit=1000 HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"
+            ),
+            400,
+            "limit",
+        ),
+        (
+            format!("GET /nope HTTP/1.1\r\nhost: localhost\r\nauthorization: {k}\r\n\r\n"),
+            404,
+            "no such route",
+        ),
+        (
+            format!(
+                "GET /v1/status HTTP/1.1\r\nhost: localhost\r\nauthorization: Basic abc\r\n\r\n"
+            ),
+            401,
+            "API key is required",
+        ),
     ];
     for (req, status, why) in cases {
         let resp = answer(api.addr, req.as_bytes()).await;
@@ -262,7 +430,10 @@ async fn bad_input_gets_a_4xx_with_a_reason_never_a_5xx() {
         b"OPTIONS /v1/status HTTP/1.1\r\nhost: localhost\r\norigin: https://evil.example\r\n\r\n",
     )
     .await;
-    assert!(resp.starts_with("HTTP/1.1 403") && !resp.to_lowercase().contains("access-control"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 403") && !resp.to_lowercase().contains("access-control"),
+        "{resp}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,13 +444,21 @@ async fn slow_partial_and_idle_clients_are_cut_off() {
     .await;
     let t0 = Instant::now();
     // Headers that never end.
-    let (_, closed) = raw(api.addr, b"GET /v1/status HTTP/1.1\r\nhost: local", Duration::from_secs(5)).await;
+    let (_, closed) = raw(
+        api.addr,
+        b"GET /v1/status HTTP/1.1\r\nhost: local",
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(closed, "a slow header is closed");
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     // Nothing at all.
     let t0 = Instant::now();
     let (_, closed) = raw(api.addr, b"", Duration::from_secs(5)).await;
-    assert!(closed && t0.elapsed() < Duration::from_secs(3), "a silent connection is closed");
+    assert!(
+        closed && t0.elapsed() < Duration::from_secs(3),
+        "a silent connection is closed"
+    );
     // A chunked body without an end: 408 once the body deadline passes.
     let req = format!(
         "POST /v1/functions/faulty/messages HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{{\"a\":",
@@ -290,12 +469,23 @@ async fn slow_partial_and_idle_clients_are_cut_off() {
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(closed && t0.elapsed() < Duration::from_secs(3));
     // An idle keep-alive connection after one request.
-    let req = format!("GET /v1/status HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\r\n", api.admin);
+    let req = format!(
+        "GET /v1/status HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\r\n",
+        api.admin
+    );
     let t0 = Instant::now();
     let (resp, closed) = raw(api.addr, req.as_bytes(), Duration::from_secs(5)).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(closed && t0.elapsed() < Duration::from_secs(3), "idle keep-alive closed after {:?}", t0.elapsed());
-    assert_eq!(api.ingress.status().connections, 0, "every connection was released");
+    assert!(
+        closed && t0.elapsed() < Duration::from_secs(3),
+        "idle keep-alive closed after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        api.ingress.status().connections,
+        0,
+        "every connection was released"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,7 +503,10 @@ async fn a_connection_flood_from_one_peer_leaves_room_for_others() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let st = api.ingress.status();
-    assert_eq!(st.connections, 20, "one peer holds at most its share: {st:?}");
+    assert_eq!(
+        st.connections, 20,
+        "one peer holds at most its share: {st:?}"
+    );
     assert!(st.shed_connections >= 60, "{st:?}");
     // Those over the bound were answered 503 and closed.
     let mut answered = 0;
@@ -325,13 +518,19 @@ async fn a_connection_flood_from_one_peer_leaves_room_for_others() {
             answered += 1;
         }
     }
-    assert!(answered >= 50, "{answered} of 60 shed connections got a 503");
+    assert!(
+        answered >= 50,
+        "{answered} of 60 shed connections got a 503"
+    );
     // Another peer (127.0.0.2) is served at once, /healthz and keyed routes alike.
     for path in ["/healthz", "/v1/status"] {
         let sock = TcpSocket::new_v4().unwrap();
         sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         let mut s = sock.connect(api.addr).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n", api.admin);
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
+            api.admin
+        );
         s.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
         tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut out))
@@ -345,7 +544,10 @@ async fn a_connection_flood_from_one_peer_leaves_room_for_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_share_a_budget() {
     // The smallest budget: one largest body (10 MiB).
-    let api = start(&format!("max_inflight_body_bytes = 10485760\nbody_timeout_ms = 5000\n{GROUPS}")).await;
+    let api = start(&format!(
+        "max_inflight_body_bytes = 10485760\nbody_timeout_ms = 5000\n{GROUPS}"
+    ))
+    .await;
     let head = |len: usize| {
         format!(
             "POST /v1/functions/faulty/messages HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n",
@@ -360,13 +562,27 @@ async fn request_bodies_share_a_budget() {
     assert_eq!(api.ingress.status().body_bytes_in_flight, 6 << 20);
     // ...so a second one of 6 MiB is shed at once with 503 and Retry-After.
     let resp = answer(api.addr, head(6 << 20).as_bytes()).await;
-    assert!(resp.starts_with("HTTP/1.1 503") && resp.to_lowercase().contains("retry-after"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 503") && resp.to_lowercase().contains("retry-after"),
+        "{resp}"
+    );
     // A small one still fits.
-    let a = api.call(Some(&api.admin), Method::POST, "/v1/functions/faulty/messages", r#"{"action":"ok"}"#).await;
+    let a = api
+        .call(
+            Some(&api.admin),
+            Method::POST,
+            "/v1/functions/faulty/messages",
+            r#"{"action":"ok"}"#,
+        )
+        .await;
     assert_eq!(a.status, 202);
     drop(slow);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(api.ingress.status().body_bytes_in_flight, 0, "released when the client left");
+    assert_eq!(
+        api.ingress.status().body_bytes_in_flight,
+        0,
+        "released when the client left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,9 +602,16 @@ burst = 5
     let send = |client: &'static str| {
         let (addr, chat) = (api.addr(), chat.clone());
         async move {
-            call_as(&addr, Some(&chat), Some(client), Method::POST, "/v1/functions/faulty/messages", br#"{"action":"ok"}"#.to_vec())
-                .await
-                .unwrap()
+            call_as(
+                &addr,
+                Some(&chat),
+                Some(client),
+                Method::POST,
+                "/v1/functions/faulty/messages",
+                br#"{"action":"ok"}"#.to_vec(),
+            )
+            .await
+            .unwrap()
         }
     };
     for _ in 0..5 {
@@ -423,9 +646,16 @@ rate = 1000
     let t0 = Instant::now();
     let mut blocked_after = None;
     while t0.elapsed() < Duration::from_secs(5) {
-        let a = call_as(&api.addr(), Some(&chat), Some("stuck/1"), Method::GET, "/v1/status", vec![])
-            .await
-            .unwrap();
+        let a = call_as(
+            &api.addr(),
+            Some(&chat),
+            Some("stuck/1"),
+            Method::GET,
+            "/v1/status",
+            vec![],
+        )
+        .await
+        .unwrap();
         if a.status == 429 && reason(&a).contains("blocked") {
             blocked_after = Some(t0.elapsed());
             assert!(a.status == 429);
@@ -434,16 +664,41 @@ rate = 1000
     }
     let after = blocked_after.expect("the surging source was blocked");
     assert!(after < Duration::from_secs(3), "{after:?}");
-    let blocks = api.call(Some(&api.admin), Method::GET, "/v1/blocks", "").await;
+    let blocks = api
+        .call(Some(&api.admin), Method::GET, "/v1/blocks", "")
+        .await;
     let v: serde_json::Value = serde_json::from_slice(&blocks.body).unwrap();
     let source = v["blocks"][0]["source"].as_str().unwrap().to_string();
     assert!(source.contains("stuck/1|127.0.0.1"), "{v}");
     // Others are not affected.
-    let a = call_as(&api.addr(), Some(&chat), Some("calm/1"), Method::GET, "/v1/status", vec![]).await.unwrap();
+    let a = call_as(
+        &api.addr(),
+        Some(&chat),
+        Some("calm/1"),
+        Method::GET,
+        "/v1/status",
+        vec![],
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200);
     let path = format!("/v1/blocks/{}", levee::client::encode_segment(&source));
-    assert_eq!(api.call(Some(&api.admin), Method::DELETE, &path, "").await.status, 200);
-    let a = call_as(&api.addr(), Some(&chat), Some("stuck/1"), Method::GET, "/v1/status", vec![]).await.unwrap();
+    assert_eq!(
+        api.call(Some(&api.admin), Method::DELETE, &path, "")
+            .await
+            .status,
+        200
+    );
+    let a = call_as(
+        &api.addr(),
+        Some(&chat),
+        Some("stuck/1"),
+        Method::GET,
+        "/v1/status",
+        vec![],
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200, "lifted");
 }
 
@@ -465,15 +720,32 @@ queue_timeout_ms = 100
     // One slow invoke holds the ops group's only slot.
     let (addr, admin) = (api.addr(), api.admin.clone());
     let slow = tokio::spawn(async move {
-        call(&addr, Some(&admin), Method::POST, "/v1/functions/faulty/invoke", br#"{"action":"sleep","ms":1500}"#.to_vec()).await.unwrap()
+        call(
+            &addr,
+            Some(&admin),
+            Method::POST,
+            "/v1/functions/faulty/invoke",
+            br#"{"action":"sleep","ms":1500}"#.to_vec(),
+        )
+        .await
+        .unwrap()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let a = api.call(Some(&api.admin), Method::GET, "/v1/status", "").await;
+    let a = api
+        .call(Some(&api.admin), Method::GET, "/v1/status", "")
+        .await;
     assert_eq!(a.status, 503, "{}", reason(&a));
     assert!(reason(&a).contains("group `ops`"), "{}", reason(&a));
     // The chat group is untouched.
     let t0 = Instant::now();
-    let a = api.call(Some(&api.admin), Method::POST, "/v1/functions/faulty/messages", r#"{"action":"ok"}"#).await;
+    let a = api
+        .call(
+            Some(&api.admin),
+            Method::POST,
+            "/v1/functions/faulty/messages",
+            r#"{"action":"ok"}"#,
+        )
+        .await;
     assert_eq!(a.status, 202);
     assert!(t0.elapsed() < Duration::from_millis(500));
     assert_eq!(slow.await.unwrap().status, 200);

@@ -270,14 +270,22 @@ impl Flood {
         let flood_end = flood_at + self.flood_for;
         let end = flood_end;
         let mut tasks = JoinSet::new();
-        for (i, s) in sources.into_iter().chain(std::iter::once(flood)).enumerate() {
+        for (i, s) in sources
+            .into_iter()
+            .chain(std::iter::once(flood))
+            .enumerate()
+        {
             let samples = samples.clone();
             let (from, until) = match (s.flood, i) {
                 (true, _) => (flood_at, flood_end),
                 (false, 0) => (start, flood_at),
                 _ => (start, end),
             };
-            let max = if s.flood { FLOOD_IN_FLIGHT } else { NORMAL_IN_FLIGHT };
+            let max = if s.flood {
+                FLOOD_IN_FLIGHT
+            } else {
+                NORMAL_IN_FLIGHT
+            };
             let http = client_from(s.ip, max);
             tasks.spawn(drive(http, s, from, until, flood_at, samples));
         }
