@@ -26,8 +26,8 @@ pub use embedded::{EmbeddedDb, EmbeddedQueue, EmbeddedStore};
 pub use error::{Error, Result};
 pub use provision::{ProvisionReport, provision};
 pub use queue::{
-    DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
-    ReceivedMessage,
+    DeadLetter, DeadLetterSummary, DlqPage, Emitted, MAX_DLQ_PAGE, OutgoingMessage, PREVIEW_BYTES,
+    PastDeath, Queue, QueueSpec, QueueStats, ReceiveOptions, ReceivedMessage,
 };
 pub use queue::{offload::OffloadQueue, sqs::SqsQueue};
 pub use store::dynamo::DynamoStore;

@@ -12,7 +12,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::manifest::{Backend, Manifest};
-use crate::queue::{DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, ReceivedMessage};
+use crate::queue::{
+    DeadLetter, DlqPage, Emitted, OutgoingMessage, Queue, QueueSpec, ReceivedMessage,
+};
 use crate::runtime::{Failure, Function, FunctionDef, Limits, Output, Runtime, RuntimeConfig};
 use crate::store::{CacheMetrics, CachedStore, CommitOutcome, FaultyStore, Store};
 use crate::worker::{Backoff, PoolConfig, PoolStats, WorkerPool};
@@ -426,6 +428,24 @@ impl Platform {
     pub async fn dlq_list(&self, function: &str, max: usize) -> Result<Vec<DeadLetter>> {
         self.function(function)?;
         self.queue.dlq_list(function, max).await
+    }
+
+    /// One page of a function's dead letters (summaries, no bodies); `after` is the previous
+    /// page's `next`.
+    pub async fn dlq_page(
+        &self,
+        function: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<DlqPage> {
+        self.function(function)?;
+        self.queue.dlq_page(function, after, limit).await
+    }
+
+    /// One whole dead letter of a function, by id.
+    pub async fn dlq_get(&self, function: &str, id: &str) -> Result<Option<DeadLetter>> {
+        self.function(function)?;
+        self.queue.dlq_get(function, id).await
     }
 
     /// Moves a function's dead letters back to its queue.

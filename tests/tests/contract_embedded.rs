@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use levee::{EmbeddedDb, Queue, Store};
-use levee_tests::{queue_contract_tests, store_contract_tests};
+use levee_tests::{dlq_contract_tests, queue_contract_tests, store_contract_tests};
 use tempfile::TempDir;
 
 async fn embedded_queue() -> Option<(Arc<dyn Queue>, TempDir)> {
@@ -21,6 +21,10 @@ async fn embedded_store() -> Option<(Arc<dyn Store>, TempDir)> {
 
 mod queue {
     super::queue_contract_tests!(super::embedded_queue);
+}
+
+mod dlq {
+    super::dlq_contract_tests!(super::embedded_queue);
 }
 
 mod store {

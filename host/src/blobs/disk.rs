@@ -119,6 +119,27 @@ impl Blobs for DiskBlobs {
         .await
     }
 
+    /// Reads the file's length and its first `n` bytes only.
+    async fn head(&self, key: &str, n: usize) -> Result<Option<(u64, Bytes)>> {
+        use std::io::Read as _;
+        let path = self.path_of(key)?;
+        blocking(move || {
+            let read = || -> std::io::Result<(u64, Bytes)> {
+                let file = std::fs::File::open(&path)?;
+                let size = file.metadata()?.len();
+                let mut head = Vec::with_capacity(n.min(size as usize));
+                file.take(n as u64).read_to_end(&mut head)?;
+                Ok((size, Bytes::from(head)))
+            };
+            match read() {
+                Ok(found) => Ok(Some(found)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(format!("reading blob {}", path.display()), e)),
+            }
+        })
+        .await
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path_of(key)?;
         blocking(move || match std::fs::remove_file(&path) {
@@ -152,8 +173,11 @@ mod tests {
             Some(&b"two"[..])
         );
         assert!(dir.path().join("blobs/modules/a.cwasm").is_file());
+        let (size, head) = blobs.head("modules/a.cwasm", 2).await.unwrap().unwrap();
+        assert_eq!((size, &head[..]), (3, &b"tw"[..]));
         blobs.delete("modules/a.cwasm").await.unwrap();
         blobs.delete("modules/a.cwasm").await.unwrap();
+        assert_eq!(blobs.head("modules/a.cwasm", 2).await.unwrap(), None);
         assert_eq!(blobs.get("modules/a.cwasm").await.unwrap(), None);
         let leftovers = std::fs::read_dir(dir.path().join("blobs/.tmp"))
             .unwrap()

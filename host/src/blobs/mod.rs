@@ -17,4 +17,14 @@ pub trait Blobs: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
     /// Removes `key`; removing a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// The size of the blob under `key` and its first `n` bytes (all of it if shorter), if any.
+    /// Stores that can read a prefix override this so a large blob is not read for a preview;
+    /// this default reads it whole.
+    async fn head(&self, key: &str, n: usize) -> Result<Option<(u64, Bytes)>> {
+        Ok(self
+            .get(key)
+            .await?
+            .map(|b| (b.len() as u64, b.slice(..n.min(b.len())))))
+    }
 }

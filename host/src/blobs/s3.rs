@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::error::ProvideErrorMetadata as _;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
@@ -104,6 +105,63 @@ impl Blobs for S3Blobs {
             ),
         })?;
         Ok(Some(data.into_bytes()))
+    }
+
+    /// A ranged `GetObject` (`bytes=0-{n-1}`): the total size comes from `Content-Range`, so only
+    /// the first `n` bytes travel.
+    async fn head(&self, key: &str, n: usize) -> Result<Option<(u64, Bytes)>> {
+        check_key(key)?;
+        if n == 0 {
+            // A range cannot be empty: ask for the size alone.
+            return match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+            {
+                Ok(out) => Ok(Some((
+                    out.content_length().unwrap_or(0).max(0) as u64,
+                    Bytes::new(),
+                ))),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+                Err(e) => Err(self
+                    .ctx
+                    .map("HeadObject", Resource::Bucket(&self.bucket), e)),
+            };
+        }
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes=0-{}", n - 1))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            // An empty object has no byte 0 to start a range at.
+            Err(e) if e.code() == Some("InvalidRange") => return Ok(Some((0, Bytes::new()))),
+            Err(e) => return Err(self.ctx.map("GetObject", Resource::Bucket(&self.bucket), e)),
+        };
+        // `bytes 0-255/1048576`; a store that ignored the range sends everything instead.
+        let total = out
+            .content_range()
+            .and_then(|r| r.rsplit_once('/'))
+            .and_then(|(_, total)| total.parse::<u64>().ok());
+        let length = out.content_length().unwrap_or(0).max(0) as u64;
+        let data = out.body.collect().await.map_err(|e| Error::Unavailable {
+            service: "s3".into(),
+            message: format!(
+                "GetObject `{key}` (range) from bucket `{}`: reading the body failed: {e}",
+                self.bucket
+            ),
+        })?;
+        let data = data.into_bytes();
+        let size = total.unwrap_or(length.max(data.len() as u64));
+        Ok(Some((size, data.slice(..n.min(data.len())))))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -32,8 +32,9 @@ use writer::{Job, Wakes};
 pub const FILE_NAME: &str = "levee.db";
 
 /// Schema version this build writes, kept in `PRAGMA user_version`. Version 2 added kv item
-/// versions (optimistic concurrency); a version 1 file is upgraded in place on open.
-const SCHEMA_VERSION: i64 = 2;
+/// versions (optimistic concurrency), version 3 the death history of redriven messages and the
+/// dead-letter id index; older files are upgraded in place on open.
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection waits for a lock held by another process (e.g. a CLI opening the file
 /// while `levee up` runs) before failing with a retryable "database is busy".
@@ -65,7 +66,8 @@ CREATE TABLE messages (
     leased        INTEGER NOT NULL DEFAULT 0,
     receive_count INTEGER NOT NULL DEFAULT 0,
     token         INTEGER,
-    last_error    TEXT
+    last_error    TEXT,
+    history       TEXT
 );
 CREATE INDEX messages_ready ON messages (queue, visible_at, leased);
 CREATE INDEX messages_age ON messages (queue, sent_at);
@@ -78,9 +80,11 @@ CREATE TABLE dead_letters (
     sent_at       INTEGER NOT NULL,
     receive_count INTEGER NOT NULL,
     reason        TEXT NOT NULL,
-    dead_at       INTEGER NOT NULL
+    dead_at       INTEGER NOT NULL,
+    history       TEXT
 );
 CREATE INDEX dead_letters_queue ON dead_letters (queue, seq);
+CREATE INDEX dead_letters_id ON dead_letters (queue, id);
 CREATE TABLE kv (
     ns         TEXT NOT NULL,
     key        TEXT NOT NULL,
@@ -93,6 +97,14 @@ CREATE TABLE kv (
 
 /// Upgrades a version 1 file: items written before versions existed count as version 1.
 const MIGRATE_1_TO_2: &str = "ALTER TABLE kv ADD COLUMN version INTEGER NOT NULL DEFAULT 1;";
+
+/// Upgrades a version 2 file: `history` is the JSON list of a redriven message's past deaths
+/// (NULL: never redriven); the id index serves `dlq_get`.
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE messages ADD COLUMN history TEXT;
+ALTER TABLE dead_letters ADD COLUMN history TEXT;
+CREATE INDEX dead_letters_id ON dead_letters (queue, id);
+";
 
 /// One open database file: the writer thread, the read pool and the long-poll wakers.
 ///
@@ -331,7 +343,14 @@ fn init_schema(conn: &Connection, path: &Path) -> Result<()> {
         }
         1 => {
             conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {MIGRATE_1_TO_2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN IMMEDIATE; {MIGRATE_1_TO_2} {MIGRATE_2_TO_3}
+                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))?;
+            Ok(())
+        }
+        2 => {
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {MIGRATE_2_TO_3} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))?;
             Ok(())
         }

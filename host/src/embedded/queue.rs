@@ -4,6 +4,10 @@
 //! and drawing a fresh receipt token, so receipts of earlier receives go stale. Completion,
 //! dead-lettering and the running totals are each one transaction, so on this backend the outbox
 //! is atomic: emitted messages exist if and only if the source message is gone.
+//!
+//! A redrive appends the letter's death to the message's `history` column (JSON, see
+//! [`dead`]); receives never read that column, so handlers do not see it, and a second death
+//! copies it to the dead letter.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +17,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::time::Instant;
 
 use super::{EmbeddedDb, duration_ms, now_ms, store};
-use crate::queue::Completion;
-use crate::queue::{MAX_BATCH, MAX_WAIT};
+use crate::queue::dead;
+use crate::queue::{
+    Completion, DeadLetterSummary, DlqPage, MAX_BATCH, MAX_DLQ_LIST, MAX_WAIT, PREVIEW_BYTES,
+    PastDeath,
+};
 use crate::store::CommitOutcome;
 use crate::{
     DeadLetter, Error, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
@@ -362,31 +369,90 @@ impl Queue for EmbeddedQueue {
 
     async fn dlq_list(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
         let queue = queue.to_string();
+        let max = max.min(MAX_DLQ_LIST);
         self.db
             .read(move |conn| {
                 let tx = conn.unchecked_transaction()?;
-                let id: i64 = tx
-                    .prepare_cached("SELECT id FROM queues WHERE name = ?1")?
-                    .query_row([&queue], |r| r.get(0))
-                    .optional()?
-                    .ok_or_else(|| Error::QueueNotFound(queue.clone()))?;
+                let id = queue_id(&tx, &queue)?;
                 let mut stmt = tx.prepare_cached(
-                    "SELECT id, body, attrs, reason, receive_count, dead_at FROM dead_letters
-                     WHERE queue = ?1 ORDER BY seq LIMIT ?2",
+                    "SELECT id, body, attrs, reason, receive_count, dead_at, history
+                     FROM dead_letters WHERE queue = ?1 ORDER BY seq LIMIT ?2",
                 )?;
-                let mut rows = stmt.query(params![id, i64::try_from(max).unwrap_or(i64::MAX)])?;
+                let mut rows = stmt.query(params![id, max as i64])?;
                 let mut out = Vec::new();
                 while let Some(r) = rows.next()? {
-                    out.push(DeadLetter {
-                        id: r.get(0)?,
-                        body: r.get(1)?,
-                        attributes: decode_attrs(r.get(2)?)?,
-                        reason: r.get(3)?,
-                        receive_count: r.get(4)?,
-                        dead_at_ms: to_u64(r.get(5)?),
-                    });
+                    out.push(dead_letter_row(r)?);
                 }
                 Ok(out)
+            })
+            .await
+    }
+
+    /// The cursor is the row number (`seq`) of the page's last letter: pages are exact, and a
+    /// letter dead-lettered meanwhile appears on a later page.
+    async fn dlq_page(&self, queue: &str, after: Option<&str>, limit: usize) -> Result<DlqPage> {
+        let after = match after {
+            None => 0,
+            Some(c) => c
+                .parse::<i64>()
+                .ok()
+                .filter(|seq| *seq >= 0)
+                .ok_or_else(|| Error::Invalid(format!("`{c}` is not a dead-letter cursor")))?,
+        };
+        let limit = dead::clamp_limit(limit);
+        let queue = queue.to_string();
+        self.db
+            .read(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                let id = queue_id(&tx, &queue)?;
+                // length() and substr() are computed by SQLite: no whole body is loaded.
+                let mut stmt = tx.prepare_cached(
+                    "SELECT seq, id, length(body), substr(body, 1, ?4), attrs, reason,
+                     receive_count, dead_at, history FROM dead_letters
+                     WHERE queue = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )?;
+                // One more than asked tells whether there is a next page.
+                let mut rows =
+                    stmt.query(params![id, after, (limit + 1) as i64, PREVIEW_BYTES as i64])?;
+                let mut page = DlqPage::default();
+                let mut last = None;
+                while let Some(r) = rows.next()? {
+                    if page.letters.len() == limit {
+                        page.next = last.map(|seq: i64| seq.to_string());
+                        break;
+                    }
+                    last = Some(r.get(0)?);
+                    let head: Option<Vec<u8>> = r.get(3)?;
+                    page.letters.push(DeadLetterSummary {
+                        id: r.get(1)?,
+                        size: to_u64(r.get(2)?),
+                        preview: dead::preview(head.as_deref().unwrap_or_default()),
+                        attributes: dead::summary_attributes(decode_attrs(r.get(4)?)?),
+                        reason: r.get(5)?,
+                        receive_count: r.get(6)?,
+                        dead_at_ms: to_u64(r.get(7)?),
+                        history: dead::decode_history(r.get::<_, Option<String>>(8)?.as_deref())?,
+                    });
+                }
+                Ok(page)
+            })
+            .await
+    }
+
+    async fn dlq_get(&self, queue: &str, id: &str) -> Result<Option<DeadLetter>> {
+        let (queue, letter) = (queue.to_string(), id.to_string());
+        self.db
+            .read(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                let id = queue_id(&tx, &queue)?;
+                // Ids are unique unless a stable id died twice; the oldest is the one listed first.
+                let mut stmt = tx.prepare_cached(
+                    "SELECT id, body, attrs, reason, receive_count, dead_at, history
+                     FROM dead_letters WHERE queue = ?1 AND id = ?2 ORDER BY seq LIMIT 1",
+                )?;
+                let mut rows = stmt.query(params![id, letter])?;
+                let found = rows.next()?.map(dead_letter_row).transpose()?;
+                Ok(found)
             })
             .await
     }
@@ -396,20 +462,62 @@ impl Queue for EmbeddedQueue {
         self.db
             .write(move |conn, wakes| {
                 let q = queue_row(conn, &queue)?;
-                let moved = conn
-                    .prepare_cached(
-                        "INSERT INTO messages (queue, id, body, attrs, sent_at, visible_at)
-                         SELECT queue, id, body, attrs, sent_at, ?2 FROM dead_letters
+                // Only the small columns are read here; bodies are copied inside SQLite.
+                let mut deaths = Vec::new();
+                {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT seq, receive_count, reason, dead_at, history FROM dead_letters
                          WHERE queue = ?1 ORDER BY seq",
+                    )?;
+                    let mut rows = stmt.query([q.id])?;
+                    while let Some(r) = rows.next()? {
+                        let history = dead::push_death(
+                            dead::decode_history(r.get::<_, Option<String>>(4)?.as_deref())?,
+                            PastDeath {
+                                receive_count: r.get(1)?,
+                                reason: r.get(2)?,
+                                dead_at_ms: to_u64(r.get(3)?),
+                            },
+                        );
+                        deaths.push((r.get::<_, i64>(0)?, dead::encode_history(&history)));
+                    }
+                }
+                let now = now_ms();
+                for (seq, history) in &deaths {
+                    conn.prepare_cached(
+                        "INSERT INTO messages (queue, id, body, attrs, sent_at, visible_at, history)
+                         SELECT queue, id, body, attrs, sent_at, ?2, ?3 FROM dead_letters
+                         WHERE seq = ?1",
                     )?
-                    .execute(params![q.id, now_ms()])?;
+                    .execute(params![seq, now, history])?;
+                }
                 conn.prepare_cached("DELETE FROM dead_letters WHERE queue = ?1")?
                     .execute([q.id])?;
-                wakes.add(&queue, moved);
-                Ok(moved as u64)
+                wakes.add(&queue, deaths.len());
+                Ok(deaths.len() as u64)
             })
             .await
     }
+}
+
+fn queue_id(conn: &Connection, name: &str) -> Result<i64> {
+    conn.prepare_cached("SELECT id FROM queues WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::QueueNotFound(name.to_string()))
+}
+
+/// A dead letter from `id, body, attrs, reason, receive_count, dead_at, history`.
+fn dead_letter_row(r: &rusqlite::Row<'_>) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: r.get(0)?,
+        body: r.get(1)?,
+        attributes: decode_attrs(r.get(2)?)?,
+        reason: r.get(3)?,
+        receive_count: r.get(4)?,
+        dead_at_ms: to_u64(r.get(5)?),
+        history: dead::decode_history(r.get::<_, Option<String>>(6)?.as_deref())?,
+    })
 }
 
 struct QueueRow {
@@ -577,8 +685,10 @@ fn delete_message(conn: &Connection, seq: i64) -> Result<()> {
 
 fn move_to_dlq(conn: &Connection, seq: i64, reason: &str, now: i64) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO dead_letters (queue, id, body, attrs, sent_at, receive_count, reason, dead_at)
-         SELECT queue, id, body, attrs, sent_at, receive_count, ?2, ?3 FROM messages WHERE seq = ?1",
+        "INSERT INTO dead_letters
+             (queue, id, body, attrs, sent_at, receive_count, reason, dead_at, history)
+         SELECT queue, id, body, attrs, sent_at, receive_count, ?2, ?3, history
+         FROM messages WHERE seq = ?1",
     )?
     .execute(params![seq, reason, now])?;
     delete_message(conn, seq)

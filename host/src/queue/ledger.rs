@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::blobs::Blobs;
 use crate::queue::{
-    Completion, DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
-    ReceivedMessage,
+    Completion, DeadLetter, DlqPage, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats,
+    ReceiveOptions, ReceivedMessage,
 };
 use crate::store::{CommitOutcome, KvCommit, RECORDS_NS, Record, Store};
 use crate::{Error, Result};
@@ -287,6 +287,14 @@ impl<Q: Queue> Queue for LedgerQueue<Q> {
         self.inner.dlq_list(queue, max).await
     }
 
+    async fn dlq_page(&self, queue: &str, after: Option<&str>, limit: usize) -> Result<DlqPage> {
+        self.inner.dlq_page(queue, after, limit).await
+    }
+
+    async fn dlq_get(&self, queue: &str, id: &str) -> Result<Option<DeadLetter>> {
+        self.inner.dlq_get(queue, id).await
+    }
+
     async fn dlq_redrive(&self, queue: &str) -> Result<u64> {
         self.inner.dlq_redrive(queue).await
     }
@@ -346,6 +354,12 @@ mod tests {
         }
         async fn dlq_list(&self, _: &str, _: usize) -> Result<Vec<DeadLetter>> {
             Ok(vec![])
+        }
+        async fn dlq_page(&self, _: &str, _: Option<&str>, _: usize) -> Result<DlqPage> {
+            Ok(DlqPage::default())
+        }
+        async fn dlq_get(&self, _: &str, _: &str) -> Result<Option<DeadLetter>> {
+            Ok(None)
         }
         async fn dlq_redrive(&self, _: &str) -> Result<u64> {
             Ok(0)

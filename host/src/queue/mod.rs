@@ -13,12 +13,18 @@ use async_trait::async_trait;
 use crate::Result;
 use crate::store::{CommitOutcome, KvCommit};
 
+pub mod dead;
 pub mod ledger;
 pub mod offload;
 pub mod sqs;
 
+pub use dead::{DeadLetterSummary, DlqPage, MAX_DLQ_PAGE, MAX_HISTORY, PREVIEW_BYTES, PastDeath};
+
 /// Most messages one receive or send call handles (SQS's batch limit).
 pub const MAX_BATCH: usize = 10;
+
+/// Most dead letters one [`Queue::dlq_list`] returns, whatever `max` asks for.
+pub const MAX_DLQ_LIST: usize = 10;
 
 /// Longest long poll, as in SQS.
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
@@ -111,6 +117,8 @@ pub struct DeadLetter {
     pub receive_count: u32,
     /// When it was dead-lettered, in ms since the Unix epoch.
     pub dead_at_ms: u64,
+    /// Its earlier deaths, oldest first, each ended by a redrive (at most [`MAX_HISTORY`]).
+    pub history: Vec<PastDeath>,
 }
 
 /// The stable id of the `index`th message emitted by the invocation of message `source`: the same
@@ -206,9 +214,28 @@ pub trait Queue: Send + Sync + 'static {
     /// Depths, age of the oldest message and running totals.
     async fn stats(&self, queue: &str) -> Result<QueueStats>;
 
-    /// Up to `max` messages of the dead-letter queue, oldest first, without removing them.
+    /// Up to `max` (at most [`MAX_DLQ_LIST`]) whole messages of the dead-letter queue, oldest
+    /// first, without removing them. Whole bodies make this heavy (10 MiB each): clients page
+    /// with [`dlq_page`](Self::dlq_page) and fetch one body with [`dlq_get`](Self::dlq_get).
     async fn dlq_list(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>>;
 
-    /// Moves every dead letter back to the queue with a fresh receive count; returns how many.
+    /// One page of the dead-letter queue, oldest first, without removing anything: summaries
+    /// (size, a [`PREVIEW_BYTES`] preview, reason, history), never whole bodies, so a page's
+    /// memory is bounded whatever the bodies. `limit` is clamped to 1..=[`MAX_DLQ_PAGE`]; `after`
+    /// is the `next` of the previous page (`None` for the first). A cursor is opaque and only
+    /// meaningful to the backend that issued it; a malformed one is [`Error::Invalid`]
+    /// (crate::Error::Invalid). See each backend for how exact its pages are (SQS cannot read a
+    /// queue by position).
+    async fn dlq_page(&self, queue: &str, after: Option<&str>, limit: usize) -> Result<DlqPage>;
+
+    /// The whole dead letter with this id (as a page lists it), or `None` if the dead-letter
+    /// queue holds none. Bodies are at most what a send accepts (the platform allows
+    /// [`MAX_BODY_BYTES`](crate::platform::MAX_BODY_BYTES)).
+    async fn dlq_get(&self, queue: &str, id: &str) -> Result<Option<DeadLetter>>;
+
+    /// Moves every dead letter back to the queue; returns how many. Each keeps its id and body,
+    /// and its death (receive count, reason, time) is appended to its history (the last
+    /// [`MAX_HISTORY`] are kept), shown if it dies again. Its new life gets a fresh receive count,
+    /// i.e. a whole new `max_receive` budget.
     async fn dlq_redrive(&self, queue: &str) -> Result<u64>;
 }

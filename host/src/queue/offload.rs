@@ -15,6 +15,10 @@
 //! blob store an expiry rule for `payloads/` longer than the queues' retention (the CloudFormation
 //! template in `infra/` sets 30 days).
 //!
+//! Dead-letter pages show an offloaded letter's real size and a preview read from the blob's
+//! first bytes ([`Blobs::head`], a ranged read on S3), never the whole blob; `dlq_get` and
+//! `dlq_list` resolve the whole body.
+//!
 //! A reference whose blob is gone (completed by a duplicate delivery, or removed by hand) cannot be
 //! handled: such a message is dead-lettered with a reason naming the key instead of being
 //! delivered with a wrong body.
@@ -25,14 +29,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt as _;
 
 use crate::aws::{
     DEFAULT_OFFLOAD_THRESHOLD, SQS_MAX_MESSAGE_BYTES, check_offload_threshold, random_id,
 };
 use crate::blobs::Blobs;
 use crate::queue::{
-    Completion, DeadLetter, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats, ReceiveOptions,
-    ReceivedMessage,
+    Completion, DeadLetter, DlqPage, Emitted, OutgoingMessage, PREVIEW_BYTES, Queue, QueueSpec,
+    QueueStats, ReceiveOptions, ReceivedMessage, dead,
 };
 use crate::store::CommitOutcome;
 use crate::{Error, Result};
@@ -45,6 +50,8 @@ pub const PAYLOAD_PREFIX: &str = "payloads/";
 const HEADROOM: usize = 8 * 1024;
 /// Leases are forgotten after this long without complete/delete (SQS's longest visibility).
 const LEASE_MEMORY: Duration = Duration::from_secs(12 * 60 * 60);
+/// Blob prefixes read at once for a dead-letter page.
+const HEAD_CONCURRENCY: usize = 8;
 /// Above this many remembered leases, stale ones are pruned.
 const PRUNE_ABOVE: usize = 10_000;
 
@@ -146,6 +153,14 @@ impl<Q: Queue, B: Blobs> OffloadQueue<Q, B> {
             .expect("lease map poisoned")
             .remove(receipt)
             .map(|(key, _)| key)
+    }
+
+    /// Size and first bytes of the blob of an offloaded letter (`None`: not offloaded, or gone).
+    async fn head_of(&self, key: Option<String>) -> Result<Option<(u64, Bytes)>> {
+        match key {
+            Some(key) => self.blobs.head(&key, PREVIEW_BYTES).await,
+            None => Ok(None),
+        }
     }
 
     /// Deletes blobs whose messages are gone; a failure only leaves garbage behind, so it is logged.
@@ -343,6 +358,42 @@ impl<Q: Queue, B: Blobs> Queue for OffloadQueue<Q, B> {
             }
         }
         Ok(letters)
+    }
+
+    /// The inner page with each offloaded letter's real size and preview from
+    /// [`Blobs::head`], which reads only the first [`PREVIEW_BYTES`] of the blob (a few at a time
+    /// concurrently). A letter whose blob is gone keeps showing the reference.
+    async fn dlq_page(&self, queue: &str, after: Option<&str>, limit: usize) -> Result<DlqPage> {
+        let mut page = self.inner.dlq_page(queue, after, limit).await?;
+        let mut lookups = Vec::with_capacity(page.letters.len());
+        for letter in &page.letters {
+            lookups.push(self.head_of(blob_key(&letter.attributes).map(str::to_string)));
+        }
+        let heads: Vec<Result<Option<(u64, Bytes)>>> = futures::stream::iter(lookups)
+            .buffered(HEAD_CONCURRENCY)
+            .collect()
+            .await;
+        for (letter, head) in page.letters.iter_mut().zip(heads) {
+            if let Some((size, head)) = head? {
+                letter.size = size;
+                letter.preview = dead::preview(&head);
+                letter.attributes.retain(|(k, _)| k != ATTR_BLOB);
+            }
+        }
+        Ok(page)
+    }
+
+    async fn dlq_get(&self, queue: &str, id: &str) -> Result<Option<DeadLetter>> {
+        let Some(mut letter) = self.inner.dlq_get(queue, id).await? else {
+            return Ok(None);
+        };
+        if let Some(key) = blob_key(&letter.attributes).map(str::to_string)
+            && let Some(body) = self.blobs.get(&key).await?
+        {
+            letter.body = body.to_vec();
+            letter.attributes.retain(|(k, _)| k != ATTR_BLOB);
+        }
+        Ok(Some(letter))
     }
 
     async fn dlq_redrive(&self, queue: &str) -> Result<u64> {

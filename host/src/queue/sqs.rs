@@ -8,8 +8,9 @@
 //!   anything else is base64 with the attribute `levee-encoding=base64` (an empty body is sent as
 //!   `-` with `levee-encoding=empty`, SQS refuses empty bodies). Attributes are SQS `String`
 //!   message attributes, returned sorted by name; an empty value travels as type `String.empty`.
-//!   SQS allows 10 attributes per message and Levee reserves 4, so a message carries at most
-//!   [`MAX_ATTRIBUTES`].
+//!   SQS allows 10 attributes per message and Levee reserves 5 names, of which at most 4 are on
+//!   one message (a dead letter carries encoding, reason, meta and history; a live message
+//!   encoding, id and history), so a message carries at most [`MAX_ATTRIBUTES`].
 //! - delays, visibility timeouts and long polls are whole seconds in SQS: sub-second durations
 //!   round up. On AWS a receive with `wait = 0` is a short poll that samples a subset of servers
 //!   and may come back empty while messages exist; workers should long-poll.
@@ -19,12 +20,30 @@
 //!   and time) to the DLQ, then deletes the original. Messages SQS moved by the redrive policy have
 //!   no reason attribute; [`Queue::dlq_list`] reports them as exceeding the receive limit, with
 //!   their send time as the time of death.
-//! - `dlq_list` receives DLQ messages with a 30 s visibility, then makes them visible again at once
-//!   (`ChangeMessageVisibility` to 0); listing therefore increments their approximate receive count
-//!   and briefly hides them from other DLQ readers.
-//! - `dlq_redrive` receives DLQ messages, sends copies (without the dead-letter attributes) to the
-//!   source queue, then deletes them from the DLQ; only messages dead-lettered before the redrive
-//!   started are moved, so one that fails again at once is not cycled forever.
+//! - `dlq_list` (at most [`MAX_DLQ_LIST`](crate::queue::MAX_DLQ_LIST)) receives DLQ messages with a
+//!   30 s visibility, then makes them visible again at once (`ChangeMessageVisibility` to 0);
+//!   reading a DLQ therefore increments its messages' approximate receive count and briefly hides
+//!   them from other DLQ readers (a redrive running meanwhile skips what a listing holds).
+//! - `dlq_page`: an SQS queue cannot be read by position, so a page is computed from one *pass*:
+//!   at most [`PASS_RECEIVES`] receives of 10 (so at most 10 × `PASS_RECEIVES` distinct letters)
+//!   with a 30 s visibility, stopping early when the DLQ comes back empty, then every letter is
+//!   made visible again. Letters are ordered by (time of death, id); the page is the first `limit`
+//!   of those the pass saw that come after the cursor, and the cursor (`s1:{dead_at_ms}:{id}`) is
+//!   the key of the page's last letter. Only one summary per page slot is kept while receiving,
+//!   so memory is `limit` summaries plus one receive batch. Pages never repeat a letter and a
+//!   letter dead-lettered meanwhile (dying later) shows on a later page; they are exact while the
+//!   DLQ holds at most 10 × `PASS_RECEIVES` letters and nobody else reads it. A bigger DLQ, or a
+//!   concurrent reader hiding letters, can make a pass miss letters, which are then skipped. `next`
+//!   is `None` when the pass saw nothing beyond the page and came back empty before its budget.
+//! - `dlq_get` scans the DLQ the same way, at most [`GET_RECEIVES`] receives, stopping at the
+//!   first letter with that id; a letter beyond the scan is reported as `None`.
+//! - `dlq_redrive` receives DLQ messages, sends copies (without the dead-letter attributes, with
+//!   the letter's id as `levee-id` and its death appended to `levee-history`) to the source
+//!   queue, then deletes them from the DLQ; only messages dead-lettered before the redrive
+//!   started are moved, so one that fails again at once is not cycled forever. `receive` strips
+//!   `levee-history` like every reserved attribute and remembers it by receipt (in memory, bounded
+//!   like the receipts), so `dead_letter` carries it to the next dead letter; a message SQS moves by
+//!   the redrive policy keeps its attributes, history included.
 //! - `stats` reads `ApproximateNumberOfMessages{,NotVisible,Delayed}` of the queue and the DLQ;
 //!   SQS's counts are approximate and `oldest_age_ms` is `None` (SQS publishes that only as a
 //!   CloudWatch metric). `processed`, `failed` and `retried` are counted in this process's memory
@@ -55,8 +74,9 @@ use base64::Engine as _;
 use crate::aws::{ErrorContext, Resource, SQS_MAX_MESSAGE_BYTES, now_ms};
 use crate::provision::Outcome;
 use crate::queue::{
-    Completion, DeadLetter, MAX_BATCH, MAX_WAIT, OutgoingMessage, Queue, QueueSpec, QueueStats,
-    ReceiveOptions, ReceivedMessage,
+    Completion, DeadLetter, DeadLetterSummary, DlqPage, MAX_BATCH, MAX_DLQ_LIST, MAX_WAIT,
+    OutgoingMessage, PREVIEW_BYTES, PastDeath, Queue, QueueSpec, QueueStats, ReceiveOptions,
+    ReceivedMessage, dead,
 };
 use crate::store::CommitOutcome;
 use crate::{Error, Result};
@@ -70,8 +90,14 @@ pub const ATTR_DEAD_META: &str = "levee-dead-meta";
 /// The stable id of a message sent with one (emitted messages): delivered as its id instead of
 /// the SQS message id, so a re-sent emit is known downstream.
 pub const ATTR_ID: &str = "levee-id";
-/// Attributes a message may carry: SQS's 10 minus the 4 Levee reserves.
+/// JSON list of the past deaths of a redriven message (see [`crate::queue::PastDeath`]).
+pub const ATTR_HISTORY: &str = "levee-history";
+/// Attributes a message may carry: SQS's 10 minus the 4 Levee puts on one message at most.
 pub const MAX_ATTRIBUTES: usize = 6;
+/// Receives of 10 one `dlq_page` pass makes at most.
+pub const PASS_RECEIVES: usize = 20;
+/// Receives of 10 one `dlq_get` scan makes at most.
+pub const GET_RECEIVES: usize = 30;
 /// Longest delay SQS accepts.
 pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 /// Longest visibility timeout SQS accepts.
@@ -88,7 +114,15 @@ const REDRIVE_VISIBILITY_SECS: i32 = 60;
 const ENTRY_ATTEMPTS: u32 = 4;
 /// Data type of an attribute whose value is the empty string (SQS refuses empty values).
 const EMPTY_TYPE: &str = "String.empty";
-const RESERVED: [&str; 4] = [ATTR_ENCODING, ATTR_DEAD_REASON, ATTR_DEAD_META, ATTR_ID];
+const RESERVED: [&str; 5] = [
+    ATTR_ENCODING,
+    ATTR_DEAD_REASON,
+    ATTR_DEAD_META,
+    ATTR_ID,
+    ATTR_HISTORY,
+];
+/// Version tag of `dlq_page` cursors.
+const CURSOR_TAG: &str = "s1:";
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Totals {
@@ -114,6 +148,8 @@ pub struct SqsQueue {
 struct Leases {
     message_of: HashMap<String, String>,
     latest: HashMap<String, String>,
+    /// receipt → `levee-history` of a redriven message, for `dead_letter` to carry on.
+    history: HashMap<String, String>,
 }
 
 const MAX_TRACKED_LEASES: usize = 100_000;
@@ -123,6 +159,7 @@ impl Leases {
         if self.message_of.len() >= MAX_TRACKED_LEASES {
             self.message_of.clear();
             self.latest.clear();
+            self.history.clear();
         }
         if let Some(old) = self.latest.insert(id.to_string(), receipt.to_string()) {
             // Keep the old receipt known (as stale) so its use is refused.
@@ -138,6 +175,7 @@ impl Leases {
     }
 
     fn done(&mut self, receipt: &str) {
+        self.history.remove(receipt);
         if let Some(id) = self.message_of.remove(receipt)
             && self.latest.get(&id).is_some_and(|r| r == receipt)
         {
@@ -675,6 +713,9 @@ impl Queue for SqsQueue {
         // Keyed by the SQS id: two copies of one emit share a stable id but not a lease.
         for (raw, m) in messages.iter().zip(&received) {
             leases.received(raw.message_id().unwrap_or(&m.id), &m.receipt);
+            if let Some(h) = attribute(raw, ATTR_HISTORY) {
+                leases.history.insert(m.receipt.clone(), h.to_string());
+            }
         }
         Ok(received)
     }
@@ -810,10 +851,20 @@ impl Queue for SqsQueue {
         // The original id travels along: the DLQ copy gets a new SQS id, but users (and
         // `levee dlq list`) know the message by the id `send` returned.
         let meta = format!("{},{},{}", message.receive_count, now_ms(), message.id);
-        let extra = [
+        let history = self
+            .leases
+            .lock()
+            .expect("leases poisoned")
+            .history
+            .get(&message.receipt)
+            .cloned();
+        let mut extra = vec![
             (ATTR_DEAD_REASON, reason.as_str()),
             (ATTR_DEAD_META, meta.as_str()),
         ];
+        if let Some(h) = &history {
+            extra.push((ATTR_HISTORY, h.as_str()));
+        }
         let wire = encode(
             queue,
             &message.body,
@@ -826,6 +877,10 @@ impl Queue for SqsQueue {
         let url = self.url(&name).await?;
         self.delete_receipts(&name, &url, std::slice::from_ref(&message.receipt))
             .await?;
+        self.leases
+            .lock()
+            .expect("leases poisoned")
+            .done(&message.receipt);
         self.count(queue, |t| t.failed += 1);
         Ok(())
     }
@@ -885,6 +940,7 @@ impl Queue for SqsQueue {
     }
 
     async fn dlq_list(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
+        let max = max.min(MAX_DLQ_LIST);
         let (_, dlq) = self.names(queue)?;
         let url = self.url(&dlq).await?;
         let mut letters: HashMap<String, DeadLetter> = HashMap::new();
@@ -924,6 +980,82 @@ impl Queue for SqsQueue {
         Ok(letters)
     }
 
+    /// One pass over the DLQ (see the module doc): the first `limit` letters after the cursor by
+    /// (time of death, id).
+    async fn dlq_page(&self, queue: &str, after: Option<&str>, limit: usize) -> Result<DlqPage> {
+        let after = after.map(parse_cursor).transpose()?;
+        let limit = dead::clamp_limit(limit);
+        let (_, dlq) = self.names(queue)?;
+        let url = self.url(&dlq).await?;
+        // The `limit + 1` smallest keys seen: one more than the page tells whether there is more.
+        let mut best: BTreeMap<(u64, String), DeadLetterSummary> = BTreeMap::new();
+        let mut receipts = Vec::new();
+        let mut exhausted = false;
+        let result = async {
+            for _ in 0..PASS_RECEIVES {
+                let batch = self
+                    .receive_raw(&dlq, &url, MAX_BATCH, LIST_VISIBILITY_SECS, 1)
+                    .await?;
+                if batch.is_empty() {
+                    exhausted = true;
+                    break;
+                }
+                for m in &batch {
+                    receipts.extend(m.receipt_handle().map(str::to_string));
+                    let letter = summarize(m);
+                    let key = (letter.dead_at_ms, letter.id.clone());
+                    if after.as_ref().is_some_and(|a| &key <= a) {
+                        continue;
+                    }
+                    best.entry(key).or_insert(letter);
+                    if best.len() > limit + 1 {
+                        best.pop_last();
+                    }
+                }
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        self.restore(&url, receipts).await;
+        result?;
+        let more = best.len() > limit;
+        let letters: Vec<DeadLetterSummary> = best.into_values().take(limit).collect();
+        // A pass cut by its budget may have missed letters: offer another page after this one.
+        let next = match letters.last() {
+            Some(last) if more || !exhausted => Some(format_cursor(last.dead_at_ms, &last.id)),
+            _ => None,
+        };
+        Ok(DlqPage { letters, next })
+    }
+
+    async fn dlq_get(&self, queue: &str, id: &str) -> Result<Option<DeadLetter>> {
+        let (_, dlq) = self.names(queue)?;
+        let url = self.url(&dlq).await?;
+        let mut receipts = Vec::new();
+        let result = async {
+            for _ in 0..GET_RECEIVES {
+                let batch = self
+                    .receive_raw(&dlq, &url, MAX_BATCH, LIST_VISIBILITY_SECS, 1)
+                    .await?;
+                if batch.is_empty() {
+                    break;
+                }
+                receipts.extend(
+                    batch
+                        .iter()
+                        .filter_map(|m| m.receipt_handle().map(str::to_string)),
+                );
+                if let Some(m) = batch.iter().find(|m| dead_meta(m).id == id) {
+                    return Ok(Some(decode_dead(m)));
+                }
+            }
+            Ok::<_, Error>(None)
+        }
+        .await;
+        self.restore(&url, receipts).await;
+        result
+    }
+
     async fn dlq_redrive(&self, queue: &str) -> Result<u64> {
         let (name, dlq) = self.names(queue)?;
         let (url, dlq_url) = futures::try_join!(self.url(&name), self.url(&dlq))?;
@@ -950,9 +1082,21 @@ impl Queue for SqsQueue {
             let wires = old
                 .iter()
                 .map(|m| {
+                    let death = dead_meta(m);
+                    let history = dead::encode_history(&dead::push_death(
+                        death.history,
+                        PastDeath {
+                            receive_count: death.receive_count,
+                            reason: death.reason,
+                            dead_at_ms: death.dead_at_ms,
+                        },
+                    ));
                     let mut attributes = m.message_attributes().cloned().unwrap_or_default();
                     attributes.remove(ATTR_DEAD_REASON);
                     attributes.remove(ATTR_DEAD_META);
+                    // The message keeps its id (and so its history) in its new life.
+                    attributes.insert(ATTR_ID.into(), string_attribute(&death.id));
+                    attributes.insert(ATTR_HISTORY.into(), string_attribute(&history));
                     let body = m.body().unwrap_or("-").to_string();
                     let size = wire_size(&body, &attributes);
                     Wire {
@@ -1126,8 +1270,8 @@ fn encode_message(queue: &str, m: &OutgoingMessage) -> Result<Wire> {
     }
 }
 
-/// Decodes body and user attributes (sorted by name), dropping Levee's reserved ones.
-fn decode_payload(m: &Message) -> (Vec<u8>, Vec<(String, String)>) {
+/// The body encoding and the user attributes (sorted by name), without Levee's reserved ones.
+fn decode_attributes(m: &Message) -> (Option<String>, Vec<(String, String)>) {
     let mut encoding = None;
     let mut attributes = Vec::new();
     for (k, v) in m.message_attributes().into_iter().flatten() {
@@ -1143,6 +1287,12 @@ fn decode_payload(m: &Message) -> (Vec<u8>, Vec<(String, String)>) {
         }
     }
     attributes.sort();
+    (encoding, attributes)
+}
+
+/// Decodes body and user attributes (sorted by name), dropping Levee's reserved ones.
+fn decode_payload(m: &Message) -> (Vec<u8>, Vec<(String, String)>) {
+    let (encoding, attributes) = decode_attributes(m);
     let raw = m.body().unwrap_or("");
     let body = match encoding.as_deref() {
         Some("empty") => Vec::new(),
@@ -1193,36 +1343,115 @@ fn decode_received(m: &Message) -> ReceivedMessage {
     }
 }
 
-fn decode_dead(m: &Message) -> DeadLetter {
-    let (body, attributes) = decode_payload(m);
-    let attr = |name: &str| {
-        m.message_attributes()
-            .and_then(|a| a.get(name))
-            .and_then(|v| v.string_value())
-            .map(str::to_string)
-    };
-    let meta = attr(ATTR_DEAD_META);
-    let mut parts = meta.as_deref().unwrap_or_default().splitn(3, ',');
+fn attribute<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
+    m.message_attributes()
+        .and_then(|a| a.get(name))
+        .and_then(|v| v.string_value())
+}
+
+/// Why, when and after how many receives a DLQ message died, its id and its past deaths.
+struct Death {
+    id: String,
+    reason: String,
+    receive_count: u32,
+    dead_at_ms: u64,
+    history: Vec<PastDeath>,
+}
+
+fn dead_meta(m: &Message) -> Death {
+    let meta = attribute(m, ATTR_DEAD_META);
+    let mut parts = meta.unwrap_or_default().splitn(3, ',');
     let (c, t, original) = (parts.next(), parts.next(), parts.next());
     let (count, dead_at) = c
         .zip(t)
         .and_then(|(c, t)| Some((c.parse().ok()?, t.parse().ok()?)))
         // Moved by the redrive policy: this receive counts too, the rest happened on the source.
         .unwrap_or_else(|| (receive_count(m).saturating_sub(1).max(1), sent_at_ms(m)));
-    DeadLetter {
+    let history = dead::decode_history(attribute(m, ATTR_HISTORY)).unwrap_or_else(|e| {
+        tracing::warn!(message_id = m.message_id().unwrap_or(""), error = %e,
+            "dead letter has an unreadable history; showing none");
+        Vec::new()
+    });
+    Death {
+        // `dead_letter` puts the original id in the meta; the redrive policy keeps `levee-id`.
         id: original
             .filter(|o| !o.is_empty())
-            .unwrap_or(m.message_id().unwrap_or_default())
+            .or_else(|| attribute(m, ATTR_ID))
+            .or(m.message_id())
+            .unwrap_or_default()
             .to_string(),
-        body,
-        attributes,
-        reason: attr(ATTR_DEAD_REASON).unwrap_or_else(|| {
-            "received more times than the queue's max_receive (moved by the SQS redrive policy)"
-                .into()
-        }),
+        reason: attribute(m, ATTR_DEAD_REASON)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                "received more times than the queue's max_receive (moved by the SQS redrive policy)"
+                    .into()
+            }),
         receive_count: count,
         dead_at_ms: dead_at,
+        history,
     }
+}
+
+fn decode_dead(m: &Message) -> DeadLetter {
+    let (body, attributes) = decode_payload(m);
+    let d = dead_meta(m);
+    DeadLetter {
+        id: d.id,
+        body,
+        attributes,
+        reason: d.reason,
+        receive_count: d.receive_count,
+        dead_at_ms: d.dead_at_ms,
+        history: d.history,
+    }
+}
+
+/// A summary without decoding the whole body: the size of a base64 body is computed from its
+/// length, and only the characters behind the preview are decoded.
+fn summarize(m: &Message) -> DeadLetterSummary {
+    let raw = m.body().unwrap_or("");
+    let (size, head) = match attribute(m, ATTR_ENCODING) {
+        Some("empty") => (0, Vec::new()),
+        Some("base64") => {
+            let trimmed = raw.trim_end_matches('=');
+            let size = (trimmed.len() * 3 / 4) as u64;
+            // 4 characters carry 3 bytes: enough whole groups for the preview.
+            let take = raw.len().min(PREVIEW_BYTES.div_ceil(3) * 4);
+            let head = base64::engine::general_purpose::STANDARD
+                .decode(&raw.as_bytes()[..take])
+                .unwrap_or_else(|_| raw.as_bytes()[..take].to_vec());
+            (size, head)
+        }
+        _ => (
+            raw.len() as u64,
+            raw.as_bytes()[..raw.len().min(PREVIEW_BYTES)].to_vec(),
+        ),
+    };
+    let (_, attributes) = decode_attributes(m);
+    let d = dead_meta(m);
+    DeadLetterSummary {
+        id: d.id,
+        reason: d.reason,
+        receive_count: d.receive_count,
+        dead_at_ms: d.dead_at_ms,
+        size,
+        preview: dead::preview(&head),
+        attributes: dead::summary_attributes(attributes),
+        history: d.history,
+    }
+}
+
+/// Parses a `dlq_page` cursor into the (dead_at_ms, id) it continues after.
+fn parse_cursor(cursor: &str) -> Result<(u64, String)> {
+    cursor
+        .strip_prefix(CURSOR_TAG)
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(t, id)| Some((t.parse().ok()?, id.to_string())))
+        .ok_or_else(|| Error::Invalid(format!("`{cursor}` is not a dead-letter cursor")))
+}
+
+fn format_cursor(dead_at_ms: u64, id: &str) -> String {
+    format!("{CURSOR_TAG}{dead_at_ms}:{id}")
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use levee::{Emitted, Error, OutgoingMessage, Queue, QueueSpec, ReceiveOptions, ReceivedMessage};
+use levee::{
+    DeadLetterSummary, Emitted, Error, MAX_DLQ_PAGE, OutgoingMessage, PREVIEW_BYTES, PastDeath,
+    Queue, QueueSpec, ReceiveOptions, ReceivedMessage,
+};
 
 /// Expands to one `#[tokio::test]` per queue contract case. `$setup` is an async function
 /// returning `(Arc<dyn Queue>, G)`; `G` is kept alive until the case ends.
@@ -40,6 +43,22 @@ macro_rules! queue_contract_tests {
                 $crate::contract::queue::$case(queue, &prefix).await;
             }
         )*
+    };
+}
+
+/// Expands to one `#[tokio::test]` per dead-letter paging case (pages, previews, `dlq_get`,
+/// history across redrives). Separate from [`queue_contract_tests!`] because one case sends a
+/// 1 MiB body: on SQS that needs the offload wrapper, so the AWS suite runs these on
+/// `OffloadQueue<SqsQueue, S3Blobs>`.
+#[macro_export]
+macro_rules! dlq_contract_tests {
+    ($setup:path) => {
+        $crate::queue_contract_tests!(@cases $setup;
+            dlq_pages_cover_every_letter_once_in_order,
+            dlq_previews_are_bounded_and_sizes_exact,
+            dlq_get_returns_the_whole_letter,
+            redrive_keeps_the_death_history,
+        );
     };
 }
 
@@ -637,4 +656,250 @@ pub async fn release_makes_it_visible_again(q: Arc<dyn Queue>, prefix: &str) {
     assert_eq!(last.id, first.id);
     assert_eq!(q.stats(&name).await.unwrap().dlq, 0);
     q.complete(&name, &last.receipt, vec![]).await.unwrap();
+}
+
+/// Every summary of the dead-letter queue, paging with `limit`; checks each page's size and
+/// that the last one ends the listing.
+async fn all_pages(q: &dyn Queue, name: &str, limit: usize) -> Vec<DeadLetterSummary> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let page = q
+            .dlq_page(name, after.as_deref(), limit)
+            .await
+            .unwrap_or_else(|e| panic!("dlq_page of {name} after {after:?}: {e}"));
+        assert!(
+            page.letters.len() <= limit,
+            "a page holds at most limit: {page:?}"
+        );
+        out.extend(page.letters);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return out,
+        }
+    }
+    panic!("paging {name} did not end after 100 pages");
+}
+
+/// Sends one message, receives it and dead-letters it with `reason`; returns it as received.
+async fn kill(
+    q: &dyn Queue,
+    name: &str,
+    message: OutgoingMessage,
+    reason: &str,
+) -> ReceivedMessage {
+    q.send(name, vec![message]).await.unwrap();
+    let m = recv_n(q, name, 1, 30).await.remove(0);
+    q.dead_letter(name, &m, reason).await.unwrap();
+    m
+}
+
+/// Paging with small limits returns every dead letter exactly once, oldest first, and ends;
+/// limits are clamped and a malformed cursor is refused.
+pub async fn dlq_pages_cover_every_letter_once_in_order(q: Arc<dyn Queue>, prefix: &str) {
+    let name = make(&*q, prefix, "q", 5).await;
+    let mut died = Vec::new();
+    for i in 0..7 {
+        let m = kill(
+            &*q,
+            &name,
+            OutgoingMessage::new(format!("m{i}")),
+            &format!("r{i}"),
+        )
+        .await;
+        died.push(m.id);
+        // Distinct times of death, so "oldest first" has one answer on every backend.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for limit in [1, 3, 7, 50] {
+        let letters = all_pages(&*q, &name, limit).await;
+        let ids: Vec<&str> = letters.iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(
+            ids, died,
+            "limit {limit}: each letter once, in the order they died"
+        );
+        let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
+        assert_eq!(reasons, ["r0", "r1", "r2", "r3", "r4", "r5", "r6"]);
+        assert!(
+            letters
+                .windows(2)
+                .all(|w| w[0].dead_at_ms <= w[1].dead_at_ms)
+        );
+        assert!(
+            letters
+                .iter()
+                .all(|l| l.receive_count == 1 && l.history.is_empty())
+        );
+    }
+    let first = q.dlq_page(&name, None, 3).await.unwrap();
+    assert_eq!(first.letters.len(), 3);
+    assert!(first.next.is_some(), "more letters follow the first page");
+    let clamped = q.dlq_page(&name, None, 0).await.unwrap();
+    assert_eq!(clamped.letters.len(), 1, "a limit of 0 is clamped to 1");
+    let huge = q.dlq_page(&name, None, 10_000).await.unwrap();
+    assert!(huge.letters.len() <= MAX_DLQ_PAGE);
+    assert_eq!((huge.letters.len(), huge.next), (7, None));
+    let err = q
+        .dlq_page(&name, Some("not a cursor"), 3)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    // The listing leaves the letters where they were.
+    assert_eq!(q.stats(&name).await.unwrap().dlq, 7);
+    let empty = make(&*q, prefix, "empty", 5).await;
+    assert_eq!(
+        q.dlq_page(&empty, None, 10).await.unwrap(),
+        Default::default()
+    );
+}
+
+/// A summary's preview is at most [`PREVIEW_BYTES`] of the body cut on a character boundary and
+/// its size is the body's exact length, for a 1 MiB body (offloaded on AWS) and small ones.
+pub async fn dlq_previews_are_bounded_and_sizes_exact(q: Arc<dyn Queue>, prefix: &str) {
+    let name = make(&*q, prefix, "q", 5).await;
+    // Multi-byte characters, so a cut at 256 bytes lands inside one (`€` is 3 bytes).
+    let big: String = format!("xx{}", "ab€".repeat((1 << 20) / 5 + 1));
+    assert!(big.len() > 1 << 20);
+    kill(&*q, &name, OutgoingMessage::new(big.clone()), "big").await;
+    kill(&*q, &name, OutgoingMessage::new("tiny"), "tiny").await;
+    kill(
+        &*q,
+        &name,
+        OutgoingMessage::new(vec![0xFF, 0xFE, b'o', b'k']),
+        "binary",
+    )
+    .await;
+    let letters = all_pages(&*q, &name, 2).await;
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    let big_letter = &letters[0];
+    assert_eq!(
+        big_letter.size,
+        big.len() as u64,
+        "the real size, not the reference's"
+    );
+    assert!(big_letter.preview.len() <= PREVIEW_BYTES);
+    assert!(
+        big_letter.preview.len() > PREVIEW_BYTES - 4 && big.starts_with(&big_letter.preview),
+        "the preview is the body's start, cut on a character boundary: {:?}",
+        big_letter.preview
+    );
+    assert!(
+        big_letter.attributes.is_empty(),
+        "no reference attributes: {:?}",
+        big_letter.attributes
+    );
+    assert_eq!((letters[1].size, letters[1].preview.as_str()), (4, "tiny"));
+    assert_eq!(letters[2].size, 4);
+    assert_eq!(letters[2].preview, "\u{FFFD}\u{FFFD}ok");
+    let whole = q
+        .dlq_get(&name, &big_letter.id)
+        .await
+        .unwrap()
+        .expect("the big letter");
+    assert!(
+        whole.body == big.as_bytes(),
+        "dlq_get returns the whole body"
+    );
+}
+
+/// `dlq_get` returns one dead letter whole (body, attributes, reason), `None` for an unknown id.
+pub async fn dlq_get_returns_the_whole_letter(q: Arc<dyn Queue>, prefix: &str) {
+    let name = make(&*q, prefix, "q", 5).await;
+    let message = OutgoingMessage {
+        attributes: attrs(&[("source", "test")]),
+        ..OutgoingMessage::new("{\"org\": 7}")
+    };
+    let m = kill(&*q, &name, message, "permanent: bad org").await;
+    kill(&*q, &name, OutgoingMessage::new("other"), "other").await;
+    let got = q
+        .dlq_get(&name, &m.id)
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    assert_eq!(got.id, m.id);
+    assert_eq!(got.body, b"{\"org\": 7}");
+    assert_eq!(got.attributes, attrs(&[("source", "test")]));
+    assert_eq!(
+        (got.reason.as_str(), got.receive_count),
+        ("permanent: bad org", 1)
+    );
+    assert!(got.history.is_empty());
+    assert_eq!(q.dlq_get(&name, "no-such-id").await.unwrap(), None);
+    // Reading it left it in place.
+    assert!(q.dlq_get(&name, &m.id).await.unwrap().is_some());
+    assert_eq!(q.stats(&name).await.unwrap().dlq, 2);
+}
+
+/// A redriven message that dies again shows its earlier deaths (oldest first) besides the
+/// current one, whether it is dead-lettered or exceeds `max_receive`; each life gets a fresh
+/// receive budget, and handlers never see the history attribute.
+pub async fn redrive_keeps_the_death_history(q: Arc<dyn Queue>, prefix: &str) {
+    let name = make(&*q, prefix, "q", 2).await;
+    let first = kill(&*q, &name, OutgoingMessage::new("again"), "first death").await;
+    let page = q.dlq_page(&name, None, 10).await.unwrap();
+    let first_death = PastDeath {
+        receive_count: 1,
+        reason: "first death".into(),
+        dead_at_ms: page.letters[0].dead_at_ms,
+    };
+    assert!(page.letters[0].history.is_empty());
+
+    assert_eq!(q.dlq_redrive(&name).await.unwrap(), 1);
+    let second = recv_n(&*q, &name, 1, 30).await.remove(0);
+    assert_eq!(second.id, first.id, "a redriven message keeps its id");
+    assert_eq!(
+        second.receive_count, 1,
+        "a new life starts a fresh receive count"
+    );
+    assert!(
+        second
+            .attributes
+            .iter()
+            .all(|(k, _)| !k.starts_with("levee-")),
+        "handlers see no reserved attributes: {:?}",
+        second.attributes
+    );
+    q.dead_letter(&name, &second, "second death").await.unwrap();
+    let page = q.dlq_page(&name, None, 10).await.unwrap();
+    assert_eq!(page.letters.len(), 1, "{page:?}");
+    let letter = &page.letters[0];
+    assert_eq!(
+        (letter.id.as_str(), letter.reason.as_str()),
+        (first.id.as_str(), "second death")
+    );
+    assert_eq!(letter.history, vec![first_death.clone()]);
+    let whole = q
+        .dlq_get(&name, &first.id)
+        .await
+        .unwrap()
+        .expect("the letter");
+    assert_eq!(whole.history, vec![first_death.clone()]);
+    assert_eq!(whole.body, b"again");
+    let second_death = PastDeath {
+        receive_count: 1,
+        reason: "second death".into(),
+        dead_at_ms: letter.dead_at_ms,
+    };
+
+    // Third life: it uses up max_receive 2 and is moved by the queue itself.
+    assert_eq!(q.dlq_redrive(&name).await.unwrap(), 1);
+    let a = recv_n(&*q, &name, 1, 1).await;
+    assert_eq!(
+        a[0].receive_count, 1,
+        "the third life has a fresh budget too"
+    );
+    let b = recv(&*q, &name, opts(1, 1, 3)).await;
+    assert_eq!(
+        b.len(),
+        1,
+        "the second receive of the third life must happen"
+    );
+    assert_eq!(b[0].receive_count, 2);
+    assert!(recv(&*q, &name, opts(1, 30, 3)).await.is_empty());
+    let page = q.dlq_page(&name, None, 10).await.unwrap();
+    assert_eq!(page.letters.len(), 1, "{page:?}");
+    let letter = &page.letters[0];
+    assert_eq!(letter.id, first.id);
+    assert!(letter.reason.contains("max_receive"), "{}", letter.reason);
+    assert_eq!(letter.history, vec![first_death, second_death]);
 }
