@@ -260,8 +260,13 @@ pub struct AddrArg {
     #[arg(long, default_value = DEFAULT_ADDR, env = "LEVEE_ADDR")]
     pub addr: String,
     /// API key (default: the file of --key-file).
-    #[arg(long, env = "LEVEE_KEY", hide_env_values = true)]
-    pub key: Option<String>,
+    #[arg(
+        long = "key",
+        env = "LEVEE_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
     /// File holding the API key; `levee up` on loopback writes its admin key to
     /// .levee/admin.key (its data directory).
     #[arg(long, env = "LEVEE_KEY_FILE", default_value = ".levee/admin.key")]
@@ -271,7 +276,7 @@ pub struct AddrArg {
 impl AddrArg {
     /// The key to send: --key / LEVEE_KEY, else the key file's first line if it exists.
     pub fn key(&self) -> Option<String> {
-        self.key.clone().filter(|k| !k.is_empty()).or_else(|| {
+        self.api_key.clone().filter(|k| !k.is_empty()).or_else(|| {
             std::fs::read_to_string(&self.key_file)
                 .ok()
                 .and_then(|t| t.lines().next().map(|l| l.trim().to_string()))

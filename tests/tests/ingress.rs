@@ -750,3 +750,114 @@ queue_timeout_ms = 100
     assert!(t0.elapsed() < Duration::from_millis(500));
     assert_eq!(slow.await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_come_in_bounded_pages_and_keep_their_history() {
+    let api = start(GROUPS).await;
+    let pad = "x".repeat(1 << 20);
+    for i in 0..3 {
+        let body = format!(r#"{{"action":"permanent","n":{i},"pad":"{pad}"}}"#);
+        let a = api
+            .call(
+                Some(&api.admin),
+                Method::POST,
+                "/v1/functions/faulty/messages",
+                &body,
+            )
+            .await;
+        assert_eq!(a.status, 202, "{}", reason(&a));
+    }
+    let page = |path: String| {
+        let api = &api;
+        async move {
+            let a = api.call(Some(&api.admin), Method::GET, &path, "").await;
+            assert_eq!(a.status, 200, "{}", reason(&a));
+            (
+                a.body.len(),
+                serde_json::from_slice::<serde_json::Value>(&a.body).unwrap(),
+            )
+        }
+    };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        let (_, v) = page("/v1/functions/faulty/dlq?limit=10".into()).await;
+        if v["messages"].as_array().is_some_and(|m| m.len() == 3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (len, first) = page("/v1/functions/faulty/dlq?limit=2".into()).await;
+    // Two dead letters of 1 MiB each: the page is their summaries, a few hundred bytes each.
+    assert!(len < 4096, "a page of 2 is {len} bytes: {first}");
+    let msgs = first["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "{first}");
+    for m in msgs {
+        assert!(m["size"].as_u64().unwrap() > 1 << 20, "{m}");
+        assert!(m["preview"].as_str().unwrap().len() <= 256, "{m}");
+        assert!(m["reason"].as_str().unwrap().contains("permanent"), "{m}");
+    }
+    let next = first["next"]
+        .as_str()
+        .expect("a cursor to the rest")
+        .to_string();
+    let path = format!(
+        "/v1/functions/faulty/dlq?limit=2&after={}",
+        levee::client::encode_segment(&next)
+    );
+    let (_, second) = page(path).await;
+    assert_eq!(second["messages"].as_array().unwrap().len(), 1, "{second}");
+    assert!(second["next"].is_null(), "{second}");
+    // One body on its own, whole.
+    let id = msgs[0]["id"].as_str().unwrap();
+    let a = api
+        .call(
+            Some(&api.admin),
+            Method::GET,
+            &format!("/v1/functions/faulty/dlq/{id}/body"),
+            "",
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len() as u64, msgs[0]["size"].as_u64().unwrap());
+    let (_, one) = page(format!("/v1/functions/faulty/dlq/{id}")).await;
+    assert_eq!(one["id"], id);
+    let a = api
+        .call(
+            Some(&api.admin),
+            Method::GET,
+            "/v1/functions/faulty/dlq/nosuch",
+            "",
+        )
+        .await;
+    assert_eq!(a.status, 404);
+    // A redrive keeps the history: dead again, each shows its earlier death.
+    let a = api
+        .call(
+            Some(&api.admin),
+            Method::POST,
+            "/v1/functions/faulty/dlq/redrive",
+            "{}",
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", reason(&a));
+    let t0 = Instant::now();
+    let again = loop {
+        let (_, v) = page("/v1/functions/faulty/dlq?limit=10".into()).await;
+        let done = v["messages"].as_array().is_some_and(|m| {
+            m.len() == 3
+                && m.iter()
+                    .all(|d| d["history"].as_array().is_some_and(|h| h.len() == 1))
+        });
+        if done || t0.elapsed() > Duration::from_secs(20) {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for m in again["messages"].as_array().unwrap() {
+        let h = &m["history"][0];
+        assert!(
+            h["reason"].as_str().unwrap().contains("permanent") && h["receive_count"] == 1,
+            "{m}"
+        );
+    }
+}
