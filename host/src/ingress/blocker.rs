@@ -303,9 +303,10 @@ mod tests {
 
     #[test]
     fn blocks_end_with_their_ttl() {
-        let mut cfg = BlockingSettings::default();
-        cfg.ttl_s = 2;
-        let b = Blocker::new(cfg);
+        let b = Blocker::new(BlockingSettings {
+            ttl_s: 2,
+            ..Default::default()
+        });
         let t0 = Instant::now();
         let took =
             drive(&b, "a", t0, 5000.0, 3.0).expect("a new source at 250× min_rate is blocked");
