@@ -407,7 +407,8 @@ async fn bad_input_gets_a_4xx_with_a_reason_never_a_5xx() {
             "no such route",
         ),
         (
-            "GET /v1/status HTTP/1.1\r\nhost: localhost\r\nauthorization: Basic abc\r\n\r\n".to_string(),
+            "GET /v1/status HTTP/1.1\r\nhost: localhost\r\nauthorization: Basic abc\r\n\r\n"
+                .to_string(),
             401,
             "API key is required",
         ),
