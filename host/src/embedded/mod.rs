@@ -399,6 +399,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_version_2_file_is_upgraded_with_the_history_columns() {
+        use crate::{OutgoingMessage, Queue, QueueSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        // The version 2 schema: this one without the history columns and the id index.
+        let v2 = SCHEMA.replace(",\n    history       TEXT", "").replace(
+            "CREATE INDEX dead_letters_id ON dead_letters (queue, id);",
+            "",
+        );
+        assert!(!v2.contains("history"));
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!("{v2} PRAGMA user_version = 2;"))
+            .unwrap();
+        drop(conn);
+        let db = EmbeddedDb::open(&path).unwrap();
+        db.integrity_check().await.unwrap();
+        let q = db.queue();
+        q.ensure(&QueueSpec {
+            name: "q".into(),
+            max_receive: 1,
+        })
+        .await
+        .unwrap();
+        q.send("q", vec![OutgoingMessage::new("a")]).await.unwrap();
+        assert_eq!(q.dlq_redrive("q").await.unwrap(), 0);
+        let page = q.dlq_page("q", None, 10).await.unwrap();
+        assert!(page.letters.is_empty());
+        let version: i64 = db
+            .read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
     async fn the_file_is_in_wal_mode() {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(dir.path().join(FILE_NAME)).unwrap();

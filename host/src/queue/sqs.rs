@@ -1573,4 +1573,65 @@ mod tests {
             "dead-letter attributes are Levee's own"
         );
     }
+
+    fn dead_message(body: &[u8], extra: &[(&str, &str)]) -> Message {
+        let wire = encode(
+            "q",
+            body,
+            &[("k".into(), "v".into())],
+            Duration::ZERO,
+            extra,
+        )
+        .unwrap();
+        Message::builder()
+            .message_id("sqs-id")
+            .body(wire.body)
+            .set_message_attributes(Some(wire.attributes))
+            .build()
+    }
+
+    #[test]
+    fn summaries_size_and_preview_base64_bodies_without_decoding_them_whole() {
+        for len in [0, 1, 2, 3, 255, 256, 1000, 1001, 1002] {
+            let body: Vec<u8> = (0..len).map(|i| (i % 7) as u8 | 0x80).collect();
+            let s = summarize(&dead_message(&body, &[]));
+            assert_eq!(s.size, len as u64, "len {len}");
+            assert_eq!(s.preview, dead::preview(&body[..len.min(PREVIEW_BYTES)]));
+            assert_eq!(s.attributes, vec![("k".to_string(), "v".to_string())]);
+        }
+        let s = summarize(&dead_message("é".repeat(200).as_bytes(), &[]));
+        assert_eq!((s.size, s.preview.len()), (400, 256));
+    }
+
+    #[test]
+    fn history_and_ids_are_read_from_the_attributes() {
+        let history = dead::encode_history(&[PastDeath {
+            receive_count: 3,
+            reason: "boom".into(),
+            dead_at_ms: 7,
+        }]);
+        // Moved by the redrive policy: no meta, the id is the stable one.
+        let m = dead_message(b"x", &[(ATTR_ID, "stable"), (ATTR_HISTORY, &history)]);
+        let d = decode_dead(&m);
+        assert_eq!(d.id, "stable");
+        assert_eq!(d.history.len(), 1);
+        assert_eq!(d.history[0].reason, "boom");
+        assert_eq!(d.attributes, vec![("k".to_string(), "v".to_string())]);
+        let received = decode_received(&m);
+        assert!(
+            received
+                .attributes
+                .iter()
+                .all(|(k, _)| !k.starts_with("levee-"))
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_refused() {
+        let c = format_cursor(12, "a:b");
+        assert_eq!(parse_cursor(&c).unwrap(), (12, "a:b".to_string()));
+        for bad in ["", "12:a", "s1:", "s1:x:a", "s2:1:a"] {
+            assert!(matches!(parse_cursor(bad), Err(Error::Invalid(_))), "{bad}");
+        }
+    }
 }
