@@ -165,7 +165,10 @@ mod tests {
         for (text, want) in [
             ("0,a", "line 1: expected 3 fields"),
             ("0,a,1\nx,a,1", "line 2: t_seconds \"x\""),
-            ("0,a,-1", "rate_per_second must be >= 0"),
+            ("0,a,-1", "rate_per_second must be 0 to"),
+            ("1e20,a,1", "t_seconds must be 0 to 86400 (one day)"),
+            ("1e9,a,1", "t_seconds must be 0 to 86400 (one day)"),
+            ("0,a,1e12", "rate_per_second must be 0 to"),
             ("0,a,1\n0,a,2", "a second rate for \"a\""),
             ("0,,1", "function name is empty"),
             ("# nothing", "no rows"),
