@@ -860,3 +860,37 @@ async fn dead_letters_come_in_bounded_pages_and_keep_their_history() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_bound_the_idlest_connection_makes_room() {
+    let api = start(&format!(
+        "max_connections = 30\nmax_connections_per_peer = 1000\nheader_timeout_ms = 30000\nidle_timeout_ms = 30000\n{GROUPS}"
+    ))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        let mut s = TcpStream::connect(api.addr).await.unwrap();
+        s.write_all(b"GET /v1/status HTTP/1.1\r\nhost: loc")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.ingress.status().connections, 30);
+    // Every slot holds a half-sent header: a new client is still answered, at once.
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let resp = answer(
+            api.addr,
+            b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+    let st = api.ingress.status();
+    assert!(
+        st.evicted_connections >= 1 && st.connections <= 30,
+        "{st:?}"
+    );
+}

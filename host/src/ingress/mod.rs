@@ -50,8 +50,11 @@ pub const MAX_HEAD_BYTES: usize = 64 << 10;
 pub const MAX_HEADERS: usize = 100;
 /// Descriptors kept free for the store, queue, modules and logs when capping connections.
 const RESERVED_FDS: u64 = 256;
-/// Connections being answered 503 at once past the connection bound; beyond, they are closed.
+/// Connections being admitted or answered 503 at once past the connection bound; beyond, they
+/// are closed at once.
 const MAX_SHEDDING: usize = 64;
+/// How long a new connection waits for the slot of a connection closed to make room.
+const EVICT_WAIT: Duration = Duration::from_millis(200);
 
 /// The ingress of one host: its settings and live state.
 pub struct Ingress {
@@ -69,7 +72,11 @@ pub struct Ingress {
     per_peer: Mutex<HashMap<IpAddr, usize>>,
     shedding: Arc<Semaphore>,
     shed_connections: AtomicU64,
+    evicted_connections: AtomicU64,
     open: AtomicUsize,
+    /// Open connections, so the idlest can be closed when the bound is reached.
+    live: Mutex<HashMap<u64, Arc<Activity>>>,
+    next_conn: AtomicU64,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -90,6 +97,8 @@ pub struct IngressStatus {
     pub max_connections: usize,
     /// Connections answered 503 at the connection bound (a running total).
     pub shed_connections: u64,
+    /// Connections without a request closed to make room at the bound (a running total).
+    pub evicted_connections: u64,
     pub body_bytes_in_flight: usize,
     pub max_inflight_body_bytes: usize,
 }
@@ -128,7 +137,10 @@ impl Ingress {
             per_peer: Mutex::new(HashMap::new()),
             shedding: Arc::new(Semaphore::new(MAX_SHEDDING)),
             shed_connections: AtomicU64::new(0),
+            evicted_connections: AtomicU64::new(0),
             open: AtomicUsize::new(0),
+            live: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
             settings,
             platform,
         });
@@ -163,15 +175,48 @@ impl Ingress {
             connections: self.open.load(Ordering::Relaxed),
             max_connections: self.max_connections,
             shed_connections: self.shed_connections.load(Ordering::Relaxed),
+            evicted_connections: self.evicted_connections.load(Ordering::Relaxed),
             body_bytes_in_flight: self.settings.max_inflight_body_bytes
                 - self.body_budget.available_permits(),
             max_inflight_body_bytes: self.settings.max_inflight_body_bytes,
         }
     }
 
-    /// Takes a connection slot for `peer`, or `None` when the total or its share is used up.
-    fn admit_connection(self: &Arc<Self>, peer: IpAddr) -> Option<ConnGuard> {
+    /// Takes a connection slot for `peer`. At the bound, the connection that has gone longest
+    /// without a request is closed to make room (a client holding a half-sent header, or an
+    /// idle keep-alive one, never one being answered), and the new one waits a moment for its
+    /// slot. `None`: the peer is over its share, or nothing could be freed.
+    async fn admit_connection(self: &Arc<Self>, peer: IpAddr) -> Option<ConnGuard> {
+        if self.peer_full(peer) || !self.evict_idlest() {
+            return None;
+        }
+        let permit = tokio::time::timeout(EVICT_WAIT, self.connections.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        self.guard(peer, permit)
+    }
+
+    /// Whether `peer` holds its share of connections.
+    fn peer_full(&self, peer: IpAddr) -> bool {
+        let per = self.per_peer.lock().expect("per-peer lock");
+        per.get(&peer).copied().unwrap_or(0) >= self.settings.max_connections_per_peer
+    }
+
+    /// A slot at once, without waiting: the common case, decided in the accept loop.
+    fn try_admit(self: &Arc<Self>, peer: IpAddr) -> Option<ConnGuard> {
+        if self.peer_full(peer) {
+            return None;
+        }
         let permit = self.connections.clone().try_acquire_owned().ok()?;
+        self.guard(peer, permit)
+    }
+
+    fn guard(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Option<ConnGuard> {
         let mut per = self.per_peer.lock().expect("per-peer lock");
         let n = per.entry(peer).or_default();
         if *n >= self.settings.max_connections_per_peer {
@@ -184,6 +229,27 @@ impl Ingress {
             peer,
             _permit: permit,
         })
+    }
+
+    /// Tells the connection without a request in flight that has been quiet longest to close;
+    /// false when every connection is being answered.
+    fn evict_idlest(&self) -> bool {
+        let live = self.live.lock().expect("live lock");
+        let victim = live
+            .values()
+            .filter(|a| {
+                a.in_flight.load(Ordering::Acquire) == 0 && !a.evicted.load(Ordering::Acquire)
+            })
+            .min_by_key(|a| a.since + Duration::from_millis(a.last_ms.load(Ordering::Acquire)));
+        match victim {
+            Some(a) => {
+                a.evicted.store(true, Ordering::Release);
+                a.evict.notify_one();
+                self.evicted_connections.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -262,33 +328,64 @@ pub async fn serve_ingress(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        match ingress.admit_connection(peer.ip()) {
-            Some(guard) => {
-                let stop = stop.clone();
-                tokio::spawn(serve_connection(ingress.clone(), stream, peer, guard, stop));
-            }
-            None => shed(&ingress, stream),
+        if let Some(guard) = ingress.try_admit(peer.ip()) {
+            tokio::spawn(serve_connection(
+                ingress.clone(),
+                stream,
+                peer,
+                guard,
+                stop.clone(),
+            ));
+            continue;
         }
+        // At a bound: making room waits a moment (see `admit_connection`), off the accept loop
+        // and bounded.
+        let Ok(admitting) = ingress.shedding.clone().try_acquire_owned() else {
+            ingress.shed_connections.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let (ingress, stop) = (ingress.clone(), stop.clone());
+        tokio::spawn(async move {
+            match ingress.admit_connection(peer.ip()).await {
+                Some(guard) => {
+                    drop(admitting);
+                    serve_connection(ingress, stream, peer, guard, stop).await
+                }
+                None => shed(&ingress, stream, admitting).await,
+            }
+        });
     }
 }
 
-/// Answers a connection over the bound with 503 and closes it, or just closes it when too many
-/// are being answered already.
-fn shed(ingress: &Arc<Ingress>, mut stream: TcpStream) {
+/// Answers a connection over the bound with 503 and closes it: the answer, then our end shut,
+/// then what the client sent drained briefly so the close is not a reset that loses the answer.
+async fn shed(
+    ingress: &Arc<Ingress>,
+    mut stream: TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    use tokio::io::AsyncReadExt as _;
     ingress.shed_connections.fetch_add(1, Ordering::Relaxed);
-    let Ok(permit) = ingress.shedding.clone().try_acquire_owned() else {
-        return;
-    };
-    tokio::spawn(async move {
-        let body = r#"{"error":"too many connections; retry later"}"#;
-        let resp = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), stream.write_all(resp.as_bytes())).await;
-        drop(permit);
-    });
+    let body = r#"{"error":"too many connections; retry later"}"#;
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(resp.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = 64 << 10;
+        while left > 0 {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left -= n.min(left);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// Activity of one connection, for the idle timeout.
@@ -297,6 +394,9 @@ struct Activity {
     since: Instant,
     /// ms after `since` of the last request's end (or the connection's start).
     last_ms: AtomicU64,
+    /// Set and notified when the connection must close to make room.
+    evicted: std::sync::atomic::AtomicBool,
+    evict: tokio::sync::Notify,
 }
 
 async fn serve_connection(
@@ -310,7 +410,15 @@ async fn serve_connection(
         in_flight: AtomicUsize::new(0),
         since: Instant::now(),
         last_ms: AtomicU64::new(0),
+        evicted: std::sync::atomic::AtomicBool::new(false),
+        evict: tokio::sync::Notify::new(),
     });
+    let id = ingress.next_conn.fetch_add(1, Ordering::Relaxed);
+    ingress
+        .live
+        .lock()
+        .expect("live lock")
+        .insert(id, activity.clone());
     let svc = {
         let (ingress, activity) = (ingress.clone(), activity.clone());
         service_fn(move |req| {
@@ -355,12 +463,21 @@ async fn serve_connection(
                     break;
                 }
             }
+            _ = activity.evict.notified() => {
+                if activity.in_flight.load(Ordering::Acquire) == 0 {
+                    tracing::debug!("closing the idlest connection ({peer}) to make room");
+                    break;
+                }
+                // A request started meanwhile: let it finish, then close.
+                conn.as_mut().graceful_shutdown();
+            }
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
         }
     }
+    ingress.live.lock().expect("live lock").remove(&id);
     drop(guard);
 }
 
