@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{Common, Drill, Loopback, Outcome, Progress, secs};
+use super::{Common, Drill, Loopback, Outcome, Progress, rss_mib, secs};
 use crate::platform::StartOptions;
 use crate::scaling::load::{MAX_DURATION, message};
 use crate::{Error, Result};
@@ -161,19 +161,6 @@ fn window(lat: &mut [u32], errors: u64) -> Window {
         p50_ms: q(0.5),
         p99_ms: q(0.99),
     }
-}
-
-fn rss_mib() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line
-        .trim_start_matches("VmRSS:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
 }
 
 impl Flood {

@@ -611,10 +611,21 @@ pub fn peak_rss_mib() -> Option<f64> {
     parse_vm_hwm(&text)
 }
 
+/// The resident memory of this process now (VmRSS), in MiB; `None` where there is no /proc.
+pub fn rss_mib() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_mib(&text, "VmRSS:")
+}
+
 fn parse_vm_hwm(status: &str) -> Option<f64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    status_mib(status, "VmHWM:")
+}
+
+/// A `Name:   N kB` line of /proc/self/status, in MiB.
+fn status_mib(status: &str, field: &str) -> Option<f64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line
-        .trim_start_matches("VmHWM:")
+        .trim_start_matches(field)
         .trim()
         .trim_end_matches("kB")
         .trim()
