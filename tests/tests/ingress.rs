@@ -894,3 +894,79 @@ async fn at_the_connection_bound_the_idlest_connection_makes_room() {
         "{st:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_invokes_are_bounded_and_queued_messages_keep_running() {
+    let api = start(&format!("invoke_concurrency = 2\n{GROUPS}")).await;
+    // 30 slow invokes at once: two run, the others wait a second and get 503 with Retry-After.
+    let mut calls = Vec::new();
+    for _ in 0..30 {
+        let (addr, admin) = (api.addr(), api.admin.clone());
+        calls.push(tokio::spawn(async move {
+            let a = call(
+                &addr,
+                Some(&admin),
+                Method::POST,
+                "/v1/functions/faulty/invoke",
+                br#"{"action":"sleep","ms":1500}"#.to_vec(),
+            )
+            .await
+            .unwrap();
+            (
+                a.status.as_u16(),
+                reason(&a),
+                String::from_utf8_lossy(&a.body).to_string(),
+            )
+        }));
+    }
+    // Meanwhile a queued message of another function is handled by its worker as usual.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let a = api
+        .call(
+            Some(&api.admin),
+            Method::POST,
+            "/v1/functions/tally/messages",
+            r#"{"key":"k"}"#,
+        )
+        .await;
+    assert_eq!(a.status, 202);
+    let t0 = Instant::now();
+    let mut counted = false;
+    while t0.elapsed() < Duration::from_secs(5) {
+        let a = api
+            .call(
+                Some(&api.admin),
+                Method::GET,
+                "/v1/functions/tally/kv/count%2Fk",
+                "",
+            )
+            .await;
+        if a.status == 200 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(counted, "the worker ran while invokes were refused");
+    let mut by_status = std::collections::BTreeMap::new();
+    for c in calls {
+        let (status, why, body) = c.await.unwrap();
+        match status {
+            // Every invoke that ran completed: none failed for want of an instance.
+            200 => assert!(body.contains(r#""outcome":"ok""#), "{body}"),
+            503 => assert!(
+                why.contains("at most 2 invoke calls") || why.contains("concurrency budget"),
+                "{why}"
+            ),
+            other => panic!("{other}: {body}"),
+        }
+        *by_status.entry(status).or_insert(0) += 1;
+    }
+    // Two at a time for 1.5 s each, over the few seconds the callers wait.
+    let ran = by_status.get(&200).copied().unwrap_or(0);
+    assert!((2..=6).contains(&ran), "{by_status:?}");
+    assert!(
+        by_status.get(&503).copied().unwrap_or(0) >= 24,
+        "{by_status:?}"
+    );
+}
