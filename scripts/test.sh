@@ -15,7 +15,12 @@ build_guests
 
 if [ -x localstack/start.sh ]; then
   echo "==> starting the AWS emulator"
+  # Stop on exit the emulator this run started (one already running is left alone), so a later
+  # run, or a deleted checkout, does not inherit a server whose files are gone.
+  already_running=0
+  [ -f .venv-moto/moto.pid ] && kill -0 "$(cat .venv-moto/moto.pid)" 2>/dev/null && already_running=1
   if emulator_env="$(localstack/start.sh)"; then
+    [ "$already_running" = 1 ] || trap 'localstack/stop.sh >/dev/null 2>&1 || true' EXIT
     eval "$emulator_env"
     export LEVEE_TEST_AWS_ENDPOINT="$AWS_ENDPOINT_URL"
   elif [ "${CI:-}" = "true" ]; then
