@@ -19,7 +19,8 @@ pub struct Backends {
     pub queue: Arc<dyn Queue>,
     /// The raw store (the platform puts the cache in front of it).
     pub store: Arc<dyn Store>,
-    /// Whether queues are created by the platform (embedded) or by `levee provision` (aws).
+    /// Whether the platform creates missing queues at start: always on the embedded backend, and
+    /// on AWS unless a stack owns them ([`aws_managed`]).
     pub creates_queues: bool,
 }
 
@@ -57,7 +58,7 @@ pub async fn open(
             Ok(Backends {
                 queue: Arc::new(b.queue),
                 store: Arc::new(b.store),
-                creates_queues: false,
+                creates_queues: !aws_managed(),
             })
         }
     }
@@ -76,5 +77,20 @@ pub fn aws_settings(base: &AwsSettings) -> AwsSettings {
     if let Ok(v) = std::env::var("LEVEE_AWS_BUCKET") {
         s.bucket = v;
     }
+    // The rendered stack names its cluster and services; these keep the scaler and the hosts
+    // on the same names whatever the baked manifest says.
+    if let Ok(v) = std::env::var("LEVEE_AWS_ECS_CLUSTER") {
+        s.ecs.get_or_insert_with(Default::default).cluster = v;
+    }
+    if let Ok(v) = std::env::var("LEVEE_AWS_ECS_SERVICE_PATTERN") {
+        s.ecs.get_or_insert_with(Default::default).service_pattern = v;
+    }
     s
+}
+
+/// Whether the AWS resources belong to a CloudFormation stack (`LEVEE_AWS_MANAGED`, set by the
+/// rendered task definitions): hosts then never create or alter queues, which their roles could
+/// not do anyway.
+pub fn aws_managed() -> bool {
+    std::env::var("LEVEE_AWS_MANAGED").is_ok_and(|v| !v.is_empty())
 }

@@ -48,8 +48,11 @@ pub enum Command {
         #[arg(long, value_parser = parse_backend)]
         backend: Option<Backend>,
         /// Run workers for this function only (repeatable); e.g. one ECS service per function.
-        #[arg(long = "function", value_name = "NAME")]
+        #[arg(long = "function", value_name = "NAME", conflicts_with = "ingress_only")]
         functions: Vec<String>,
+        /// Serve the HTTP API only, with no workers (the ingress service behind a load balancer).
+        #[arg(long)]
+        ingress_only: bool,
     },
     /// Run the scaler of a fleet on AWS: size the functions' ECS services
     ///
@@ -151,6 +154,11 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Deploy to AWS: turn the manifest into CloudFormation (`infra/deploy.sh` runs it).
+    Infra {
+        #[command(subcommand)]
+        command: InfraCommand,
     },
     /// List or lift the ingress's automatic blocks of sources.
     Blocks {
@@ -283,6 +291,27 @@ impl AddrArg {
                 .filter(|k| !k.is_empty())
         })
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InfraCommand {
+    /// Render the manifest as one CloudFormation template: per function its queue and DLQ, task
+    /// role and Fargate service; the kv table, bucket, ECR repository, cluster, the scaler and
+    /// the ingress behind a load balancer, log groups and alarms
+    ///
+    /// With --out, writes levee.template.json, operator-policy.json (what the deploying
+    /// operator needs) and names.json (the physical names, for deploy.sh's collision check),
+    /// and prints the resource counts; without, prints the template.
+    Render {
+        #[command(flatten)]
+        manifest: ManifestArg,
+        /// Directory for the rendered files.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Stack name: prefixes roles, log groups and services, and names the repository.
+        #[arg(long, default_value = "levee", env = "LEVEE_STACK")]
+        stack: String,
+    },
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {

@@ -9,6 +9,7 @@ pub mod client;
 pub mod drill;
 pub mod embedded;
 mod error;
+pub mod infra;
 pub mod ingress;
 pub mod manifest;
 pub mod platform;

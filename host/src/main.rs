@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use hyper::Method;
-use levee::cli::{BlocksCommand, Cli, Command, DlqCommand, KeysCommand, KvCommand, read_message};
+use levee::cli::{
+    BlocksCommand, Cli, Command, DlqCommand, InfraCommand, KeysCommand, KvCommand, read_message,
+};
 use levee::client::{call, encode_segment};
 use levee::manifest::Manifest;
 use levee::platform::{Platform, StartOptions};
@@ -54,8 +56,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             data_dir,
             backend,
             functions,
-        } => up(manifest.path, listen, data_dir, backend, functions).await,
-        Command::Scale { manifest } => scale(manifest.path).await,
+            ingress_only,
+        } => up(manifest.path, listen, data_dir, backend, functions, ingress_only).await,
+        Command::Scale { manifest } => {
+            let m = Manifest::load(&manifest.path)?;
+            let sdk = levee::aws::load_sdk_config().await?;
+            levee::scaling::fleet::run(m, sdk, wait_for_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Infra {
+            command:
+                InfraCommand::Render {
+                    manifest,
+                    out,
+                    stack,
+                },
+        } => infra_render(manifest.path, out, stack),
         Command::Provision { manifest } => {
             let m = Manifest::load(&manifest.path)?;
             let settings = levee::backends::aws_settings(&m.aws);
@@ -236,6 +252,7 @@ async fn up(
     data_dir: Option<std::path::PathBuf>,
     backend: Option<levee::manifest::Backend>,
     functions: Vec<String>,
+    ingress_only: bool,
 ) -> Result<ExitCode> {
     let manifest = Manifest::load(&manifest_path)?;
     let listen = listen.unwrap_or_else(|| manifest.listen());
@@ -243,7 +260,7 @@ async fn up(
     let opts = StartOptions {
         data_dir,
         backend,
-        run_workers: true,
+        run_workers: !ingress_only,
         only: (!functions.is_empty()).then_some(functions),
         ..Default::default()
     };
@@ -551,53 +568,30 @@ async fn blocks(command: BlocksCommand) -> Result<ExitCode> {
 }
 
 /// `levee scale`: the fleet's controller, printing each decision that changes a desired count.
-async fn scale(manifest_path: std::path::PathBuf) -> Result<ExitCode> {
-    let mut manifest = Manifest::load(&manifest_path)?;
-    manifest.platform.backend = levee::manifest::Backend::Aws;
-    // Settle what the manifest lacks before touching AWS.
-    let (ecs, _) = levee::scaling::fleet_config(&manifest)?;
-    let sdk = levee::aws::load_sdk_config().await?;
-    let data_dir = manifest.data_dir();
-    let backends = levee::backends::open(&manifest, &data_dir, Some(&sdk))
-        .await
-        .context("opening the AWS backends")?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut status = levee::scaling::spawn_fleet(&manifest, backends.queue, &sdk, stop_rx)?;
-    println!(
-        "levee scale: {} policy, ECS cluster {}, services {}",
-        manifest.platform.scaler.policy_name().unwrap_or("-"),
-        ecs.cluster,
-        ecs.service_pattern
-    );
-    let mut last = std::collections::BTreeMap::new();
-    let mut last_error = None;
-    let signal = wait_for_signal();
-    tokio::pin!(signal);
-    loop {
-        tokio::select! {
-            _ = &mut signal => break,
-            alive = status.changed() => if !alive { break },
-        }
-        let st = status.get();
-        if let Some((at, e)) = &st.last_error
-            && last_error.as_ref() != Some(at)
-        {
-            eprintln!("levee scale: {e}");
-            last_error = Some(*at);
-        }
-        let Some(d) = &st.decision else { continue };
-        for (name, f) in &d.functions {
-            let workers = levee::scaling::workers_for(f);
-            if last.insert(name.clone(), workers) != Some(workers) {
-                println!(
-                    "{name:<14} workers {workers:<3} tasks {:<3} {}",
-                    ecs.tasks(workers),
-                    f.reason
-                );
-            }
-        }
+fn infra_render(
+    manifest_path: std::path::PathBuf,
+    out: Option<std::path::PathBuf>,
+    stack: String,
+) -> Result<ExitCode> {
+    let manifest = Manifest::load(&manifest_path)?;
+    let rendered = levee::infra::render(&manifest, &levee::infra::RenderOptions { stack })?;
+    let Some(dir) = out else {
+        println!("{}", serde_json::to_string_pretty(&rendered.template)?);
+        return Ok(ExitCode::SUCCESS);
+    };
+    for path in rendered.write_to(&dir)? {
+        println!("wrote {}", path.display());
     }
-    let _ = stop_tx.send(true);
+    let counts = rendered.resource_counts();
+    let total: usize = counts.values().sum();
+    println!(
+        "stack {}: {total} resources for {} functions",
+        rendered.names.stack,
+        manifest.functions.len()
+    );
+    for (kind, n) in counts {
+        println!("  {n:>3}  {kind}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

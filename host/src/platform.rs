@@ -161,13 +161,15 @@ impl Platform {
         })?;
         let mut functions = BTreeMap::new();
         for (name, spec) in &manifest.functions {
-            backends
-                .queue
-                .ensure(&QueueSpec {
-                    name: name.clone(),
-                    max_receive: spec.max_receive,
-                })
-                .await?;
+            if backends.creates_queues {
+                backends
+                    .queue
+                    .ensure(&QueueSpec {
+                        name: name.clone(),
+                        max_receive: spec.max_receive,
+                    })
+                    .await?;
+            }
             let module = manifest.module_path(spec);
             let f = runtime
                 .load(FunctionDef {

@@ -195,6 +195,7 @@ async fn decisions_set_the_desired_count_of_each_function_service() {
         cluster: cluster.clone(),
         service_pattern: format!("{cluster}-{{function}}"),
         workers_per_task: 2,
+        ..EcsSettings::default()
     };
     let services = create_services(&ecs, &settings, &family, &manifest).await;
 

@@ -28,6 +28,9 @@ pub struct EcsSettings {
     pub service_pattern: String,
     /// Workers one task runs; a function's task count is ceil(workers / this).
     pub workers_per_task: u32,
+    /// How long the leader's lease lasts unrenewed (`levee scale` processes elect one leader);
+    /// a standby takes over within this plus a fifth of it after the leader dies.
+    pub leader_lease_ms: u64,
 }
 
 impl Default for EcsSettings {
@@ -36,6 +39,7 @@ impl Default for EcsSettings {
             cluster: "levee".into(),
             service_pattern: "levee-{function}".into(),
             workers_per_task: 1,
+            leader_lease_ms: 10_000,
         }
     }
 }
@@ -52,6 +56,12 @@ impl EcsSettings {
             return Err(Error::Invalid(format!(
                 "aws.ecs.service_pattern {:?} must contain {{function}} (one service per function)",
                 self.service_pattern
+            )));
+        }
+        if !(1_000..=300_000).contains(&self.leader_lease_ms) {
+            return Err(Error::Invalid(format!(
+                "aws.ecs.leader_lease_ms must be 1000 to 300000, got {}",
+                self.leader_lease_ms
             )));
         }
         if self.workers_per_task == 0 {

@@ -5,7 +5,9 @@
 //! `levee load` generator ([`load`]).
 
 mod ecs;
+pub mod fleet;
 mod graph;
+pub mod leader;
 pub mod load;
 mod local;
 pub mod sim;
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 
 pub use ecs::{EcsActuator, EcsSettings, Fleet, FleetSignals, apply_fleet};
 pub use graph::{PRIOR_FAN_OUT, graph_from_manifest};
+pub use leader::{LEADER_NS, LeaderSettings, Lease};
 pub use local::{PoolActuator, workers_for};
 pub use source::{QueueSignals, Sample, function_signals};
 

@@ -54,6 +54,24 @@ impl std::fmt::Debug for DynamoStore {
     }
 }
 
+/// The table's partition and sort key of `key` in namespace `ns`. Completion records
+/// (`{queue}/{message id}` in [`RECORDS_NS`]) get one partition per queue, `_levee_done/{queue}`,
+/// so a function's task role can be granted exactly its own records through
+/// `dynamodb:LeadingKeys` (see `levee infra render`).
+pub fn item_key<'a>(ns: &str, key: &'a str) -> (String, &'a str) {
+    if ns == RECORDS_NS
+        && let Some((queue, id)) = key.split_once('/')
+    {
+        return (records_partition(queue), id);
+    }
+    (ns.to_string(), key)
+}
+
+/// The partition holding queue `queue`'s completion records.
+pub fn records_partition(queue: &str) -> String {
+    format!("{RECORDS_NS}/{queue}")
+}
+
 impl DynamoStore {
     /// A store over `table` (which `levee provision` creates).
     pub fn new(sdk: &SdkConfig, table: impl Into<String>) -> Self {
@@ -75,8 +93,9 @@ impl DynamoStore {
     }
 
     fn key(ns: &str, key: &str) -> HashMap<String, AttributeValue> {
+        let (ns, key) = item_key(ns, key);
         HashMap::from([
-            ("ns".to_string(), AttributeValue::S(ns.to_string())),
+            ("ns".to_string(), AttributeValue::S(ns)),
             ("k".to_string(), AttributeValue::S(key.to_string())),
         ])
     }
