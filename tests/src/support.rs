@@ -231,12 +231,19 @@ pub struct LeveeProcess {
 impl LeveeProcess {
     /// Runs `levee up --manifest M --listen 127.0.0.1:PORT` and waits for /healthz.
     pub fn up(manifest: &Path, port: u16) -> Self {
+        Self::up_with(manifest, port, &[], &[])
+    }
+
+    /// Like [`LeveeProcess::up`] with more arguments and environment variables.
+    pub fn up_with(manifest: &Path, port: u16, args: &[&str], env: &[(&str, &str)]) -> Self {
         let addr = format!("127.0.0.1:{port}");
         let log = manifest.with_file_name(format!("levee-{port}.log"));
         let child = Command::new(levee_bin())
             .args(["up", "--manifest"])
             .arg(manifest)
             .args(["--listen", &addr])
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
