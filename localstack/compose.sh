@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # (the variables are read by the scripts that source this)
 # Sourced by start.sh and stop.sh: finds the Docker Compose v2 command for docker-compose.yml.
 #
 #   find_compose   sets COMPOSE=(docker compose -f FILE) or (docker-compose -f FILE) for Compose v2
