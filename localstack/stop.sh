@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # Stops the emulator that localstack/start.sh started: the moto server (by the pid it recorded) or the
-# LocalStack container. Idempotent: nothing running → says so.
+# LocalStack container (with Docker Compose v2, as start.sh). Idempotent: nothing running → says so.
+#
+#   localstack/stop.sh
+#   env: LEVEE_MOTO_VENV (default <repo>/.venv-moto, as for start.sh)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-PIDFILE="$ROOT/.venv-moto/moto.pid"
+PIDFILE="${LEVEE_MOTO_VENV:-$ROOT/.venv-moto}/moto.pid"
+# shellcheck source=localstack/compose.sh
+source "$HERE/compose.sh"
 stopped=0
+
+case "${1:-}" in
+  -h|--help) sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  '') ;;
+  *) echo "stop.sh: unknown argument '$1' (allowed: --help)" >&2; exit 2 ;;
+esac
 
 if [ -f "$PIDFILE" ]; then
   pid="$(cat "$PIDFILE")"
@@ -20,9 +31,9 @@ if [ -f "$PIDFILE" ]; then
   rm -f "$PIDFILE"
 fi
 
-if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
-  && [ -n "$(docker compose -f "$HERE/docker-compose.yml" ps -q 2>/dev/null)" ]; then
-  docker compose -f "$HERE/docker-compose.yml" down
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && find_compose \
+  && [ -n "$("${COMPOSE[@]}" ps -q 2>/dev/null)" ]; then
+  "${COMPOSE[@]}" down
   echo "stop.sh: stopped LocalStack"
   stopped=1
 fi

@@ -13,6 +13,9 @@ echo "==> guest unit tests (native)"
 (cd functions && CARGO_TARGET_DIR="$ROOT/functions/target" cargo test --workspace)
 build_guests
 
+echo "==> localstack/start.sh's LocalStack path (fake docker and curl, no engine needed)"
+bash localstack/test-start.sh
+
 if [ -x localstack/start.sh ]; then
   echo "==> starting the AWS emulator"
   # Stop on exit the emulator this run started (one already running is left alone), so a later

@@ -7,6 +7,17 @@
 # from a manifest; this script exists so a fresh emulator is ready for the sample pipeline at once.
 set -euo pipefail
 
+# With LEVEE_PROVISION_LOG set (docker-compose.yml sets it in the container), the output is also
+# kept in that file, which localstack/start.sh prints when this hook fails. The pipeline waits for
+# tee, so the file is complete by the time LocalStack records the hook's state.
+if [ -n "${LEVEE_PROVISION_LOG:-}" ] && [ -z "${LEVEE_PROVISION_TEED:-}" ]; then
+  set +e
+  LEVEE_PROVISION_TEED=1 "$0" "$@" 2>&1 | tee "$LEVEE_PROVISION_LOG"
+  status="${PIPESTATUS[0]}"
+  [ "$status" = 0 ] || echo "provision.sh: failed (exit status $status)" | tee -a "$LEVEE_PROVISION_LOG"
+  exit "$status"
+fi
+
 if command -v awslocal >/dev/null 2>&1; then
   AWS=(awslocal)
 elif command -v aws >/dev/null 2>&1; then
