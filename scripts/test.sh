@@ -38,6 +38,13 @@ echo "==> host and end-to-end tests"
 cargo build --workspace --bins --tests
 cargo test --workspace --no-fail-fast
 
+echo "==> deployment: levee infra render + cfn-lint (sample and ten functions), deploy.sh on the emulator"
+if [ -n "${LEVEE_TEST_AWS_ENDPOINT:-}" ]; then
+  bash infra/check.sh --emulator
+else
+  bash infra/check.sh
+fi
+
 echo "==> lints (clippy, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 (cd functions && CARGO_TARGET_DIR="$ROOT/functions/target" cargo clippy --workspace --all-targets -- -D warnings)

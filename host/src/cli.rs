@@ -48,7 +48,11 @@ pub enum Command {
         #[arg(long, value_parser = parse_backend)]
         backend: Option<Backend>,
         /// Run workers for this function only (repeatable); e.g. one ECS service per function.
-        #[arg(long = "function", value_name = "NAME", conflicts_with = "ingress_only")]
+        #[arg(
+            long = "function",
+            value_name = "NAME",
+            conflicts_with = "ingress_only"
+        )]
         functions: Vec<String>,
         /// Serve the HTTP API only, with no workers (the ingress service behind a load balancer).
         #[arg(long)]

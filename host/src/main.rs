@@ -57,7 +57,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             backend,
             functions,
             ingress_only,
-        } => up(manifest.path, listen, data_dir, backend, functions, ingress_only).await,
+        } => {
+            up(
+                manifest.path,
+                listen,
+                data_dir,
+                backend,
+                functions,
+                ingress_only,
+            )
+            .await
+        }
         Command::Scale { manifest } => {
             let m = Manifest::load(&manifest.path)?;
             let sdk = levee::aws::load_sdk_config().await?;

@@ -17,9 +17,20 @@ use serde_json::Value;
 /// The AWS CLI installed with the emulator (localstack/start.sh puts it in .venv-moto).
 fn aws(emu: &Emulator, args: &[&str]) -> Value {
     let cli = repo_root().join(".venv-moto/bin/aws");
-    let cli = if cli.exists() { cli } else { PathBuf::from("aws") };
+    let cli = if cli.exists() {
+        cli
+    } else {
+        PathBuf::from("aws")
+    };
     let out = Command::new(&cli)
-        .args(["--endpoint-url", &emu.endpoint, "--region", "us-east-1", "--output", "json"])
+        .args([
+            "--endpoint-url",
+            &emu.endpoint,
+            "--region",
+            "us-east-1",
+            "--output",
+            "json",
+        ])
         .args(args)
         .envs(aws_env(emu))
         .output()
@@ -81,7 +92,10 @@ fn create_stack(tag: &str, lease_ms: u64) -> Option<Stack> {
     let id = unique(tag);
     let manifest = stack_manifest(dir.path(), &id, lease_ms);
     let out = dir.path().join("rendered");
-    let name = format!("s{}", id.replace('-', "")).chars().take(32).collect::<String>();
+    let name = format!("s{}", id.replace('-', ""))
+        .chars()
+        .take(32)
+        .collect::<String>();
     let (code, stdout, stderr) = levee(&[
         "infra",
         "render",
@@ -101,7 +115,14 @@ fn create_stack(tag: &str, lease_ms: u64) -> Option<Stack> {
     let subnet = |cidr: &str| {
         aws(
             &emu,
-            &["ec2", "create-subnet", "--vpc-id", &vpc, "--cidr-block", cidr],
+            &[
+                "ec2",
+                "create-subnet",
+                "--vpc-id",
+                &vpc,
+                "--cidr-block",
+                cidr,
+            ],
         )["Subnet"]["SubnetId"]
             .as_str()
             .unwrap()
@@ -153,10 +174,21 @@ impl Stack {
         );
         let d = aws(
             &self.emu,
-            &["cloudformation", "describe-stacks", "--stack-name", &self.name],
+            &[
+                "cloudformation",
+                "describe-stacks",
+                "--stack-name",
+                &self.name,
+            ],
         );
-        let status = d["Stacks"][0]["StackStatus"].as_str().unwrap_or("?").to_string();
-        assert!(status.ends_with("_COMPLETE") && !status.contains("ROLLBACK"), "{status}: {d}");
+        let status = d["Stacks"][0]["StackStatus"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        assert!(
+            status.ends_with("_COMPLETE") && !status.contains("ROLLBACK"),
+            "{status}: {d}"
+        );
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
@@ -169,7 +201,14 @@ impl Stack {
         let service = format!("{}-{function}", self.cluster);
         let d = aws(
             &self.emu,
-            &["ecs", "describe-services", "--cluster", &self.cluster, "--services", &service],
+            &[
+                "ecs",
+                "describe-services",
+                "--cluster",
+                &self.cluster,
+                "--services",
+                &service,
+            ],
         );
         d["services"][0]["desiredCount"]
             .as_i64()
@@ -201,17 +240,35 @@ async fn the_rendered_stack_runs_the_pipeline_on_two_hosts_and_keeps_scaled_coun
     // The queues are the stack's, with each function's own max_receive.
     let url = aws(
         &emu,
-        &["sqs", "get-queue-url", "--queue-name", &format!("{}routing", stack.prefix)],
+        &[
+            "sqs",
+            "get-queue-url",
+            "--queue-name",
+            &format!("{}routing", stack.prefix),
+        ],
     )["QueueUrl"]
         .as_str()
         .expect("the stack created the routing queue")
         .to_string();
     let attrs = aws(
         &emu,
-        &["sqs", "get-queue-attributes", "--queue-url", &url, "--attribute-names", "RedrivePolicy"],
+        &[
+            "sqs",
+            "get-queue-attributes",
+            "--queue-url",
+            &url,
+            "--attribute-names",
+            "RedrivePolicy",
+        ],
     );
-    let redrive = attrs["Attributes"]["RedrivePolicy"].as_str().unwrap_or_default().to_string();
-    assert!(redrive.contains("routing-dlq") && redrive.contains('7'), "{redrive}");
+    let redrive = attrs["Attributes"]["RedrivePolicy"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        redrive.contains("routing-dlq") && redrive.contains('7'),
+        "{redrive}"
+    );
 
     // Two hosts on the stack's resources, as the per-function services would be.
     let hosts = [host(&stack), host(&stack)];
@@ -249,9 +306,16 @@ async fn the_rendered_stack_runs_the_pipeline_on_two_hosts_and_keeps_scaled_coun
             .sum();
         processed.push(n);
     }
-    assert_eq!(count().await, N as u64, "every notification counted once; invocations per host {processed:?}");
+    assert_eq!(
+        count().await,
+        N as u64,
+        "every notification counted once; invocations per host {processed:?}"
+    );
     eprintln!("two hosts on the stack's queues: invocations {processed:?} for {N} messages");
-    assert!(processed.iter().all(|&n| n > 0), "both hosts took work: {processed:?}");
+    assert!(
+        processed.iter().all(|&n| n > 0),
+        "both hosts took work: {processed:?}"
+    );
     // Nothing was dead-lettered.
     let queue = levee::SqsQueue::new(&sdk, stack.prefix.clone());
     for f in ["inbound", "routing", "search-index", "notify"] {
@@ -266,26 +330,48 @@ async fn the_rendered_stack_runs_the_pipeline_on_two_hosts_and_keeps_scaled_coun
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(report.contains("0 created"), "{report}");
 
     // What the scaler sets survives a stack update.
     aws(
         &emu,
-        &["ecs", "update-service", "--cluster", &stack.cluster, "--service",
-          &format!("{}-search-index", stack.cluster), "--desired-count", "3"],
+        &[
+            "ecs",
+            "update-service",
+            "--cluster",
+            &stack.cluster,
+            "--service",
+            &format!("{}-search-index", stack.cluster),
+            "--desired-count",
+            "3",
+        ],
     );
     let mut args = vec![
-        "cloudformation".to_string(), "update-stack".into(), "--stack-name".into(), stack.name.clone(),
-        "--template-body".into(), format!("file://{}", stack.template.display()),
-        "--capabilities".into(), "CAPABILITY_NAMED_IAM".into(), "--parameters".into(),
+        "cloudformation".to_string(),
+        "update-stack".into(),
+        "--stack-name".into(),
+        stack.name.clone(),
+        "--template-body".into(),
+        format!("file://{}", stack.template.display()),
+        "--capabilities".into(),
+        "CAPABILITY_NAMED_IAM".into(),
+        "--parameters".into(),
     ];
     args.extend(stack.params.iter().cloned());
     args.push("ParameterKey=LogRetentionDays,ParameterValue=14".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     aws(&emu, &args);
     stack.wait("stack-update-complete");
-    assert_eq!(stack.desired("search-index"), 3, "a stack update kept the scaler's count");
+    assert_eq!(
+        stack.desired("search-index"),
+        3,
+        "a stack update kept the scaler's count"
+    );
     stack.delete();
 }
 
@@ -323,13 +409,20 @@ async fn two_scalers_elect_one_leader_and_the_standby_takes_over_when_it_dies() 
     let (la, lb) = (leads(&a.1), leads(&b.1));
     assert!(la ^ lb, "exactly one leader: a {la}, b {lb}");
     let (leader, standby) = if la { (&mut a, &b) } else { (&mut b, &a) };
-    assert!(std::fs::read_to_string(&standby.1).unwrap().contains("standby"));
+    assert!(
+        std::fs::read_to_string(&standby.1)
+            .unwrap()
+            .contains("standby")
+    );
     // The leader sized the services from the (empty) queues: min_workers of each function.
     let sized = Instant::now() + Duration::from_secs(30);
     while stack.desired("inbound") == 0 && Instant::now() < sized {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(stack.desired("inbound") > 0, "the leader set desired counts");
+    assert!(
+        stack.desired("inbound") > 0,
+        "the leader set desired counts"
+    );
 
     leader.0.kill().unwrap();
     leader.0.wait().unwrap();
@@ -340,14 +433,21 @@ async fn two_scalers_elect_one_leader_and_the_standby_takes_over_when_it_dies() 
         std::thread::sleep(Duration::from_millis(20));
     }
     let took = killed.elapsed();
-    assert!(leads(&standby.1), "the standby took over: {}", std::fs::read_to_string(&standby.1).unwrap());
+    assert!(
+        leads(&standby.1),
+        "the standby took over: {}",
+        std::fs::read_to_string(&standby.1).unwrap()
+    );
     eprintln!(
         "leader killed: the standby led after {:.2} s (lease {:.1} s, bound {:.1} s)",
         took.as_secs_f64(),
         LEASE_MS as f64 / 1000.0,
         bound.as_secs_f64()
     );
-    assert!(took < bound + Duration::from_secs(10), "took {took:?}, bound {bound:?}");
+    assert!(
+        took < bound + Duration::from_secs(10),
+        "took {took:?}, bound {bound:?}"
+    );
     let _ = a.0.kill();
     let _ = b.0.kill();
     stack.delete();

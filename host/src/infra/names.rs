@@ -107,20 +107,26 @@ impl Names {
             {
                 return Err(bad(
                     "aws.ecs.service_pattern",
-                    format!("service name `{service}`: ECS allows 1 to 255 of A-Z, a-z, 0-9, `-`, `_`"),
+                    format!(
+                        "service name `{service}`: ECS allows 1 to 255 of A-Z, a-z, 0-9, `-`, `_`"
+                    ),
                 ));
             }
             if [format!("{stack}-scaler"), format!("{stack}-ingress")].contains(&service) {
                 return Err(bad(
                     &format!("functions.{name}"),
-                    format!("its service `{service}` would be the scaler's or the ingress's; rename it"),
+                    format!(
+                        "its service `{service}` would be the scaler's or the ingress's; rename it"
+                    ),
                 ));
             }
             let role = format!("{stack}-{name}-task");
             if role.len() > 64 {
                 return Err(bad(
                     &format!("functions.{name}"),
-                    format!("role name `{role}` is longer than IAM's 64 characters; use a shorter --stack"),
+                    format!(
+                        "role name `{role}` is longer than IAM's 64 characters; use a shorter --stack"
+                    ),
                 ));
             }
             ids.insert(name.clone(), id);
@@ -133,7 +139,10 @@ impl Names {
         {
             return Err(bad(
                 "aws.ecs.cluster",
-                format!("`{}`: ECS allows 1 to 255 of A-Z, a-z, 0-9, `-`, `_`", ecs.cluster),
+                format!(
+                    "`{}`: ECS allows 1 to 255 of A-Z, a-z, 0-9, `-`, `_`",
+                    ecs.cluster
+                ),
             ));
         }
         Ok(Self {

@@ -98,8 +98,13 @@ pub fn function_policy(names: &Names, name: &str, emits_to: &[String]) -> Value 
         json!({"Sid": "OwnDeadLetters", "Effect": "Allow", "Action": PRODUCE, "Resource": queue_arn(&names.dlq(name))}),
     ];
     if !emits_to.is_empty() {
-        let targets: Vec<Value> = emits_to.iter().map(|t| queue_arn(&names.queue(t))).collect();
-        statements.push(json!({"Sid": "EmitsTo", "Effect": "Allow", "Action": PRODUCE, "Resource": targets}));
+        let targets: Vec<Value> = emits_to
+            .iter()
+            .map(|t| queue_arn(&names.queue(t)))
+            .collect();
+        statements.push(
+            json!({"Sid": "EmitsTo", "Effect": "Allow", "Action": PRODUCE, "Resource": targets}),
+        );
     }
     statements.push(kv_statement(names, &[name.to_string(), records_ns(name)]));
     // Its own payloads (received, dead-lettered) and completion records; payloads it writes for

@@ -87,7 +87,10 @@ pub fn storage(manifest: &Manifest, names: &Names, res: &mut Map<String, Value>)
                 }),
             ),
         );
-        let visibility = spec.visibility_timeout().as_secs().clamp(1, MAX_VISIBILITY_SECS);
+        let visibility = spec
+            .visibility_timeout()
+            .as_secs()
+            .clamp(1, MAX_VISIBILITY_SECS);
         res.insert(
             format!("{id}Queue"),
             retained(
@@ -449,7 +452,10 @@ pub fn function(
     res.insert(
         format!("{id}DeadLetterAlarm"),
         alarm(
-            format!("{name}: messages in the dead-letter queue {}", names.dlq(name)),
+            format!(
+                "{name}: messages in the dead-letter queue {}",
+                names.dlq(name)
+            ),
             "ApproximateNumberOfMessagesVisible",
             names.dlq(name),
             0,
@@ -496,11 +502,7 @@ pub fn ingress(manifest: &Manifest, names: &Names, res: &mut Map<String, Value>)
         .map(String::from)
         .to_vec();
     let def = task(names, res, "Ingress", "ingress", command, policy, 30);
-    let mut svc = service(
-        &def,
-        names.ingress_service(),
-        Some(r("IngressTasks")),
-    );
+    let mut svc = service(&def, names.ingress_service(), Some(r("IngressTasks")));
     svc["DependsOn"] = json!(["HttpListener"]);
     svc["Properties"]["HealthCheckGracePeriodSeconds"] = json!(30);
     svc["Properties"]["LoadBalancers"] = json!([{

@@ -52,7 +52,10 @@ fn each_function_gets_its_queue_with_its_own_max_receive() {
     let q = &res(t, "RoutingQueue")["Properties"];
     assert_eq!(q["QueueName"], "levee-routing");
     assert_eq!(q["RedrivePolicy"]["maxReceiveCount"], 7);
-    assert_eq!(q["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0], "RoutingDlq");
+    assert_eq!(
+        q["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0],
+        "RoutingDlq"
+    );
     assert_eq!(q["MessageRetentionPeriod"], QUEUE_RETENTION_SECS);
     assert_eq!(
         res(t, "NotifyQueue")["Properties"]["RedrivePolicy"]["maxReceiveCount"],
@@ -62,13 +65,22 @@ fn each_function_gets_its_queue_with_its_own_max_receive() {
         res(t, "SearchIndexDlq")["Properties"]["QueueName"],
         "levee-search-index-dlq"
     );
-    for id in ["InboundQueue", "InboundDlq", "KvTable", "BlobBucket", "Repository"] {
+    for id in [
+        "InboundQueue",
+        "InboundDlq",
+        "KvTable",
+        "BlobBucket",
+        "Repository",
+    ] {
         assert_eq!(res(t, id)["DeletionPolicy"], "Retain", "{id}");
         assert_eq!(res(t, id)["UpdateReplacePolicy"], "Retain", "{id}");
     }
     let table = &res(t, "KvTable")["Properties"];
     assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
-    assert_eq!(table["TimeToLiveSpecification"]["AttributeName"], "expires_at");
+    assert_eq!(
+        table["TimeToLiveSpecification"]["AttributeName"],
+        "expires_at"
+    );
     assert_eq!(
         table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
         true
@@ -85,13 +97,19 @@ fn services_match_what_levee_scale_expects_and_keep_their_counts() {
     let t = &out.template;
     assert_eq!(res(t, "Cluster")["Properties"]["ClusterName"], "prod");
     let svc = &res(t, "ABService")["Properties"];
-    assert_eq!(svc["ServiceName"], m.aws.ecs.as_ref().unwrap().service("a-b"));
+    assert_eq!(
+        svc["ServiceName"],
+        m.aws.ecs.as_ref().unwrap().service("a-b")
+    );
     assert!(
         svc.get("DesiredCount").is_none(),
         "a stack update must not reset what the scaler set"
     );
     let def = &res(t, "ABTaskDefinition")["Properties"]["ContainerDefinitions"][0];
-    assert_eq!(def["Command"], serde_json::json!(["up", "--backend", "aws", "--function", "a-b"]));
+    assert_eq!(
+        def["Command"],
+        serde_json::json!(["up", "--backend", "aws", "--function", "a-b"])
+    );
     let scaler = &res(t, "ScalerTaskDefinition")["Properties"]["ContainerDefinitions"][0];
     assert_eq!(scaler["Command"], serde_json::json!(["scale"]));
     assert!(res(t, "ScalerService")["Properties"]["DesiredCount"].is_object());
@@ -137,10 +155,16 @@ fn a_function_role_reaches_exactly_its_queues_namespace_and_prefixes() {
 #[test]
 fn an_empty_or_invalid_prefix_is_refused_naming_the_field() {
     let fns = "[functions.a]\nmodule = \"a.wasm\"";
-    let err = render(&manifest("[aws]\nqueue_prefix = \"\"", fns), &RenderOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("aws.queue_prefix") && err.contains("empty"), "{err}");
+    let err = render(
+        &manifest("[aws]\nqueue_prefix = \"\"", fns),
+        &RenderOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("aws.queue_prefix") && err.contains("empty"),
+        "{err}"
+    );
     let err = Manifest::parse(
         &format!("[aws]\nqueue_prefix = \"a*\"\n{fns}"),
         Path::new("/tmp"),
@@ -148,9 +172,12 @@ fn an_empty_or_invalid_prefix_is_refused_naming_the_field() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("aws.queue_prefix"), "{err}");
-    let err = render(&manifest("[aws]\nqueue_prefix = \"team\"", fns), &RenderOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = render(
+        &manifest("[aws]\nqueue_prefix = \"team\"", fns),
+        &RenderOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("must end with"), "{err}");
     let err = render(
         &manifest("", fns),
@@ -166,7 +193,10 @@ fn an_empty_or_invalid_prefix_is_refused_naming_the_field() {
 #[test]
 fn colliding_names_are_refused() {
     let err = render(
-        &manifest("", "[functions.a-b]\nmodule = \"a.wasm\"\n[functions.a--b]\nmodule = \"a.wasm\""),
+        &manifest(
+            "",
+            "[functions.a-b]\nmodule = \"a.wasm\"\n[functions.a--b]\nmodule = \"a.wasm\"",
+        ),
         &RenderOptions::default(),
     )
     .unwrap_err()

@@ -113,7 +113,9 @@ pub async fn run(
         let _ = stop_tx.send(true);
         if done {
             if let Err(e) = lease.release().await {
-                eprintln!("levee scale: could not hand back the lease (it runs out by itself): {e}");
+                eprintln!(
+                    "levee scale: could not hand back the lease (it runs out by itself): {e}"
+                );
             }
             return Ok(());
         }

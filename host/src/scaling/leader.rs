@@ -194,12 +194,20 @@ mod tests {
     async fn two_candidates_racing_for_a_free_lease_get_one_leader() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         for _ in 0..20 {
-            let cands: Vec<Lease> = (0..4).map(|i| lease(&store, &format!("c{i}"), 60_000)).collect();
+            let cands: Vec<Lease> = (0..4)
+                .map(|i| lease(&store, &format!("c{i}"), 60_000))
+                .collect();
             let won = futures::future::join_all(cands.iter().map(|c| c.acquire())).await;
             let winners = won.into_iter().filter(|w| *w.as_ref().unwrap()).count();
             assert_eq!(winners, 1);
             let holder = cands[0].state().await.unwrap().unwrap().holder;
-            cands.iter().find(|c| c.holder() == holder).unwrap().release().await.unwrap();
+            cands
+                .iter()
+                .find(|c| c.holder() == holder)
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
         }
     }
 }

@@ -107,7 +107,8 @@ pub fn spawn_local(
 
 /// Whether the manifest runs on ECS: the aws backend with an `[aws.ecs]` section.
 pub fn ecs_mode(manifest: &Manifest) -> bool {
-    manifest.platform.backend == Backend::Aws && manifest.aws.ecs.is_some()
+    manifest.platform.backend == Backend::Aws
+        && crate::backends::aws_settings(&manifest.aws).ecs.is_some()
 }
 
 /// Starts the fleet's controller (`levee scale`): signals from every function's queue and ECS
