@@ -80,8 +80,9 @@ export LEVEE_BIN="$levee"
 if "$HERE/deploy.sh" --stack "chk$$" --image "$image" "${net[@]}" >"$work/collide.out" 2>&1; then
   echo "check.sh: deploy.sh accepted names that exist outside the stack" >&2; cat "$work/collide.out" >&2; exit 1
 fi
-grep -q "table levee-kv" "$work/collide.out" && grep -q "queue levee-inbound" "$work/collide.out" ||
-  { echo "check.sh: the refusal does not name the existing resources:" >&2; cat "$work/collide.out" >&2; exit 1; }
+if ! { grep -q "table levee-kv" "$work/collide.out" && grep -q "queue levee-inbound" "$work/collide.out"; }; then
+  echo "check.sh: the refusal does not name the existing resources:" >&2; cat "$work/collide.out" >&2; exit 1
+fi
 echo "check.sh: deploy.sh refused the names start.sh provisioned:"
 grep -A3 "already exist outside" "$work/collide.out" | sed 's/^/  /'
 

@@ -51,8 +51,9 @@ while [ $# -gt 0 ]; do
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
 done
-[ -n "$vpc" ] && [ -n "$subnets" ] && [ -n "$public_subnets" ] ||
-  { usage >&2; die "--vpc, --subnets and --public-subnets are required (the tasks' and the load balancer's network)"; }
+if [ -z "$vpc" ] || [ -z "$subnets" ] || [ -z "$public_subnets" ]; then
+  usage >&2; die "--vpc, --subnets and --public-subnets are required (the tasks' and the load balancer's network)"
+fi
 [ -f "$manifest" ] || die "manifest $manifest not found"
 command -v aws >/dev/null 2>&1 || die "the AWS CLI is required (https://aws.amazon.com/cli/)"
 command -v python3 >/dev/null 2>&1 || die "python3 is required (to read the rendered names)"
@@ -158,8 +159,9 @@ fi
 
 # 5. The image.
 if [ -z "$image" ]; then
-  command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 ||
+  if ! { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then
     die "building the image needs a running Docker engine; or pass --image URI of an image already pushed"
+  fi
   repo_uri=$("${AWS[@]}" ecr describe-repositories --repository-names "$r" \
     --query 'repositories[0].repositoryUri' --output text)
   if [ -z "$tag" ]; then

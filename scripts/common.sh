@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the set-up scripts: toolchain and guest components.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -2,6 +2,7 @@
 # Runs the whole test suite: guest unit tests, host unit tests, end-to-end tests on the embedded
 # backend and, against an AWS emulator (moto, started by localstack/start.sh), the emulator suite.
 # With CI=true a missing emulator is a failure, not a skip.
+# shellcheck source=scripts/common.sh
 source "$(dirname "$0")/common.sh"
 ensure_toolchain
 
