@@ -313,3 +313,28 @@ fn keys_and_blocks_from_the_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn an_ingress_only_host_accepts_messages_and_runs_no_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(&dir.path(), &levee_tests::pipeline_fns(2));
+    let up = LeveeProcess::up_with(&manifest, free_port(), &["--ingress-only"], &[]);
+    let (code, out, err) = up.cli(&["send", "inbound", r#"{"org": "acme", "conversation": "c-1", "channel": "chat", "from": "a@b.c", "text": "hi"}"#]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, out, err) = up.cli(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let inbound = v["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "inbound")
+        .unwrap()
+        .clone();
+    assert_eq!(inbound["visible"], 1, "waits for a worker host: {inbound}");
+    assert_eq!(inbound["invocations"], 0, "{inbound}");
+    let (code, _, err) = levee(&["up", "--ingress-only", "--function", "inbound"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot be used with"), "{err}");
+}
