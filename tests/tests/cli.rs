@@ -317,7 +317,7 @@ fn keys_and_blocks_from_the_cli() {
 #[test]
 fn an_ingress_only_host_accepts_messages_and_runs_no_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(&dir.path(), &levee_tests::pipeline_fns(2));
+    let manifest = write_manifest(dir.path(), &levee_tests::pipeline_fns(2));
     let up = LeveeProcess::up_with(&manifest, free_port(), &["--ingress-only"], &[]);
     let (code, out, err) = up.cli(&["send", "inbound", r#"{"org": "acme", "conversation": "c-1", "channel": "chat", "from": "a@b.c", "text": "hi"}"#]);
     assert_eq!(code, 0, "{out}{err}");
