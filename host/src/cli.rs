@@ -14,6 +14,15 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 #[derive(Debug, Parser)]
 #[command(name = "levee", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
+    /// Log lines on stderr: text (colour only on a terminal) or json (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "LEVEE_LOG_FORMAT"
+    )]
+    pub log_format: crate::telemetry::logs::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -18,6 +18,7 @@ pub mod queue;
 pub mod runtime;
 pub mod scaling;
 pub mod store;
+pub mod telemetry;
 pub mod worker;
 
 pub use aws::{AwsBackends, AwsSettings};

@@ -19,7 +19,10 @@ use std::time::Duration;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Up { .. }));
+    levee::telemetry::logs::init(
+        cli.log_format,
+        matches!(cli.command, Command::Up { .. } | Command::Scale { .. }),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,21 +34,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing(server: bool) {
-    let default = if server { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
-        // aws_config warns about every region and credential source it tries (IMDS is refused off
-        // EC2); what matters reaches the user as the error of the command.
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(format!("{default},aws_config=error"))
-        });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

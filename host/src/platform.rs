@@ -59,6 +59,10 @@ pub struct FunctionStatus {
     pub oldest_age_ms: Option<u64>,
     pub max_workers: u32,
     pub invocations: u64,
+    /// Invocations whose handler succeeded.
+    pub succeeded: u64,
+    /// The module version the function runs (its content hash).
+    pub version: String,
     /// Commits refused on a version conflict and run again (no attempt used).
     pub conflicts: u64,
     /// Invocations handed back for the platform's reasons (no attempt used).
@@ -137,6 +141,8 @@ impl Platform {
         let data_dir = opts.data_dir.clone().unwrap_or_else(|| manifest.data_dir());
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| Error::io(format!("creating data directory {}", data_dir.display()), e))?;
+        // Before the pools start: they take their histogram handles from the recorder.
+        crate::telemetry::install();
         let backends = backends::open(&manifest, &data_dir, opts.aws_sdk.as_ref()).await?;
         // Every function's kv goes through the cache: coalescing, timeouts, bounded concurrency
         // and a circuit breaker shield the store during bursts and outages.
@@ -399,6 +405,12 @@ impl Platform {
                 oldest_age_ms: q.oldest_age_ms,
                 max_workers: p.max_workers,
                 invocations: p.invocations,
+                succeeded: p.succeeded,
+                version: self
+                    .functions
+                    .get(name)
+                    .map(|f| f.version().to_string())
+                    .unwrap_or_default(),
                 conflicts: p.conflicts,
                 infra_failures: p.infra_failures,
                 duplicates: p.duplicates,

@@ -65,6 +65,7 @@ impl Reject {
 pub enum Route {
     Health,
     Status,
+    Metrics,
     Send(String),
     Invoke(String),
     KvGet(String, String),
@@ -84,7 +85,7 @@ impl Route {
     pub fn class(&self) -> Option<&'static str> {
         Some(match self {
             Route::Health | Route::Send(_) => return None,
-            Route::Status => "status",
+            Route::Status | Route::Metrics => "status",
             Route::Invoke(_) => "invoke",
             Route::KvGet(..) => "kv",
             Route::DlqList(_) | Route::DlqGet(..) | Route::DlqBody(..) | Route::DlqRedrive(_) => {
@@ -145,6 +146,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Reject> {
     let route = match s.as_slice() {
         ["healthz"] => (Method::GET, Route::Health),
         ["v1", "status"] => (Method::GET, Route::Status),
+        ["metrics"] => (Method::GET, Route::Metrics),
         ["v1", "keys"] if method == Method::POST => (Method::POST, Route::KeysCreate),
         ["v1", "keys"] => (Method::GET, Route::KeysList),
         ["v1", "keys", id] => (Method::DELETE, Route::KeysRevoke(id.to_string())),
@@ -405,7 +407,7 @@ fn source_of(ing: &Ingress, key_id: &str, headers: &hyper::HeaderMap, peer: Sock
 
 fn authorize(ing: &Ingress, key: &super::keys::KeyRecord, route: &Route) -> Result<(), Reject> {
     match route {
-        Route::Health | Route::Status => Ok(()),
+        Route::Health | Route::Status | Route::Metrics => Ok(()),
         Route::Send(f) => {
             let Some(spec) = ing.platform.manifest().functions.get(f) else {
                 return Err(Reject::new(
@@ -455,6 +457,18 @@ async fn run(ing: &Ingress, route: Route, body: Bytes, query: &str) -> Result<Re
             v["ingress"] = json!(ing.status());
             json_resp(StatusCode::OK, v)
         }),
+        Route::Metrics => match crate::telemetry::render(p, Some(&ing.status())).await {
+            Some(text) => Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                .body(Full::new(Bytes::from(text)))
+                .expect("static response")),
+            None => Ok(Reject::new(
+                StatusCode::NOT_FOUND,
+                "metrics are off: another metrics recorder was installed in this process",
+            )
+            .into_resp()),
+        },
         Route::Send(f) => p
             .send(&f, body.to_vec())
             .await

@@ -10,15 +10,36 @@ use wasmtime::component::Component;
 
 use crate::{Error, Result};
 
-/// Loads `module` as a component, from the cache when a compatible artifact exists.
-pub(super) fn load(engine: &Engine, module: &Path, cache_dir: Option<&Path>) -> Result<Component> {
+/// The version of a module: the first 12 hex digits of its SHA-256 (what `/metrics`, the logs
+/// and `levee status` show).
+pub fn version_of(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..6])
+}
+
+/// Loads `module` as a component, from the cache when a compatible artifact exists, with its
+/// version.
+pub(super) fn load(
+    engine: &Engine,
+    module: &Path,
+    cache_dir: Option<&Path>,
+) -> Result<(Component, String)> {
     super::check_module_file(module)?;
     let bytes =
         std::fs::read(module).map_err(|e| Error::io(format!("reading {}", module.display()), e))?;
+    let version = version_of(&bytes);
+    load_bytes(engine, module, &bytes, cache_dir).map(|c| (c, version))
+}
+
+fn load_bytes(
+    engine: &Engine,
+    module: &Path,
+    bytes: &[u8],
+    cache_dir: Option<&Path>,
+) -> Result<Component> {
     let Some(dir) = cache_dir else {
-        return compile(engine, module, &bytes);
+        return compile(engine, module, bytes);
     };
-    let path = artifact_path(engine, dir, &bytes);
+    let path = artifact_path(engine, dir, bytes);
     if path.exists() {
         // SAFETY: the artifact was written by `Component::serialize` of an engine with the same
         // compatibility hash (it is in the file name) into Levee's own data directory; wasmtime
@@ -31,7 +52,7 @@ pub(super) fn load(engine: &Engine, module: &Path, cache_dir: Option<&Path>) -> 
             }
         }
     }
-    let component = compile(engine, module, &bytes)?;
+    let component = compile(engine, module, bytes)?;
     if let Err(e) = store(&component, dir, &path) {
         tracing::warn!(artifact = %path.display(), "could not cache compiled artifact: {e}");
     }

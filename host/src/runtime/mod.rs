@@ -144,7 +144,7 @@ impl Runtime {
                 self.config.max_memory_bytes >> 20
             )));
         }
-        let component =
+        let (component, version) =
             artifact::load(&self.engine, &spec.module, self.config.cache_dir.as_deref())?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             Error::Runtime(format!(
@@ -161,6 +161,7 @@ impl Runtime {
             ))
         })?;
         Ok(Arc::new(Function {
+            version,
             name: spec.name.clone(),
             ns: spec.name.into(),
             pre,
@@ -190,6 +191,8 @@ pub struct FunctionDef {
 /// A loaded function, ready to be instantiated once per message.
 pub struct Function {
     name: String,
+    /// The module's content hash (see [`artifact::version_of`]).
+    version: String,
     ns: Arc<str>,
     pre: CapabilityPre<HostState>,
     limits: Limits,
@@ -199,6 +202,11 @@ pub struct Function {
 }
 
 impl Function {
+    /// The version it runs: its module's content hash, 12 hex digits.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
     /// The function's name (also its queue and kv namespace).
     pub fn name(&self) -> &str {
         &self.name

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::queue::{Completion, MAX_BATCH, Queue, ReceiveOptions, ReceivedMessage, emitted_id};
 use crate::runtime::{Failure, Function, Invocation, Output};
@@ -93,6 +94,7 @@ impl WorkerPool {
         stop: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let workers = cfg.workers.min(cfg.max_workers);
+        let counters = WorkerCounters::for_function(function.name());
         let shared = Arc::new(Shared {
             function,
             queue,
@@ -100,7 +102,7 @@ impl WorkerPool {
             workers: Arc::new(Semaphore::new(workers as usize)),
             retire: AtomicUsize::new(0),
             target: AtomicU32::new(workers),
-            counters: WorkerCounters::default(),
+            counters,
             gate: Gate::default(),
             stop,
             cfg,
@@ -244,7 +246,14 @@ async fn fetch_loop(shared: Arc<Shared>) {
                             };
                             drop(slot);
                             let held = tokio::time::Instant::now();
-                            handle(&s, msg).await;
+                            // Every line logged while the message runs (the guest's too) names it.
+                            let span = tracing::info_span!(
+                                "invocation",
+                                message_id = %msg.id,
+                                function = s.function.name(),
+                                version = s.function.version(),
+                            );
+                            handle(&s, msg).instrument(span).await;
                             s.counters.occupied(held.elapsed());
                             release_worker(&s, worker);
                         });

@@ -22,6 +22,19 @@ pub struct WorkerCounters {
     latency: LatencyHistogram,
     large_latency: LatencyHistogram,
     emits: Mutex<EmitCounts>,
+    /// Prometheus histograms (no-ops unless `telemetry::install` ran before the pool started).
+    handler_seconds: Hist,
+    end_to_end_seconds: Hist,
+}
+
+/// A Prometheus histogram handle that defaults to a no-op.
+#[derive(Debug, Clone)]
+struct Hist(metrics::Histogram);
+
+impl Default for Hist {
+    fn default() -> Self {
+        Self(metrics::Histogram::noop())
+    }
 }
 
 /// Messages completed and the messages they emitted per target function, running totals: the
@@ -74,7 +87,23 @@ pub struct PoolStats {
 }
 
 impl WorkerCounters {
+    /// Counters of function `name`'s pool, with its histograms in `/metrics`.
+    pub fn for_function(name: &str) -> Self {
+        Self {
+            handler_seconds: Hist(metrics::histogram!(
+                crate::telemetry::HANDLER_SECONDS,
+                "function" => name.to_string()
+            )),
+            end_to_end_seconds: Hist(metrics::histogram!(
+                crate::telemetry::END_TO_END_SECONDS,
+                "function" => name.to_string()
+            )),
+            ..Self::default()
+        }
+    }
+
     pub(super) fn record(&self, inv: &Invocation) {
+        self.handler_seconds.0.record(inv.elapsed.as_secs_f64());
         self.invocations.fetch_add(1, Ordering::Relaxed);
         if inv.outcome.is_ok() {
             self.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -105,6 +134,7 @@ impl WorkerCounters {
     /// Records the latency of a message completed successfully: from when its origin (the first
     /// message of its chain through the pipeline) was sent until its completion was committed.
     pub(super) fn record_latency(&self, body_bytes: usize, ms: u64) {
+        self.end_to_end_seconds.0.record(ms as f64 / 1000.0);
         if body_bytes > LARGE_BODY_BYTES {
             self.large_latency.record(ms);
         } else {
