@@ -5,6 +5,7 @@
 # shellcheck source=scripts/common.sh
 source "$(dirname "$0")/common.sh"
 ensure_toolchain
+ensure_debian_package /usr/bin/promtool prometheus   # `promtool check metrics` in tests/tests/telemetry.rs
 
 echo "==> format and lints"
 cargo fmt --all -- --check
