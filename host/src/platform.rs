@@ -229,6 +229,15 @@ impl Platform {
                 pools.insert(name.clone(), pool);
             }
         }
+        if opts.run_workers && crate::scaling::ecs_mode(&manifest) {
+            // One host of a fleet: `levee scale` reads what it processed from the store.
+            crate::scaling::published::spawn_publisher(
+                raw_store.clone(),
+                pools.clone(),
+                crate::scaling::fleet::candidate_name(),
+                stop_rx.clone(),
+            );
+        }
         let scaler = if opts.run_workers {
             crate::scaling::spawn_local(&manifest, backends.queue.clone(), &pools, stop_rx)?
         } else {

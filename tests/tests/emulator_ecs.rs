@@ -139,8 +139,14 @@ async fn the_fleet_controller_sizes_the_services_from_a_live_backlog() {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let status =
-        spawn_fleet(&manifest, backends.queue.clone(), &sdk, stop_rx).expect("fleet controller");
+    let status = spawn_fleet(
+        &manifest,
+        backends.queue.clone(),
+        backends.store.clone(),
+        &sdk,
+        stop_rx,
+    )
+    .expect("fleet controller");
     let inbound = settings.service("inbound");
     let mut got = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -177,9 +183,15 @@ async fn the_fleet_controller_sizes_the_services_from_a_live_backlog() {
     )
     .unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let e = spawn_fleet(&plain, backends.queue.clone(), &sdk, rx)
-        .unwrap_err()
-        .to_string();
+    let e = spawn_fleet(
+        &plain,
+        backends.queue.clone(),
+        backends.store.clone(),
+        &sdk,
+        rx,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("aws.ecs"), "{e}");
 }
 

@@ -316,6 +316,25 @@ async fn the_rendered_stack_runs_the_pipeline_on_two_hosts_and_keeps_scaled_coun
         processed.iter().all(|&n| n > 0),
         "both hosts took work: {processed:?}"
     );
+    // Both hosts published what they processed; `levee scale` sums it into measured rates.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let published = loop {
+        let c = levee::scaling::published::fleet_counters(&table, "notify")
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        let hosts_seen = table
+            .scan(&levee::scaling::published::stats_ns("notify"), "", None, 10)
+            .await
+            .unwrap()
+            .len();
+        if (c.completed == N as u64 && hosts_seen == 2) || Instant::now() > deadline {
+            break (c, hosts_seen);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(published.0.completed, N as u64, "{published:?}");
+    assert_eq!(published.1, 2, "one item per host");
     // Nothing was dead-lettered.
     let queue = levee::SqsQueue::new(&sdk, stack.prefix.clone());
     for f in ["inbound", "routing", "search-index", "notify"] {

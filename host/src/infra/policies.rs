@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 
 use super::names::Names;
+use crate::scaling::published::stats_ns;
 use crate::store::dynamo::records_partition as records_ns;
 
 /// Data-plane calls a consumer makes on its own queue.
@@ -106,7 +107,10 @@ pub fn function_policy(names: &Names, name: &str, emits_to: &[String]) -> Value 
             json!({"Sid": "EmitsTo", "Effect": "Allow", "Action": PRODUCE, "Resource": targets}),
         );
     }
-    statements.push(kv_statement(names, &[name.to_string(), records_ns(name)]));
+    statements.push(kv_statement(
+        names,
+        &[name.to_string(), records_ns(name), stats_ns(name)],
+    ));
     // Its own payloads (received, dead-lettered) and completion records; payloads it writes for
     // the functions it emits to.
     let own = [format!("payloads/{name}/"), format!("records/{name}/")];
@@ -146,7 +150,7 @@ pub fn scaler_policy(names: &Names, functions: &[&String]) -> Value {
     json!({"Version": "2012-10-17", "Statement": [
         {"Sid": "QueueDepths", "Effect": "Allow", "Action": ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"], "Resource": queues},
         {"Sid": "SizeFunctionServices", "Effect": "Allow", "Action": ["ecs:DescribeServices", "ecs:UpdateService"], "Resource": services},
-        kv_statement(names, &[crate::scaling::LEADER_NS.to_string()]),
+        kv_statement(names, &[crate::scaling::LEADER_NS.to_string(), stats_ns("*")]),
     ]})
 }
 

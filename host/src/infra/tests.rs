@@ -135,7 +135,7 @@ fn a_function_role_reaches_exactly_its_queues_namespace_and_prefixes() {
         .unwrap();
     assert_eq!(
         kv["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"],
-        serde_json::json!(["routing", "_levee_done/routing"])
+        serde_json::json!(["routing", "_levee_done/routing", "_levee_stats/routing"])
     );
     assert!(text.contains("payloads/routing/*"));
     assert!(text.contains("payloads/notify/*"), "offloads what it emits");

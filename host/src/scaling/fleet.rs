@@ -77,7 +77,13 @@ pub async fn run(
         let mut held_until = Instant::now() + settings.lease;
         println!("levee scale: leader ({})", lease.holder());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut status = spawn_fleet(&manifest, backends.queue.clone(), &sdk, stop_rx)?;
+        let mut status = spawn_fleet(
+            &manifest,
+            backends.queue.clone(),
+            backends.store.clone(),
+            &sdk,
+            stop_rx,
+        )?;
         let mut renew = tokio::time::interval_at(Instant::now() + settings.renew, settings.renew);
         let mut last = BTreeMap::new();
         let mut last_error = None;

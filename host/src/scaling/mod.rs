@@ -10,6 +10,7 @@ mod graph;
 pub mod leader;
 pub mod load;
 mod local;
+pub mod published;
 pub mod sim;
 mod source;
 
@@ -117,6 +118,7 @@ pub fn ecs_mode(manifest: &Manifest) -> bool {
 pub fn spawn_fleet(
     manifest: &Manifest,
     queue: Arc<dyn Queue>,
+    store: Arc<dyn crate::store::Store>,
     sdk: &aws_config::SdkConfig,
     stop: watch::Receiver<bool>,
 ) -> Result<StatusHandle> {
@@ -125,7 +127,8 @@ pub fn spawn_fleet(
     let functions = manifest.functions.keys().cloned().collect();
     let source = QueueSignals::new(queue, BTreeMap::new())
         .with_functions(functions)
-        .with_edges(edges(manifest));
+        .with_edges(edges(manifest))
+        .with_published(store);
     let controller = levee_scaler::Controller::new(
         graph,
         policy,

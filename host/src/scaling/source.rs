@@ -94,6 +94,8 @@ pub struct QueueSignals {
     pools: BTreeMap<String, Arc<WorkerPool>>,
     /// `emits_to` of each function, so edges that carried nothing measure a fan-out of 0.
     edges: BTreeMap<String, Vec<String>>,
+    /// Where the fleet's hosts publish their counters (`levee scale`).
+    published: Option<Arc<dyn crate::store::Store>>,
     prev: Option<(Duration, BTreeMap<String, Sample>)>,
 }
 
@@ -105,8 +107,17 @@ impl QueueSignals {
             functions: pools.keys().cloned().collect(),
             pools,
             edges: BTreeMap::new(),
+            published: None,
             prev: None,
         }
+    }
+
+    /// Reads the counters the fleet's hosts publish into `store` ([`super::published`]) for the
+    /// functions without a local pool: completions, emits, invocations and worker occupancy
+    /// summed over the hosts, so rates are measured, not derived from queue growth alone.
+    pub fn with_published(mut self, store: Arc<dyn crate::store::Store>) -> Self {
+        self.published = Some(store);
+        self
     }
 
     /// Reads these functions; those without a local pool report queue signals only (no workers,
@@ -132,7 +143,25 @@ impl SignalSource for QueueSignals {
                 self.queue.stats(name).await.map_err(|e| {
                     levee_scaler::Error::Signals(format!("queue stats of {name}: {e}"))
                 })?;
+            let mut queue = queue;
             let mut emits = pool.map(|p| p.emit_counts()).unwrap_or_default();
+            let mut pool_stats = pool.map(|p| p.stats()).unwrap_or_default();
+            if pool.is_none()
+                && let Some(store) = &self.published
+            {
+                match super::published::fleet_counters(store.as_ref(), name).await {
+                    Ok(Some(c)) => {
+                        queue.processed = c.completed;
+                        pool_stats.invocations = c.invocations;
+                        pool_stats.occupied_micros = c.occupied_micros;
+                        emits.completed = c.completed;
+                        emits.emitted = c.emitted;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(function = %name, error = %e,
+                        "the hosts' published counters could not be read; rates from queue growth"),
+                }
+            }
             for target in self.edges.get(name).into_iter().flatten() {
                 emits.emitted.entry(target.clone()).or_insert(0);
             }
@@ -140,7 +169,7 @@ impl SignalSource for QueueSignals {
                 name.clone(),
                 Sample {
                     queue,
-                    pool: pool.map(|p| p.stats()).unwrap_or_default(),
+                    pool: pool_stats,
                     emits,
                 },
             );
@@ -276,5 +305,60 @@ mod tests {
         assert_eq!((s.arrival_rate, s.service_rate_per_worker), (0.0, None));
         let same_instant = function_signals(Some(&cur), &cur, Duration::ZERO);
         assert_eq!(same_instant.arrival_rate, 0.0);
+    }
+
+    #[tokio::test]
+    async fn a_fleet_scaler_measures_rates_from_the_counters_its_hosts_publish() {
+        use crate::queue::QueueSpec;
+        use crate::scaling::published::{HostCounters, stats_ns};
+        use crate::store::{MemoryStore, PutOptions, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::EmbeddedDb::open(dir.path().join("q.db")).unwrap();
+        let queue: Arc<dyn Queue> = Arc::new(db.queue());
+        queue
+            .ensure(&QueueSpec {
+                name: "f".into(),
+                max_receive: 5,
+            })
+            .await
+            .unwrap();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let publish = |host: &'static str, completed: u64, occupied_s: u64| {
+            let store = store.clone();
+            async move {
+                let c = HostCounters {
+                    completed,
+                    invocations: completed,
+                    occupied_micros: occupied_s * 1_000_000,
+                    workers: 2,
+                    emitted: BTreeMap::from([("g".to_string(), completed * 2)]),
+                };
+                let v = bytes::Bytes::from(serde_json::to_vec(&c).unwrap());
+                store
+                    .put(&stats_ns("f"), host, v, PutOptions::default())
+                    .await
+                    .unwrap();
+            }
+        };
+        let mut signals = QueueSignals::new(queue, BTreeMap::new())
+            .with_functions(vec!["f".into()])
+            .with_published(store.clone());
+        publish("h1", 100, 1).await;
+        publish("h2", 50, 1).await;
+        signals.signals(Duration::ZERO).await.unwrap();
+        publish("h1", 300, 3).await;
+        publish("h2", 150, 2).await;
+        let s = signals.signals(Duration::from_secs(2)).await.unwrap();
+        let f = &s.functions["f"];
+        assert_eq!(
+            f.processed_rate, 150.0,
+            "(450 - 150) completions in 2 s over two hosts"
+        );
+        assert_eq!(
+            f.service_rate_per_worker,
+            Some(100.0),
+            "300 invocations per 3 s of occupancy"
+        );
+        assert_eq!(f.fan_out.get("g"), Some(&2.0));
     }
 }
