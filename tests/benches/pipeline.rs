@@ -194,8 +194,25 @@ async fn processed(p: &Arc<Platform>, name: &str) -> u64 {
 }
 
 async fn run(backend: Backend, s: &Scenario, rate: Option<f64>) -> Outcome {
+    run_scraped(backend, s, rate, false).await
+}
+
+/// [`run`], with `/metrics` rendered every second while it runs when `scrape` is set (the
+/// Prometheus text the route serves: the platform's status copied in, then rendered).
+async fn run_scraped(backend: Backend, s: &Scenario, rate: Option<f64>, scrape: bool) -> Outcome {
     let dir = tempfile::tempdir().expect("temp dir");
     let p = platform(backend, dir.path(), "bench", &s.fns).await;
+    let scraper = scrape.then(|| {
+        let p = p.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let text = levee::telemetry::render(&p, None).await.unwrap_or_default();
+                std::hint::black_box(text);
+            }
+        })
+    });
     let expected = s.messages / SENDERS * SENDERS;
     let t0 = Instant::now();
     let sender = tokio::spawn(send_all(p.clone(), s.source, s.body, s.messages, rate));
@@ -228,6 +245,9 @@ async fn run(backend: Backend, s: &Scenario, rate: Option<f64>) -> Outcome {
         tokio::time::sleep(backend.poll()).await;
     }
     let secs = t0.elapsed().as_secs_f64();
+    if let Some(t) = scraper {
+        t.abort();
+    }
     sender.await.expect("senders");
     let latency = p.pools()[s.last].stats();
     let invocations = p
@@ -383,6 +403,39 @@ fn main() {
             sat.latency.latency_p99_ms,
             paced.latency.latency_p50_ms,
             paced.latency.latency_p99_ms,
+        );
+    }
+
+    // The cost of metrics on the hot path: the no-op at saturation, unscraped and with /metrics
+    // rendered every second, alternating so drift of the machine hits both alike.
+    if backend == Backend::Embedded && (only.is_empty() || only.contains("metrics")) {
+        let s = noop(32, n(40_000.0));
+        let runs = rt.block_on(async {
+            let mut out = Vec::new();
+            for round in 0..3 {
+                for scrape in [false, true] {
+                    eprintln!("metrics cost, round {round}: scraped {scrape}");
+                    out.push((scrape, run_scraped(backend, &s, None, scrape).await.rate));
+                }
+            }
+            out
+        });
+        let mean = |scraped: bool| {
+            let v: Vec<f64> = runs.iter().filter(|r| r.0 == scraped).map(|r| r.1).collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        println!();
+        println!("Cost of /metrics: noop, 32 workers, {} messages at saturation, alternating", s.messages);
+        println!("| run | unscraped msg/s | scraped every 1 s msg/s |");
+        println!("|---|---|---|");
+        for (i, pair) in runs.chunks(2).enumerate() {
+            println!("| {} | {:.0} | {:.0} |", i + 1, pair[0].1, pair[1].1);
+        }
+        println!(
+            "| mean | {:.0} | {:.0} (ratio {:.3}) |",
+            mean(false),
+            mean(true),
+            mean(true) / mean(false)
         );
     }
 
