@@ -438,3 +438,233 @@ async fn the_dashboard_keeps_rendering_while_the_store_is_down() {
     let _ = stop.send(true);
     platform.shutdown().await;
 }
+
+/// A fake API in front of the page: the dashboard's own files, and fixed answers for
+/// `/v1/status` (processed counts growing by 10 per call), `/v1/alerts` and `/metrics`. Records
+/// every request's path and `Authorization` header.
+struct FakeApi {
+    addr: String,
+    requests: Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+}
+
+const FAKE_KEY: &str = "lvk_0123456789ab_fake-key-for-the-dashboard-test-0123456789";
+
+fn fake_status(call: u64) -> Value {
+    json!({
+        "functions": [
+            {"name": "inbound", "visible": 7, "in_flight": 3, "dlq": 2, "workers": 4,
+             "processed": 1000 + 10 * call, "failed": 5, "delayed": 1, "retried": 6,
+             "oldest_age_ms": 2500, "max_workers": 16, "invocations": 0, "conflicts": 0,
+             "infra_failures": 0, "duplicates": 0, "paused": false, "desired": 6,
+             "reason": "backlog 7", "version": "inbound@3"},
+            {"name": "notify", "visible": 0, "in_flight": 0, "dlq": 0, "workers": 1,
+             "processed": 500, "failed": 0, "delayed": 0, "retried": 0,
+             "oldest_age_ms": null, "max_workers": 4, "invocations": 0, "conflicts": 0,
+             "infra_failures": 0, "duplicates": 0, "paused": true, "desired": null,
+             "reason": null},
+        ],
+        "stores": [
+            {"name": "kv", "backend": "embedded", "breaker": "half-open", "breaker_opens": 3,
+             "hits": 75, "misses": 25, "coalesced_waits": 0, "store_reads": 25,
+             "store_writes": 9, "store_errors": 4, "timeouts": 2, "stale_serves": 1,
+             "rejected": 8, "in_flight": 0, "entries": 12, "bytes": 2048},
+        ],
+        "ingress": {"connections": 3, "max_connections": 1024, "blocks": [{"source": "x"}],
+                    "blocked_total": 2, "shed_connections": 0},
+    })
+}
+
+const FAKE_ALERTS: &str = r#"{"alerts": [
+  {"rule": "backlog-high", "kind": "backlog", "function": "inbound", "state": "firing",
+   "since_ms": 1, "value": 700, "threshold": 500, "message": "inbound backlog 700 > 500",
+   "deliveries": [{"channel": "webhook", "state": "failed", "attempts": 3,
+                   "last_error": "connection refused"}]},
+  {"rule": "dlq-growing", "kind": "dlq", "function": "notify", "state": "resolved",
+   "since_ms": 1, "value": 0, "threshold": 1, "message": "notify dead letters", "deliveries": []}
+]}"#;
+
+/// inbound: p50 5 ms, p99 46 ms (its buckets split over two `host` labels); notify: none.
+const FAKE_METRICS: &str = "\
+# HELP levee_handler_duration_seconds Handler run time.
+# TYPE levee_handler_duration_seconds histogram
+levee_handler_duration_seconds_bucket{function=\"inbound\",host=\"a\",le=\"0.001\"} 0
+levee_handler_duration_seconds_bucket{function=\"inbound\",host=\"a\",le=\"0.005\"} 30
+levee_handler_duration_seconds_bucket{function=\"inbound\",host=\"a\",le=\"0.01\"} 50
+levee_handler_duration_seconds_bucket{function=\"inbound\",host=\"a\",le=\"0.05\"} 60
+levee_handler_duration_seconds_bucket{function=\"inbound\",host=\"a\",le=\"+Inf\"} 60
+levee_handler_duration_seconds_bucket{host=\"b\",le=\"0.001\",function=\"inbound\"} 0
+levee_handler_duration_seconds_bucket{host=\"b\",le=\"0.005\",function=\"inbound\"} 20
+levee_handler_duration_seconds_bucket{host=\"b\",le=\"0.01\",function=\"inbound\"} 40
+levee_handler_duration_seconds_bucket{host=\"b\",le=\"0.05\",function=\"inbound\"} 40
+levee_handler_duration_seconds_bucket{host=\"b\",le=\"+Inf\",function=\"inbound\"} 40
+levee_handler_duration_seconds_sum{function=\"inbound\"} 1.5
+levee_handler_duration_seconds_count{function=\"inbound\"} 100
+";
+
+impl FakeApi {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let log = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (log, calls) = (log.clone(), calls.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let auth = head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("authorization")
+                            .then(|| v.trim().to_string())
+                    });
+                    log.lock().unwrap().push((path.clone(), auth.clone()));
+                    let authorized = auth.as_deref() == Some(&format!("Bearer {FAKE_KEY}"));
+                    let asset = match path.as_str() {
+                        "/" => Some(""),
+                        p => p.strip_prefix("/dashboard/"),
+                    };
+                    let (code, ty, body) = match (
+                        asset.and_then(levee::ingress::dashboard::file),
+                        path.as_str(),
+                    ) {
+                        (Some((ty, text)), _) => (200, ty, text.to_string()),
+                        (None, _) if !authorized => {
+                            (401, "application/json", r#"{"error":"key"}"#.into())
+                        }
+                        (None, "/v1/status") => {
+                            let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            (200, "application/json", fake_status(n).to_string())
+                        }
+                        (None, "/v1/alerts") => {
+                            let since = levee::platform::now_ms() - 90_000;
+                            (
+                                200,
+                                "application/json",
+                                FAKE_ALERTS
+                                    .replace("\"since_ms\": 1", &format!("\"since_ms\": {since}")),
+                            )
+                        }
+                        (None, "/metrics") => {
+                            (200, "text/plain; version=0.0.4", FAKE_METRICS.into())
+                        }
+                        _ => (
+                            404,
+                            "application/json",
+                            r#"{"error":"no such route"}"#.into(),
+                        ),
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {code} X\r\ncontent-type: {ty}\r\ncontent-length: {}\r\n\
+                         content-security-policy: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len(),
+                        levee::ingress::dashboard::CSP,
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        FakeApi { addr, requests }
+    }
+}
+
+/// Alerts, latency from the Prometheus histogram, versions, throughput and a half-open breaker,
+/// as the page reads them from the API's answers; every data call carries the key as a Bearer
+/// header and never in a URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_reads_alerts_latency_and_the_store_from_the_api() {
+    let chromium = with_chromium!();
+    let api = FakeApi::start().await;
+    let browser = Headless::new(chromium);
+    let url = format!("http://{}/#key={FAKE_KEY}", api.addr);
+    let html = tokio::task::spawn_blocking({
+        let (b, url) = (browser.clone(), url.clone());
+        move || b.dump_dom(&url)
+    })
+    .await
+    .unwrap();
+    let dom = Dom::parse(&html);
+    assert_eq!(dom.field("connection"), Some("live"), "{html}");
+
+    let f = |name, field| dom.function_field(name, field).unwrap_or("?").to_string();
+    assert_eq!(f("inbound", "visible"), "7");
+    assert_eq!(f("inbound", "in_flight"), "3");
+    assert_eq!(f("inbound", "dlq"), "2");
+    assert_eq!(f("inbound", "workers"), "4");
+    assert_eq!(f("inbound", "desired"), "6");
+    assert_eq!(f("inbound", "max_workers"), "16");
+    assert_eq!(f("inbound", "oldest"), "3 s");
+    assert_eq!(f("inbound", "version"), "inbound@3");
+    assert_eq!(f("notify", "version"), "-");
+    assert_eq!(f("notify", "desired"), "-");
+    let paused = dom.function_element("notify", "paused").unwrap();
+    assert!(!paused.attrs.contains_key("hidden"), "notify shows paused");
+    let paused = dom.function_element("inbound", "paused").unwrap();
+    assert!(paused.attrs.contains_key("hidden"), "inbound is not paused");
+    // 10 more processed per poll, a poll a second (of the page's virtual time).
+    let thr: f64 = f("inbound", "throughput").parse().unwrap();
+    assert!((5.0..=20.0).contains(&thr), "inbound throughput {thr}/s");
+    assert_eq!(f("notify", "throughput"), "0.0");
+    // Cumulative buckets summed over `host`, interpolated within the bucket.
+    assert_eq!(f("inbound", "p50"), "5.00 ms");
+    assert_eq!(f("inbound", "p99"), "46.0 ms");
+    assert_eq!(f("notify", "p50"), "-");
+    assert_eq!(f("notify", "p99"), "-");
+
+    assert_eq!(dom.store_field("kv", "breaker"), Some("half-open"));
+    assert_eq!(dom.store_field("kv", "state"), Some("recovering"));
+    assert_eq!(dom.store_field("kv", "hit_ratio"), Some("75.0 %"));
+    assert_eq!(dom.field("store-state"), Some("recovering"));
+    assert_eq!(dom.field("blocks"), Some("1"));
+    assert_eq!(dom.field("connections"), Some("3 / 1024"));
+
+    assert_eq!(dom.field("alerts-count"), Some("1"));
+    assert_eq!(dom.field("alerts-status"), Some("1 active"));
+    let alerts = dom.all("alert");
+    let rules: Vec<_> = alerts
+        .iter()
+        .map(|a| a.attr("data-rule").unwrap())
+        .collect();
+    assert_eq!(rules, ["backlog-high", "dlq-growing"], "active first");
+    assert_eq!(alerts[0].attr("data-state"), Some("firing"));
+    assert!(
+        html.contains("webhook: failed (3 attempts): connection refused"),
+        "the delivery is shown"
+    );
+
+    let requests = api.requests.lock().unwrap().clone();
+    let data: Vec<_> = requests
+        .iter()
+        .filter(|(p, _)| p.starts_with("/v1/") || p.starts_with("/metrics"))
+        .collect();
+    assert!(data.len() >= 6, "the page polled: {requests:?}");
+    for (path, auth) in &data {
+        assert_eq!(
+            auth.as_deref(),
+            Some(format!("Bearer {FAKE_KEY}").as_str()),
+            "{path} carries the key"
+        );
+    }
+    for (path, _) in &requests {
+        assert!(!path.contains("lvk_"), "no key in a URL: {path}");
+    }
+    assert!(!html.contains(FAKE_KEY), "the key is not left in the page");
+    let png = test_output_dir().join("dashboard-fake-api.png");
+    tokio::task::spawn_blocking({
+        let (b, png) = (browser.clone(), png.clone());
+        move || b.screenshot(&url, &png)
+    })
+    .await
+    .unwrap();
+    println!("dashboard screenshot (fake API): {}", png.display());
+}

@@ -34,7 +34,7 @@ static INDEX: LazyLock<String> =
 pub const ASSETS: [&str; 3] = ["app.js", "style.css", "favicon.svg"];
 
 /// One embedded file: its content type and text. `""` is the page itself (`GET /`).
-fn file(name: &str) -> Option<(&'static str, &'static str)> {
+pub fn file(name: &str) -> Option<(&'static str, &'static str)> {
     Some(match name {
         "" => ("text/html; charset=utf-8", INDEX.as_str()),
         "app.js" => ("text/javascript; charset=utf-8", APP_JS),

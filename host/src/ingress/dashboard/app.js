@@ -387,7 +387,9 @@
     const s = Math.round(ms / 1000);
     if (s < 120) return s + ' s';
     const m = Math.floor(s / 60);
-    return m < 120 ? `${m} min` : `${Math.floor(m / 60)} h ${m % 60} min`;
+    if (m < 120) return `${m} min`;
+    const h = Math.floor(m / 60);
+    return h < 48 ? `${h} h ${m % 60} min` : `${Math.floor(h / 24)} d ${h % 24} h`;
   }
 
   function clock(t) {
