@@ -13,6 +13,8 @@
   const KEY_ITEM = 'levee.key';
   const POLL_MS = 1000;
   const HISTORY_MS = 5 * 60 * 1000;
+  // The charts span the history kept, at least this much.
+  const MIN_SPAN_MS = 60 * 1000;
   const LATENCY_WINDOW_MS = 60 * 1000;
   const OPTIONAL_RETRY_MS = 15 * 1000;
   const FETCH_TIMEOUT_MS = 5000;
@@ -419,6 +421,17 @@
   const TOP = 16;
   const BOTTOM = 14;
 
+  // The time the charts span: the history kept, rounded up to whole minutes, 1 to 5 minutes.
+  function chartSpan(now) {
+    const first = state.history.length ? state.history[0].t : now;
+    const minutes = Math.ceil(Math.max(now - first, 1) / 60000);
+    return Math.min(HISTORY_MS, Math.max(MIN_SPAN_MS, minutes * 60000));
+  }
+
+  function spanText(ms) {
+    return `${Math.round(ms / 60000)} min`;
+  }
+
   function niceMax(v) {
     if (!(v > 0)) return 1;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
@@ -430,8 +443,9 @@
   function draw(box, series, fmt, size) {
     const [W, H] = size || [WIDTH, HEIGHT];
     const now = state.statusAt || Date.now();
-    const t0 = now - HISTORY_MS;
-    const x = (t) => ((t - t0) / HISTORY_MS) * W;
+    const span = chartSpan(now);
+    const t0 = now - span;
+    const x = (t) => ((t - t0) / span) * W;
     let max = 0;
     for (const s of series) {
       for (const h of state.history) {
@@ -491,7 +505,7 @@
     };
     label(0, TOP - 4, fmt(top), 'start', 'axis max');
     label(W, H - 2, 'now', 'end');
-    label(0, H - 2, '−5 min', 'start');
+    label(0, H - 2, '−' + spanText(span), 'start');
     box.replaceChildren(root);
   }
 
@@ -667,7 +681,7 @@
       wrap.appendChild(el('p', 'muted small', 'failed or refused calls /s'));
       wrap.appendChild(chart);
       const name = st.name;
-      draw(chart, [{ cls: 'c', value: (h) => (h.stores[name] ? h.stores[name].badRate : null), area: true }], rate, [480, 64]);
+      draw(chart, [{ cls: 'c', value: (h) => (h.stores[name] ? h.stores[name].badRate : null), area: true }], rate, [480, 56]);
       box.appendChild(wrap);
     }
     const b = all('[data-field="store-state"]')[0];
