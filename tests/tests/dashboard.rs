@@ -390,7 +390,7 @@ async fn the_dashboard_keeps_rendering_while_the_store_is_down() {
     let opened = eventually(Duration::from_secs(30), || async {
         let s = platform.status().await.unwrap();
         s.stores[0].cache.breaker_opens > 0
-            && serde_json::to_value(&s.stores[0].cache.breaker).unwrap() == "open"
+            && serde_json::to_value(s.stores[0].cache.breaker).unwrap() == "open"
     })
     .await;
     assert!(opened, "the breaker opened: {:?}", platform.status().await);
@@ -444,8 +444,11 @@ async fn the_dashboard_keeps_rendering_while_the_store_is_down() {
 /// every request's path and `Authorization` header.
 struct FakeApi {
     addr: String,
-    requests: Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+    requests: Requests,
 }
+
+/// Each request's path and `Authorization` header.
+type Requests = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
 
 const FAKE_KEY: &str = "lvk_0123456789ab_fake-key-for-the-dashboard-test-0123456789";
 
@@ -505,7 +508,7 @@ impl FakeApi {
     async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let requests: Requests = Arc::default();
         let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let log = requests.clone();
         tokio::spawn(async move {
