@@ -1,6 +1,7 @@
 //! Test support for Levee's end-to-end tests: builds the guest components from `functions/`,
 //! writes manifests, runs the platform in process or as a `levee` child process.
 
+pub mod browser;
 pub mod contract;
 pub mod emulator;
 pub mod pipeline;

@@ -4,7 +4,8 @@
 //! Routes (see [`routes`]): `POST /v1/functions/{name}/messages`, `POST .../invoke`,
 //! `GET .../kv/{key}`, `GET .../dlq`, `GET .../dlq/{id}`, `GET .../dlq/{id}/body`,
 //! `POST .../dlq/redrive`, `GET /v1/status`, `GET|POST /v1/keys`, `DELETE /v1/keys/{id}`,
-//! `GET /v1/blocks`, `DELETE /v1/blocks/{source}`, `GET /healthz`.
+//! `GET /v1/blocks`, `DELETE /v1/blocks/{source}`, `GET /healthz`, and the dashboard (see
+//! [`dashboard`]): `GET /` and `GET /dashboard/{file}`, static and served without a key.
 //!
 //! Bounds, all from `[ingress]` (defaults in [`settings`]): connections at once (capped below
 //! the file-descriptor limit) and per peer, answered 503 and closed past them; headers within
@@ -16,6 +17,7 @@
 
 pub mod blocker;
 pub mod body;
+pub mod dashboard;
 pub mod dlq;
 pub mod groups;
 pub mod keys;

@@ -64,6 +64,9 @@ impl Reject {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
+    /// The dashboard's page (`""`, at `GET /`) or one of its assets (`GET /dashboard/{file}`):
+    /// static, served without a key.
+    Dashboard(String),
     Status,
     Metrics,
     Send(String),
@@ -84,7 +87,7 @@ impl Route {
     /// The route class (for groups and permissions), or `None` for sending to a function.
     pub fn class(&self) -> Option<&'static str> {
         Some(match self {
-            Route::Health | Route::Send(_) => return None,
+            Route::Health | Route::Dashboard(_) | Route::Send(_) => return None,
             Route::Status | Route::Metrics => "status",
             Route::Invoke(_) => "invoke",
             Route::KvGet(..) => "kv",
@@ -145,6 +148,10 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Reject> {
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let route = match s.as_slice() {
         ["healthz"] => (Method::GET, Route::Health),
+        [""] => (Method::GET, Route::Dashboard(String::new())),
+        ["dashboard", f] if !f.is_empty() && super::dashboard::exists(f) => {
+            (Method::GET, Route::Dashboard(f.to_string()))
+        }
         ["v1", "status"] => (Method::GET, Route::Status),
         ["metrics"] => (Method::GET, Route::Metrics),
         ["v1", "keys"] if method == Method::POST => (Method::POST, Route::KeysCreate),
@@ -169,7 +176,8 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Reject> {
         }
         _ => return Err(not_found()),
     };
-    if *method != route.0 {
+    let head_of_page = *method == Method::HEAD && matches!(route.1, Route::Dashboard(_));
+    if *method != route.0 && !head_of_page {
         return Err(Reject::new(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed here; use {}", route.0),
@@ -243,6 +251,9 @@ async fn admit_and_run(
     let route = parse(req.method(), req.uri().path())?;
     if route == Route::Health {
         return Ok(json_resp(StatusCode::OK, json!({"status": "ok"})));
+    }
+    if let Route::Dashboard(file) = &route {
+        return super::dashboard::serve(file).ok_or_else(not_found);
     }
     let key = bearer(headers)?;
     let record = match ing.keys.verify(key).await {
@@ -407,7 +418,7 @@ fn source_of(ing: &Ingress, key_id: &str, headers: &hyper::HeaderMap, peer: Sock
 
 fn authorize(ing: &Ingress, key: &super::keys::KeyRecord, route: &Route) -> Result<(), Reject> {
     match route {
-        Route::Health | Route::Status | Route::Metrics => Ok(()),
+        Route::Health | Route::Dashboard(_) | Route::Status | Route::Metrics => Ok(()),
         Route::Send(f) => {
             let Some(spec) = ing.platform.manifest().functions.get(f) else {
                 return Err(Reject::new(
@@ -452,6 +463,7 @@ async fn run(ing: &Ingress, route: Route, body: Bytes, query: &str) -> Result<Re
     let p = &ing.platform;
     let r = match route {
         Route::Health => Ok(json_resp(StatusCode::OK, json!({"status": "ok"}))),
+        Route::Dashboard(file) => return super::dashboard::serve(&file).ok_or_else(not_found),
         Route::Status => p.status().await.map(|s| {
             let mut v = json!(s);
             v["ingress"] = json!(ing.status());
@@ -689,5 +701,28 @@ mod tests {
         );
         assert_eq!(parse(&Method::POST, "/v1/keys").unwrap(), Route::KeysCreate);
         assert_eq!(parse(&Method::GET, "/v1/keys").unwrap(), Route::KeysList);
+        assert_eq!(
+            parse(&Method::GET, "/").unwrap(),
+            Route::Dashboard(String::new())
+        );
+        assert_eq!(
+            parse(&Method::GET, "/dashboard/app.js").unwrap(),
+            Route::Dashboard("app.js".into())
+        );
+        for missing in [
+            "/dashboard/",
+            "/dashboard/nope.js",
+            "/dashboard/..%2Fmod.rs",
+        ] {
+            assert_eq!(
+                parse(&Method::GET, missing).unwrap_err().status,
+                StatusCode::NOT_FOUND,
+                "{missing}"
+            );
+        }
+        assert_eq!(
+            parse(&Method::POST, "/").unwrap_err().status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }
