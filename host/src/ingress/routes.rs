@@ -65,6 +65,7 @@ impl Reject {
 pub enum Route {
     Health,
     Status,
+    Alerts,
     Send(String),
     Invoke(String),
     KvGet(String, String),
@@ -84,7 +85,7 @@ impl Route {
     pub fn class(&self) -> Option<&'static str> {
         Some(match self {
             Route::Health | Route::Send(_) => return None,
-            Route::Status => "status",
+            Route::Status | Route::Alerts => "status",
             Route::Invoke(_) => "invoke",
             Route::KvGet(..) => "kv",
             Route::DlqList(_) | Route::DlqGet(..) | Route::DlqBody(..) | Route::DlqRedrive(_) => {
@@ -145,6 +146,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Reject> {
     let route = match s.as_slice() {
         ["healthz"] => (Method::GET, Route::Health),
         ["v1", "status"] => (Method::GET, Route::Status),
+        ["v1", "alerts"] => (Method::GET, Route::Alerts),
         ["v1", "keys"] if method == Method::POST => (Method::POST, Route::KeysCreate),
         ["v1", "keys"] => (Method::GET, Route::KeysList),
         ["v1", "keys", id] => (Method::DELETE, Route::KeysRevoke(id.to_string())),
@@ -405,7 +407,7 @@ fn source_of(ing: &Ingress, key_id: &str, headers: &hyper::HeaderMap, peer: Sock
 
 fn authorize(ing: &Ingress, key: &super::keys::KeyRecord, route: &Route) -> Result<(), Reject> {
     match route {
-        Route::Health | Route::Status => Ok(()),
+        Route::Health | Route::Status | Route::Alerts => Ok(()),
         Route::Send(f) => {
             let Some(spec) = ing.platform.manifest().functions.get(f) else {
                 return Err(Reject::new(
@@ -455,6 +457,7 @@ async fn run(ing: &Ingress, route: Route, body: Bytes, query: &str) -> Result<Re
             v["ingress"] = json!(ing.status());
             json_resp(StatusCode::OK, v)
         }),
+        Route::Alerts => Ok(json_resp(StatusCode::OK, json!(ing.alerts.view()))),
         Route::Send(f) => p
             .send(&f, body.to_vec())
             .await
@@ -638,6 +641,7 @@ mod tests {
     fn classes_are_known() {
         for r in [
             Route::Status,
+            Route::Alerts,
             Route::Invoke("f".into()),
             Route::KvGet("f".into(), "k".into()),
             Route::DlqList("f".into()),
@@ -675,5 +679,10 @@ mod tests {
         );
         assert_eq!(parse(&Method::POST, "/v1/keys").unwrap(), Route::KeysCreate);
         assert_eq!(parse(&Method::GET, "/v1/keys").unwrap(), Route::KeysList);
+        assert_eq!(parse(&Method::GET, "/v1/alerts").unwrap(), Route::Alerts);
+        assert_eq!(
+            parse(&Method::GET, "/v1/alerts").unwrap().class(),
+            Some("status")
+        );
     }
 }
