@@ -499,11 +499,18 @@ impl Alerts {
                     );
                     return Ok(());
                 }
-                Err(e) => tracing::warn!(
+                Err(e) if attempt < tries => tracing::debug!(
                     rule = notice.rule,
                     channel = ?channel,
                     attempt,
                     of = tries,
+                    "alert notice ({:?}) not delivered, retrying: {e}",
+                    notice.state
+                ),
+                Err(e) => tracing::warn!(
+                    rule = notice.rule,
+                    channel = ?channel,
+                    attempts = tries,
                     "alert notice ({:?}) not delivered: {e}",
                     notice.state
                 ),
