@@ -459,7 +459,15 @@ pub fn valid_name(name: &str) -> bool {
 /// The dotted key path in effect at a byte offset of TOML text (best effort, for messages); an
 /// array of tables is indexed from 0 (`alerts[2].kind`).
 fn field_at(text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
+    let offset = offset.min(text.len());
+    // A span starting at a table's header (a missing field) is about that table.
+    let rest = &text[offset..];
+    let offset = if rest.trim_start().starts_with('[') {
+        offset + rest.find('\n').unwrap_or(rest.len())
+    } else {
+        offset
+    };
+    let before = &text[..offset];
     let table = before
         .lines()
         .rev()

@@ -139,6 +139,11 @@ fn errors_name_the_field() {
             rule("name = \"b\"\nkind = \"breaker_open\"\ntreshold = 1"),
             &["alerts[1]", "treshold"],
         ),
+        (rule("name = \"b\""), &["alerts[1]", "missing field `kind`"]),
+        (
+            "[[alerts]]\nkind = \"breaker_open\"\n".to_string(),
+            &["alerts[0]", "missing field `name`"],
+        ),
         (
             "[alerting]\nprimary = { url = \"ftp://x/y\" }\n".to_string(),
             &["`alerting.primary.url`", "http or https"],
