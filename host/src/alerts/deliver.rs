@@ -303,6 +303,35 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn https_goes_through_tls_and_failures_say_why() {
+        let hook = crate::drill::blind::Hook::start(200).await.unwrap();
+        let w = Webhook::new();
+        let plain: hyper::Uri = hook.url.parse().unwrap();
+        let b = body(Format::Json, &notice(), ChannelName::Primary, None, 5);
+        w.post(&plain, b.clone(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        // The same server over https: a TLS handshake with a plain HTTP server fails.
+        let tls: hyper::Uri = hook.url.replacen("http://", "https://", 1).parse().unwrap();
+        let e = w
+            .post(&tls, b.clone(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(!e.is_empty(), "{e}");
+        assert_eq!(
+            hook.requests(),
+            1,
+            "no HTTP request reached it over https: {e}"
+        );
+        let closed: hyper::Uri = crate::drill::blind::closed_url().unwrap().parse().unwrap();
+        let e = w
+            .post(&closed, b, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+    }
+
     #[test]
     fn bodies_are_bounded() {
         let mut n = notice();
