@@ -110,6 +110,15 @@ pub enum Command {
         #[command(flatten)]
         addr: AddrArg,
     },
+    /// Show the alerts firing and recently resolved, with the state of their deliveries to the
+    /// `[alerting]` webhooks.
+    Alerts {
+        /// Print the JSON of GET /v1/alerts instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
     /// Read a function's key-value namespace.
     Kv {
         #[command(subcommand)]

@@ -1,6 +1,7 @@
 //! Levee host: runs WebAssembly capability functions fed by durable queues, with an embedded
 //! SQLite backend by default and SQS/DynamoDB/S3 in the cloud.
 
+pub mod alerts;
 pub mod aws;
 pub mod backends;
 pub mod blobs;

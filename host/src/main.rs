@@ -125,6 +125,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Alerts { json, addr } => {
+            let v = call(
+                &addr.addr,
+                addr.key().as_deref(),
+                Method::GET,
+                "/v1/alerts",
+                vec![],
+            )
+            .await?
+            .json()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", levee::alerts::render_table(&v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Kv {
             command:
                 KvCommand::Get {

@@ -221,6 +221,12 @@ pub struct Manifest {
     /// `[ingress]`: the HTTP API's bounds, groups and blocking.
     #[serde(default)]
     pub ingress: crate::ingress::settings::IngressSettings,
+    /// `[[alerts]]`: rules evaluated live by `levee up`.
+    #[serde(default)]
+    pub alerts: Vec<crate::alerts::rules::AlertRule>,
+    /// `[alerting]`: the webhooks alerts are delivered to.
+    #[serde(default)]
+    pub alerting: crate::alerts::rules::AlertingSettings,
     /// Directory the manifest was read from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -282,6 +288,7 @@ impl Manifest {
         }
         self.cache.validate("cache")?;
         self.ingress.validate(&self.functions)?;
+        crate::alerts::rules::validate(&self.alerts, &self.alerting, &self.functions)?;
         self.aws.validate().map_err(|e| match e {
             Error::Manifest(m) if !m.contains("aws.") => Error::Manifest(format!("aws: {m}")),
             other => other,
@@ -449,14 +456,37 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-/// The dotted key path in effect at a byte offset of TOML text (best effort, for messages).
+/// The dotted key path in effect at a byte offset of TOML text (best effort, for messages); an
+/// array of tables is indexed from 0 (`alerts[2].kind`).
 fn field_at(text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
+    let offset = offset.min(text.len());
+    // A span starting at a table's header (a missing field) is about that table.
+    let rest = &text[offset..];
+    let offset = if rest.trim_start().starts_with('[') {
+        offset + rest.find('\n').unwrap_or(rest.len())
+    } else {
+        offset
+    };
+    let before = &text[..offset];
     let table = before
         .lines()
         .rev()
         .find_map(|l| {
             let t = l.trim();
+            if let Some(name) = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+                let name = name.trim();
+                let index = before
+                    .lines()
+                    .filter(|l| {
+                        l.trim()
+                            .strip_prefix("[[")
+                            .and_then(|r| r.strip_suffix("]]"))
+                            .is_some_and(|n| n.trim() == name)
+                    })
+                    .count()
+                    .saturating_sub(1);
+                return Some(format!("{name}[{index}]"));
+            }
             t.strip_prefix('[')
                 .and_then(|r| r.strip_suffix(']'))
                 .map(str::to_string)

@@ -381,6 +381,11 @@ impl Platform {
         })
     }
 
+    /// The kv cache's counters and its circuit breaker's state (no store call).
+    pub fn cache_metrics(&self) -> CacheMetrics {
+        self.cache.metrics()
+    }
+
     /// The scaler's last decision, tick count and last error (`None` when the scaler is off).
     pub fn scaler(&self) -> Option<&StatusHandle> {
         self.scaler.as_ref()

@@ -257,3 +257,86 @@ fn flood_drill_blocks_the_source_and_measures_the_difference() {
         "the accepted flood piles up in the queues: {v}"
     );
 }
+
+/// `levee drill blind`, short: with the primary webhook down, the secondary gets the alert
+/// within `--for` + 5 s, told that the primary failed, and the health and status routes answer
+/// every probe throughout.
+#[test]
+fn blind_drill_reaches_the_secondary_in_time_and_the_platform_keeps_answering() {
+    guests();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(levee_bin())
+        .args(["drill", "blind", "--manifest"])
+        .arg(repo_root().join("levee.toml"))
+        .args([
+            "--warmup",
+            "1s",
+            "--threshold",
+            "1s",
+            "--for",
+            "2s",
+            "--after",
+            "2s",
+            "--rate",
+            "20",
+            "--json",
+        ])
+        .env("TMPDIR", tmp.path())
+        .env_remove("LEVEE_MANIFEST")
+        .current_dir(tmp.path())
+        .output()
+        .expect("running levee drill blind");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    let v: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    assert_eq!(v["drill"], "blind");
+    assert_eq!(v["verdict"], "pass", "{v}\n{stderr}");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(u(&v, "accepted") > 0, "{v}");
+    assert_eq!(u(&v, "alerts_during_warmup"), 0, "{v}");
+    assert_eq!(v["deadline_s"].as_f64(), Some(7.0), "for 2 s + 5 s: {v}");
+    let after = v["secondary_after_s"]
+        .as_f64()
+        .expect("the secondary got it");
+    assert!(after <= 7.0, "{v}");
+    let fired = v["fired_after_s"].as_f64().expect("it fired");
+    assert!(
+        fired >= 2.0 && fired <= after,
+        "fires after for_s, before the secondary has it: {v}"
+    );
+    assert_eq!(v["secondary_told_primary_failed"], true, "{v}");
+    assert!(
+        v["primary_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("3 attempt")),
+        "{v}"
+    );
+    assert_eq!(v["primary_state"], "failed", "{v}");
+    assert_eq!(u(&v, "primary_attempts"), 3, "1 + 2 retries: {v}");
+    assert_eq!(v["secondary_state"], "delivered", "{v}");
+    for route in ["healthz", "status"] {
+        assert!(u(&v["probes"][route], "probes") > 5, "{route}: {v}");
+        assert_eq!(u(&v["probes"][route], "failures"), 0, "{route}: {v}");
+    }
+    assert_eq!(
+        v["metrics_route"].as_bool(),
+        Some(v["probes"].get("metrics").is_some()),
+        "{v}"
+    );
+    for phase in [
+        "warm-up",
+        "verdict: pass",
+        "secondary received it",
+        "probes /healthz",
+    ] {
+        assert!(stderr.contains(phase), "{phase}: {stderr}");
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("levee-drill-"))
+        .collect();
+    assert!(left.is_empty(), "data directory removed: {left:?}");
+}

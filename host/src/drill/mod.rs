@@ -7,6 +7,7 @@
 //! Adding a drill: a module with a `clap::Args` struct that implements [`Drill`] (see
 //! [`store_outage`]), and one line in the [`drills!`] registry below.
 
+pub mod blind;
 pub mod flood;
 pub mod store_outage;
 
@@ -62,6 +63,7 @@ macro_rules! drills {
 drills! {
     "store-outage" => StoreOutage(store_outage::StoreOutage),
     "flood" => Flood(flood::Flood),
+    "blind" => Blind(blind::Blind),
 }
 
 /// `levee drill [--list] [NAME [FLAGS]]`.
@@ -453,7 +455,8 @@ pub struct Loopback {
 
 impl Loopback {
     /// Starts `manifest` for `drill` with `opts` (data directory, backend and workers are set
-    /// here; the rest, such as store faults, come from the caller).
+    /// here; the rest, such as store faults or `only` some functions' workers, come from the
+    /// caller).
     pub async fn start(
         drill: &str,
         manifest: Manifest,
@@ -464,7 +467,6 @@ impl Loopback {
         opts.data_dir = Some(data.path.clone());
         opts.backend = Some(Backend::Embedded);
         opts.run_workers = true;
-        opts.only = None;
         let (listener, addr) = crate::ingress::bind("127.0.0.1:0").await?;
         let platform = Platform::start(manifest, opts).await?;
         let (stop, stop_rx) = watch::channel(false);

@@ -4,8 +4,8 @@
 //! Routes (see [`routes`]): `POST /v1/functions/{name}/messages`, `POST .../invoke`,
 //! `GET .../kv/{key}`, `GET .../dlq`, `GET .../dlq/{id}`, `GET .../dlq/{id}/body`,
 //! `POST .../dlq/redrive`, `GET /v1/status`, `GET|POST /v1/keys`, `DELETE /v1/keys/{id}`,
-//! `GET /v1/blocks`, `DELETE /v1/blocks/{source}`, `GET /healthz`, and the dashboard (see
-//! [`dashboard`]): `GET /` and `GET /dashboard/{file}`, static and served without a key.
+//! `GET /v1/blocks`, `DELETE /v1/blocks/{source}`, `GET /v1/alerts`, `GET /healthz`, and the
+//! dashboard (see [`dashboard`]): `GET /` and `GET /dashboard/{file}`, static and served without a key.
 //!
 //! Bounds, all from `[ingress]` (defaults in [`settings`]): connections at once (capped below
 //! the file-descriptor limit) and per peer, answered 503 and closed past them; headers within
@@ -68,6 +68,8 @@ pub struct Ingress {
     /// Request body bytes that may be held at once.
     pub body_budget: Arc<Semaphore>,
     pub invoke_slots: Arc<Semaphore>,
+    /// The manifest's alert rules, their alerts and deliveries (`GET /v1/alerts`).
+    pub alerts: Arc<crate::alerts::Alerts>,
     allowed_hosts: Option<Vec<String>>,
     max_connections: usize,
     connections: Arc<Semaphore>,
@@ -133,6 +135,7 @@ impl Ingress {
             groups,
             body_budget: Arc::new(Semaphore::new(settings.max_inflight_body_bytes)),
             invoke_slots: Arc::new(Semaphore::new(settings.invoke_concurrency)),
+            alerts: crate::alerts::Alerts::new(platform.manifest()),
             allowed_hosts,
             max_connections,
             connections: Arc::new(Semaphore::new(max_connections)),
@@ -146,6 +149,7 @@ impl Ingress {
             settings,
             platform,
         });
+        crate::alerts::start(&ingress);
         // Drop full token buckets now and then so idle sources cost nothing.
         let weak = Arc::downgrade(&ingress);
         tokio::spawn(async move {

@@ -69,6 +69,7 @@ pub enum Route {
     Dashboard(String),
     Status,
     Metrics,
+    Alerts,
     Send(String),
     Invoke(String),
     KvGet(String, String),
@@ -88,7 +89,7 @@ impl Route {
     pub fn class(&self) -> Option<&'static str> {
         Some(match self {
             Route::Health | Route::Dashboard(_) | Route::Send(_) => return None,
-            Route::Status | Route::Metrics => "status",
+            Route::Status | Route::Metrics | Route::Alerts => "status",
             Route::Invoke(_) => "invoke",
             Route::KvGet(..) => "kv",
             Route::DlqList(_) | Route::DlqGet(..) | Route::DlqBody(..) | Route::DlqRedrive(_) => {
@@ -154,6 +155,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Reject> {
         }
         ["v1", "status"] => (Method::GET, Route::Status),
         ["metrics"] => (Method::GET, Route::Metrics),
+        ["v1", "alerts"] => (Method::GET, Route::Alerts),
         ["v1", "keys"] if method == Method::POST => (Method::POST, Route::KeysCreate),
         ["v1", "keys"] => (Method::GET, Route::KeysList),
         ["v1", "keys", id] => (Method::DELETE, Route::KeysRevoke(id.to_string())),
@@ -418,7 +420,9 @@ fn source_of(ing: &Ingress, key_id: &str, headers: &hyper::HeaderMap, peer: Sock
 
 fn authorize(ing: &Ingress, key: &super::keys::KeyRecord, route: &Route) -> Result<(), Reject> {
     match route {
-        Route::Health | Route::Dashboard(_) | Route::Status | Route::Metrics => Ok(()),
+        Route::Health | Route::Dashboard(_) | Route::Status | Route::Metrics | Route::Alerts => {
+            Ok(())
+        }
         Route::Send(f) => {
             let Some(spec) = ing.platform.manifest().functions.get(f) else {
                 return Err(Reject::new(
@@ -481,6 +485,7 @@ async fn run(ing: &Ingress, route: Route, body: Bytes, query: &str) -> Result<Re
             )
             .into_resp()),
         },
+        Route::Alerts => Ok(json_resp(StatusCode::OK, json!(ing.alerts.view()))),
         Route::Send(f) => p
             .send(&f, body.to_vec())
             .await
@@ -664,6 +669,7 @@ mod tests {
     fn classes_are_known() {
         for r in [
             Route::Status,
+            Route::Alerts,
             Route::Invoke("f".into()),
             Route::KvGet("f".into(), "k".into()),
             Route::DlqList("f".into()),
@@ -723,6 +729,11 @@ mod tests {
         assert_eq!(
             parse(&Method::POST, "/").unwrap_err().status,
             StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(parse(&Method::GET, "/v1/alerts").unwrap(), Route::Alerts);
+        assert_eq!(
+            parse(&Method::GET, "/v1/alerts").unwrap().class(),
+            Some("status")
         );
     }
 }
