@@ -421,11 +421,18 @@ fn main() {
             out
         });
         let mean = |scraped: bool| {
-            let v: Vec<f64> = runs.iter().filter(|r| r.0 == scraped).map(|r| r.1).collect();
+            let v: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.0 == scraped)
+                .map(|r| r.1)
+                .collect();
             v.iter().sum::<f64>() / v.len() as f64
         };
         println!();
-        println!("Cost of /metrics: noop, 32 workers, {} messages at saturation, alternating", s.messages);
+        println!(
+            "Cost of /metrics: noop, 32 workers, {} messages at saturation, alternating",
+            s.messages
+        );
         println!("| run | unscraped msg/s | scraped every 1 s msg/s |");
         println!("|---|---|---|");
         for (i, pair) in runs.chunks(2).enumerate() {
