@@ -270,7 +270,19 @@ async fn the_dashboard_shows_what_the_status_says() {
             "the page shows what /v1/status says"
         );
         assert_eq!(dom.function_field("inbound", "throughput"), Some("0.0"));
-        assert_eq!(dom.function_field("inbound", "version"), Some("-"));
+        let version = after["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "inbound")
+            .and_then(|f| f["version"].as_str())
+            .unwrap_or("-")
+            .to_string();
+        assert_eq!(
+            dom.function_field("inbound", "version"),
+            Some(version.as_str()),
+            "the module version from /v1/status"
+        );
         assert_eq!(dom.store_field("kv", "breaker"), Some("closed"));
         assert_eq!(dom.field("store-state"), Some("ok"));
         for f in ["inbound", "routing", "notify", "search-index"] {
