@@ -105,6 +105,7 @@ pub fn render(manifest: &Manifest, opts: &RenderOptions) -> Result<Rendered> {
     for (name, spec) in &manifest.functions {
         resources::function(manifest, &names, name, spec, &mut res);
     }
+    resources::manifest_alarms(manifest, &names, &mut res);
     resources::scaler(manifest, &names, &mut res);
     resources::ingress(manifest, &names, &mut res);
     if res.len() > MAX_RESOURCES {

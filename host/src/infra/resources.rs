@@ -411,6 +411,26 @@ fn alarm_actions() -> Value {
 }
 
 fn alarm(description: String, metric: &str, queue: String, threshold: u64, periods: u32) -> Value {
+    alarm_with(
+        description,
+        metric,
+        queue,
+        threshold,
+        periods,
+        60,
+        "Maximum",
+    )
+}
+
+fn alarm_with(
+    description: String,
+    metric: &str,
+    queue: String,
+    threshold: u64,
+    periods: u32,
+    period_s: u64,
+    statistic: &str,
+) -> Value {
     plain(
         "AWS::CloudWatch::Alarm",
         json!({
@@ -418,8 +438,8 @@ fn alarm(description: String, metric: &str, queue: String, threshold: u64, perio
             "Namespace": "AWS/SQS",
             "MetricName": metric,
             "Dimensions": [{"Name": "QueueName", "Value": queue}],
-            "Statistic": "Maximum",
-            "Period": 60,
+            "Statistic": statistic,
+            "Period": period_s,
             "EvaluationPeriods": periods,
             "Threshold": threshold,
             "ComparisonOperator": "GreaterThanThreshold",
@@ -473,6 +493,69 @@ pub fn function(
             3,
         ),
     );
+}
+
+/// CloudWatch alarms for the manifest's `[[alerts]]` that SQS's own metrics can express, so the
+/// account is told even when every host is down: `oldest_age` (ApproximateAgeOfOldestMessage
+/// above `threshold_s`, held for `for_s` rounded up to minutes) and `dlq_growth` (messages sent to
+/// the DLQ within `window_s`, rounded up to minutes). The other kinds are the hosts' own view
+/// (breaker, blocks, failure rate, store reachability) and stay with the hosts' webhooks.
+pub fn manifest_alarms(manifest: &Manifest, names: &Names, res: &mut Map<String, Value>) {
+    use crate::alerts::rules::AlertKind;
+    let minutes = |s: f64| ((s / 60.0).ceil() as u32).max(1);
+    for rule in &manifest.alerts {
+        let functions: Vec<&String> = match &rule.function {
+            Some(f) => vec![f],
+            None => manifest.functions.keys().collect(),
+        };
+        for f in functions {
+            let id = format!(
+                "{}{}Alert",
+                super::names::logical_id(&rule.name),
+                names.id(f)
+            );
+            let alarm = match rule.kind {
+                AlertKind::OldestAge => {
+                    let threshold = rule.threshold_s.unwrap_or(0.0).ceil() as u64;
+                    alarm(
+                        format!(
+                            "[[alerts]] {} ({f}): oldest message older than {threshold} s",
+                            rule.name
+                        ),
+                        "ApproximateAgeOfOldestMessage",
+                        names.queue(f),
+                        threshold,
+                        minutes(rule.for_s),
+                    )
+                }
+                AlertKind::DlqGrowth => {
+                    let window = u64::from(minutes(rule.window_s.unwrap_or(60.0))) * 60;
+                    alarm_with(
+                        format!(
+                            "[[alerts]] {} ({f}): more than {} dead letters within {window} s",
+                            rule.name,
+                            rule.threshold.unwrap_or(0.0)
+                        ),
+                        "NumberOfMessagesSent",
+                        names.dlq(f),
+                        rule.threshold.unwrap_or(0.0).floor() as u64,
+                        1,
+                        window,
+                        "Sum",
+                    )
+                }
+                _ => continue,
+            };
+            // Rule names that differ only in punctuation would share an id: number the later.
+            let mut unique = id.clone();
+            let mut n = 2;
+            while res.contains_key(&unique) {
+                unique = format!("{id}{n}");
+                n += 1;
+            }
+            res.insert(unique, alarm);
+        }
+    }
 }
 
 /// `levee scale`: sizes the function services; several tasks elect one leader.

@@ -238,3 +238,30 @@ fn ten_functions_render_within_cloudformations_limits() {
         10
     );
 }
+
+#[test]
+fn the_manifests_alerts_become_alarms_where_sqs_metrics_tell() {
+    let m = manifest(
+        "[[alerts]]\nname = \"slow\"\nkind = \"oldest_age\"\nfunction = \"a\"\nthreshold_s = 90\nfor_s = 120\n\n\
+         [[alerts]]\nname = \"dead\"\nkind = \"dlq_growth\"\nthreshold = 5\nwindow_s = 300\n\n\
+         [[alerts]]\nname = \"breaker\"\nkind = \"breaker_open\"\n",
+        "[functions.a]\nmodule = \"a.wasm\"\n[functions.b]\nmodule = \"a.wasm\"",
+    );
+    let out = render(&m, &RenderOptions::default()).unwrap();
+    let t = &out.template;
+    let slow = &res(t, "SlowAAlert")["Properties"];
+    assert_eq!(slow["MetricName"], "ApproximateAgeOfOldestMessage");
+    assert_eq!(slow["Threshold"], 90);
+    assert_eq!(slow["EvaluationPeriods"], 2);
+    assert_eq!(slow["Dimensions"][0]["Value"], "levee-a");
+    for f in ["A", "B"] {
+        let dead = &res(t, &format!("Dead{f}Alert"))["Properties"];
+        assert_eq!(dead["MetricName"], "NumberOfMessagesSent");
+        assert_eq!(dead["Period"], 300);
+        assert_eq!(dead["Threshold"], 5);
+    }
+    assert!(
+        t["Resources"].get("BreakerAAlert").is_none(),
+        "a host's own view: no CloudWatch metric"
+    );
+}
