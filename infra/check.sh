@@ -45,6 +45,10 @@ ten="$work/ten.toml"
 module="$ROOT/functions/target/wasm32-wasip2/release/noop.wasm"
 {
   printf '[aws]\nqueue_prefix = "ten-"\ntable = "ten-kv"\nbucket = "ten-blobs"\n\n'
+  # Alerts that render as CloudWatch alarms (and one that stays with the hosts).
+  printf '[[alerts]]\nname = "backlog"\nkind = "oldest_age"\nthreshold_s = 120\nfor_s = 60\n\n'
+  printf '[[alerts]]\nname = "dead-letters"\nkind = "dlq_growth"\nthreshold = 10\nwindow_s = 300\n\n'
+  printf '[[alerts]]\nname = "store"\nkind = "store_unreachable"\nfor_s = 30\n\n'
   for i in $(seq 0 9); do
     printf '[functions.f%s]\nmodule = "%s"\nmax_receive = %s\n' "$i" "$module" "$((i + 1))"
     [ "$i" -lt 9 ] && printf 'emits_to = ["f%s"]\n' "$((i + 1))"
