@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: guest unit tests, host unit tests, end-to-end tests on the embedded
-# backend and, against an AWS emulator (moto, started by localstack/start.sh), the emulator suite.
+# Runs the whole test suite: the dependency policy (scripts/check-deps.sh), guest unit tests, host
+# unit tests, end-to-end tests on the embedded backend and, against an AWS emulator (moto, started
+# by localstack/start.sh), the emulator suite.
 # With CI=true a missing emulator is a failure, not a skip.
 source "$(dirname "$0")/common.sh"
 ensure_toolchain
@@ -8,6 +9,10 @@ ensure_toolchain
 echo "==> format and lints"
 cargo fmt --all -- --check
 (cd functions && cargo fmt --all -- --check)
+
+# Licenses, banned duplicate TLS/HTTP crates, and no rustls-webpki with a known advisory
+# (installs cargo-deny into .tools/ on first use).
+"$ROOT/scripts/check-deps.sh"
 
 echo "==> guest unit tests (native)"
 (cd functions && CARGO_TARGET_DIR="$ROOT/functions/target" cargo test --workspace)
