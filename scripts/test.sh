@@ -1,31 +1,22 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: guest unit tests, host unit tests, end-to-end tests on the embedded
-# backend and, against an AWS emulator (moto, started by localstack/start.sh), the emulator suite.
-# With CI=true a missing emulator or Chromium (the dashboard tests) is a failure, not a skip.
+# Runs the whole test suite: the dependency policy (scripts/check-deps.sh), guest unit tests, host
+# unit tests, end-to-end tests on the embedded backend and, against an AWS emulator (moto, started
+# by localstack/start.sh), the emulator suite, and the deployment checks (infra/check.sh).
+# With CI=true a missing emulator, promtool or Chromium (the dashboard tests) is a failure, not a skip.
 # shellcheck source=scripts/common.sh
 source "$(dirname "$0")/common.sh"
 ensure_toolchain
 ensure_debian_package /usr/bin/promtool prometheus   # `promtool check metrics` in tests/tests/telemetry.rs
 
-echo "==> headless Chromium (the dashboard tests)"
-if [ ! -x /usr/bin/chromium ]; then
-  sudo_cmd=()
-  [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
-  if command -v apt-get >/dev/null \
-    && "${sudo_cmd[@]}" apt-get update -qq \
-    && "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; then
-    echo "installed $(/usr/bin/chromium --version 2>/dev/null || echo chromium)"
-  elif [ "${CI:-}" = "true" ]; then
-    echo "error: chromium could not be installed (required when CI=true)" >&2
-    exit 1
-  else
-    echo "warning: chromium could not be installed; the dashboard tests will report SKIPPED" >&2
-  fi
-fi
+ensure_debian_package /usr/bin/chromium chromium        # headless Chromium for tests/tests/dashboard.rs
 
 echo "==> format and lints"
 cargo fmt --all -- --check
 (cd functions && cargo fmt --all -- --check)
+
+# Licenses, banned duplicate TLS/HTTP crates, and no rustls-webpki with a known advisory
+# (installs cargo-deny into .tools/ on first use).
+"$ROOT/scripts/check-deps.sh"
 
 echo "==> guest unit tests (native)"
 (cd functions && CARGO_TARGET_DIR="$ROOT/functions/target" cargo test --workspace)

@@ -5,9 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::Result;
-use crate::aws::{AwsBackends, AwsSettings, DEFAULT_OFFLOAD_THRESHOLD};
+use crate::aws::{AwsBackends, AwsSettings};
 use crate::blobs::disk::DiskBlobs;
 use crate::embedded::EmbeddedDb;
+use crate::limits::DEFAULT_OFFLOAD_THRESHOLD;
 use crate::manifest::{Backend, Manifest};
 use crate::queue::Queue;
 use crate::queue::offload::OffloadQueue;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::aws::AwsSettings;
+use crate::aws::settings::AwsSettings;
+use crate::limits::MIN_OFFLOAD_THRESHOLD;
 use crate::store::CacheConfig;
 use crate::{Error, Result};
 
@@ -294,13 +295,13 @@ impl Manifest {
             other => other,
         })?;
         if let Some(t) = self.platform.offload_threshold
-            && !(crate::aws::MIN_OFFLOAD_THRESHOLD..=crate::platform::MAX_BODY_BYTES).contains(&t)
+            && !(MIN_OFFLOAD_THRESHOLD..=crate::platform::MAX_BODY_BYTES).contains(&t)
         {
             return bad(
                 "platform.offload_threshold".into(),
                 format!(
                     "must be {} to {} bytes, got {t}",
-                    crate::aws::MIN_OFFLOAD_THRESHOLD,
+                    MIN_OFFLOAD_THRESHOLD,
                     crate::platform::MAX_BODY_BYTES
                 ),
             );

@@ -544,10 +544,5 @@ fn failure_kind(f: &Failure) -> &'static str {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch (kept here for `levee::platform::now_ms`; it lives in `ids`).
+pub use crate::ids::now_ms;

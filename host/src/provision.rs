@@ -15,7 +15,8 @@ use aws_sdk_s3::types::{
     ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
 };
 
-use crate::aws::{AwsSettings, ErrorContext, Resource};
+use crate::aws::errors::{ErrorContext, Resource};
+use crate::aws::settings::AwsSettings;
 use crate::blobs::s3::S3Blobs;
 use crate::queue::QueueSpec;
 use crate::queue::offload::PAYLOAD_PREFIX;

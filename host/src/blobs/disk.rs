@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::aws::random_id;
 use crate::blobs::Blobs;
+use crate::ids::random_id;
 use crate::{Error, Result};
 
 /// Longest key accepted, in bytes (as for S3).

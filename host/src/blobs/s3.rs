@@ -11,7 +11,7 @@ use aws_sdk_s3::error::ProvideErrorMetadata as _;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use crate::aws::{ErrorContext, Resource};
+use crate::aws::errors::{ErrorContext, Resource};
 use crate::blobs::Blobs;
 use crate::{Error, Result};
 

@@ -387,7 +387,7 @@ async fn drive(
                     Bytes::from(format!(
                         r#"{{"org":"org-{}","conversation":"c-{issued}","event":"delivered","at_ms":{}}}"#,
                         issued % 7,
-                        crate::platform::now_ms()
+                        crate::ids::now_ms()
                     ))
                 } else {
                     Bytes::from(message(issued))

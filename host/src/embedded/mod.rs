@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -366,12 +366,10 @@ fn init_schema(conn: &Connection, path: &Path) -> Result<()> {
     }
 }
 
-/// Milliseconds since the Unix epoch: persisted timestamps must survive a restart.
+/// Milliseconds since the Unix epoch ([`crate::ids::now_ms`]) as SQLite's integer: persisted
+/// timestamps must survive a restart.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    i64::try_from(crate::ids::now_ms()).unwrap_or(i64::MAX)
 }
 
 fn duration_ms(d: Duration) -> i64 {

@@ -130,7 +130,7 @@ impl Blocker {
         let decision = self.count(t, now);
         if let Some((rate, baseline)) = decision {
             let ttl = Duration::from_secs(self.cfg.ttl_s);
-            let now_ms = crate::platform::now_ms();
+            let now_ms = crate::ids::now_ms();
             let block = Block {
                 source: source.to_string(),
                 rate,

@@ -182,7 +182,7 @@ impl Keys {
             name: name.to_string(),
             group: group.to_string(),
             hash: hash(&key),
-            created_ms: crate::platform::now_ms(),
+            created_ms: crate::ids::now_ms(),
             revoked_ms: None,
         };
         let fresh = self
@@ -235,7 +235,7 @@ impl Keys {
             return Ok(false);
         };
         if record.revoked_ms.is_none() {
-            record.revoked_ms = Some(crate::platform::now_ms());
+            record.revoked_ms = Some(crate::ids::now_ms());
             self.store
                 .put(
                     KEYS_NS,

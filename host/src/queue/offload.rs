@@ -31,10 +31,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
 
-use crate::aws::{
-    DEFAULT_OFFLOAD_THRESHOLD, SQS_MAX_MESSAGE_BYTES, check_offload_threshold, random_id,
-};
 use crate::blobs::Blobs;
+use crate::ids::random_id;
+use crate::limits::{DEFAULT_OFFLOAD_THRESHOLD, SQS_MAX_MESSAGE_BYTES, check_offload_threshold};
 use crate::queue::{
     Completion, DeadLetter, DlqPage, Emitted, OutgoingMessage, PREVIEW_BYTES, Queue, QueueSpec,
     QueueStats, ReceiveOptions, ReceivedMessage, dead,

@@ -71,7 +71,9 @@ use aws_sdk_sqs::types::{
 };
 use base64::Engine as _;
 
-use crate::aws::{ErrorContext, Resource, SQS_MAX_MESSAGE_BYTES, now_ms};
+use crate::aws::errors::{ErrorContext, Resource};
+use crate::ids::now_ms;
+use crate::limits::SQS_MAX_MESSAGE_BYTES;
 use crate::provision::Outcome;
 use crate::queue::{
     Completion, DeadLetter, DeadLetterSummary, DlqPage, MAX_BATCH, MAX_DLQ_LIST, MAX_WAIT,

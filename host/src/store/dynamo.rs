@@ -23,7 +23,8 @@ use aws_sdk_dynamodb::types::{
 };
 use bytes::Bytes;
 
-use crate::aws::{ErrorContext, Resource, now_ms};
+use crate::aws::errors::{ErrorContext, Resource};
+use crate::ids::now_ms;
 use crate::store::{
     CommitOutcome, KvCommit, PutOptions, RECORDS_NS, Store, Versioned, validate, validate_scan,
 };

@@ -439,10 +439,8 @@ async fn commit(s: &Shared, msg: &ReceivedMessage, output: Output) -> crate::Res
             s.function.store().observe(kv, &outcome).await;
         }
         s.counters.record_emits(targets.iter().map(String::as_str));
-        s.counters.record_latency(
-            msg.body.len(),
-            crate::platform::now_ms().saturating_sub(origin),
-        );
+        s.counters
+            .record_latency(msg.body.len(), crate::ids::now_ms().saturating_sub(origin));
     }
     Ok(outcome)
 }

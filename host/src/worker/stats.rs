@@ -47,7 +47,7 @@ pub struct EmitCounts {
 
 /// Bodies above this many bytes count as large (the default offload threshold): their latency is
 /// kept apart so a flood of large events cannot hide, or be hidden by, the latency of the rest.
-pub const LARGE_BODY_BYTES: usize = crate::aws::DEFAULT_OFFLOAD_THRESHOLD;
+pub const LARGE_BODY_BYTES: usize = crate::limits::DEFAULT_OFFLOAD_THRESHOLD;
 
 /// A snapshot of a pool.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
