@@ -148,25 +148,32 @@ fn create_stack(tag: &str, lease_ms: u64) -> Option<Stack> {
         params,
         emu,
     };
-    let mut args = vec![
-        "cloudformation".to_string(),
-        "create-stack".into(),
-        "--stack-name".into(),
-        stack.name.clone(),
-        "--template-body".into(),
-        format!("file://{}", stack.template.display()),
-        "--capabilities".into(),
-        "CAPABILITY_NAMED_IAM".into(),
-        "--parameters".into(),
-    ];
-    args.extend(stack.params.iter().cloned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    aws(&stack.emu, &args);
+    stack.apply("create-stack", &[]);
     stack.wait("stack-create-complete");
     Some(stack)
 }
 
 impl Stack {
+    /// `aws cloudformation VERB` (create-stack, update-stack) of the rendered template with the
+    /// stack's parameters and `extra` ones.
+    fn apply(&self, verb: &str, extra: &[String]) {
+        let mut args = vec![
+            "cloudformation".to_string(),
+            verb.into(),
+            "--stack-name".into(),
+            self.name.clone(),
+            "--template-body".into(),
+            format!("file://{}", self.template.display()),
+            "--capabilities".into(),
+            "CAPABILITY_NAMED_IAM".into(),
+            "--parameters".into(),
+        ];
+        args.extend(self.params.iter().cloned());
+        args.extend(extra.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        aws(&self.emu, &args);
+    }
+
     fn wait(&self, what: &str) {
         aws(
             &self.emu,
@@ -370,21 +377,10 @@ async fn the_rendered_stack_runs_the_pipeline_on_two_hosts_and_keeps_scaled_coun
             "3",
         ],
     );
-    let mut args = vec![
-        "cloudformation".to_string(),
-        "update-stack".into(),
-        "--stack-name".into(),
-        stack.name.clone(),
-        "--template-body".into(),
-        format!("file://{}", stack.template.display()),
-        "--capabilities".into(),
-        "CAPABILITY_NAMED_IAM".into(),
-        "--parameters".into(),
-    ];
-    args.extend(stack.params.iter().cloned());
-    args.push("ParameterKey=LogRetentionDays,ParameterValue=14".into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    aws(&emu, &args);
+    stack.apply(
+        "update-stack",
+        &["ParameterKey=LogRetentionDays,ParameterValue=14".to_string()],
+    );
     stack.wait("stack-update-complete");
     assert_eq!(
         stack.desired("search-index"),

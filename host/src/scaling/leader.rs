@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
+use crate::ids::now_ms;
 use crate::store::{CommitOutcome, KvCommit, Store};
 
 /// Namespace of the lease (function names cannot start with `_`).
@@ -71,12 +72,6 @@ pub struct Lease {
 pub struct LeaseState {
     pub holder: String,
     pub remaining: Duration,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Lease {
