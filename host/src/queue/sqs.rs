@@ -889,7 +889,10 @@ impl Queue for SqsQueue {
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
         let (name, dlq) = self.names(queue)?;
-        let (url, dlq_url) = futures::try_join!(self.url(&name), self.url(&dlq))?;
+        // Both at once, but the queue's own error first: a missing queue is named as itself, not
+        // as whichever lookup happened to fail first.
+        let (url, dlq_url) = futures::join!(self.url(&name), self.url(&dlq));
+        let (url, dlq_url) = (url?, dlq_url?);
         let (main, dead) = futures::try_join!(
             self.queue_attributes(
                 &name,
