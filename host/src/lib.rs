@@ -15,13 +15,16 @@ pub mod infra;
 pub mod ingress;
 mod limits;
 pub mod manifest;
+pub mod outbound;
 pub mod platform;
 pub mod provision;
 pub mod queue;
 pub mod runtime;
 pub mod scaling;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;
 
 pub use aws::{AwsBackends, AwsSettings};

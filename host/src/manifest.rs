@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use crate::aws::settings::AwsSettings;
 use crate::limits::MIN_OFFLOAD_THRESHOLD;
+use crate::outbound::GrantSpec;
+use crate::secrets::SecretRef;
 use crate::store::CacheConfig;
 use crate::{Error, Result};
 
@@ -154,6 +156,16 @@ pub struct FunctionSpec {
     /// the group serving it). Other functions only take messages other functions emit.
     #[serde(default)]
     pub public: bool,
+    /// Values the guest reads through `wasi:config/store` (`[functions.NAME.config]`).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Secrets the guest reads through `wasi:config/store`, by source
+    /// (`[functions.NAME.secrets]`, `name = { env = "VAR" }` or `{ aws = "secret-id" }`).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretRef>,
+    /// Destinations the function may call over HTTP (`[[functions.NAME.outbound]]`).
+    #[serde(default)]
+    pub outbound: Vec<GrantSpec>,
 }
 
 fn default_kv_ops() -> f64 {
@@ -408,6 +420,17 @@ impl Manifest {
                     field("visibility_timeout_ms"),
                     format!("must be 1000 (1 s) to 43200000 (12 h), got {v}"),
                 );
+            }
+            crate::secrets::validate(name, &f.config, &f.secrets)?;
+            let mut origins = BTreeSet::new();
+            for (i, g) in f.outbound.iter().enumerate() {
+                let origin = g.validate(&format!("functions.{name}.outbound[{i}]"))?;
+                if !origins.insert(origin.clone()) {
+                    return bad(
+                        format!("functions.{name}.outbound[{i}].url"),
+                        format!("{origin} is granted twice"),
+                    );
+                }
             }
             if !(1..=MAX_BACKOFF_MS).contains(&f.backoff_ms) {
                 return bad(

@@ -165,6 +165,7 @@ impl Platform {
                 .unwrap_or(64 << 20),
             cache_dir: Some(data_dir.join("compiled")),
         })?;
+        let extra_roots = crate::tls::extra_roots_from_env()?;
         let mut functions = BTreeMap::new();
         for (name, spec) in &manifest.functions {
             if backends.creates_queues {
@@ -177,17 +178,27 @@ impl Platform {
                     .await?;
             }
             let module = manifest.module_path(spec);
+            let secrets =
+                crate::secrets::resolve(name, &spec.secrets, opts.aws_sdk.as_ref()).await?;
+            let redactor = crate::secrets::Redactor::new(secrets.iter().map(|(_, v)| v.clone()));
+            let mut config: Vec<(String, String)> = spec.config.clone().into_iter().collect();
+            config.extend(secrets);
+            let outbound = crate::outbound::Outbound::new(name, &spec.outbound, &extra_roots)?;
+            let mut def = FunctionDef::new(
+                name,
+                module.clone(),
+                Limits {
+                    memory_bytes: spec.memory_bytes(),
+                    timeout: spec.timeout(),
+                },
+                spec.emits_to.clone(),
+                store.clone(),
+            );
+            def.outbound = Arc::new(outbound);
+            def.config = Arc::new(config);
+            def.redactor = Arc::new(redactor);
             let f = runtime
-                .load(FunctionDef {
-                    name: name.clone(),
-                    module: module.clone(),
-                    limits: Limits {
-                        memory_bytes: spec.memory_bytes(),
-                        timeout: spec.timeout(),
-                    },
-                    emits_to: spec.emits_to.clone(),
-                    store: store.clone(),
-                })
+                .load(def)
                 .map_err(|e| Error::Manifest(format!("functions.{name}.module: {e}")))?;
             functions.insert(name.clone(), f);
         }

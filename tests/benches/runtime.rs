@@ -85,16 +85,16 @@ fn measure(name: &str, op: &mut dyn FnMut()) -> Figure {
 
 fn load(runtime: &Runtime, name: &str, emits_to: &[&str]) -> Arc<Function> {
     runtime
-        .load(FunctionDef {
-            name: name.into(),
-            module: guest(name),
-            limits: Limits {
+        .load(FunctionDef::new(
+            name,
+            guest(name),
+            Limits {
                 memory_bytes: 64 << 20,
                 timeout: Duration::from_secs(5),
             },
-            emits_to: emits_to.iter().map(|s| s.to_string()).collect(),
-            store: Arc::new(levee::MemoryStore::new()),
-        })
+            emits_to.iter().map(|s| s.to_string()).collect(),
+            Arc::new(levee::MemoryStore::new()),
+        ))
         .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 

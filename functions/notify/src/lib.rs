@@ -1,4 +1,5 @@
-//! `notify`: records the notification a team gets for each routed message.
+//! `notify`: records the notification a team gets for each routed message and, when a provider
+//! is configured, delivers it there.
 //!
 //! Input is what `routing` emits: `{"id", "org", "conversation", "team", "previous_team"?,
 //! "channel"?, "from"?, "preview"?}`. The record goes to `notif/{org}/{conversation}/{id}` with
@@ -12,8 +13,17 @@
 //! for one team handled at once never lose an increment (the loser runs again on the fresh
 //! count), and two deliveries of one notification never count twice. The counter is exactly
 //! the number of records of the team.
+//!
+//! Delivery: with `provider_url` in `[functions.notify.config]` (and the origin granted in
+//! `[[functions.notify.outbound]]`), a new notification is POSTed there as JSON (the record plus
+//! `id`, `org`, `conversation`), with `authorization: Bearer {provider_token}` when that secret
+//! is set. The host adds an `idempotency-key` derived from the message id, so if the invocation
+//! runs again (a conflict, a crash before commit) the provider sees the same key. A provider
+//! that answers 429 or 5xx makes the invocation fail retryably; the host then holds the message
+//! in the queue without using an attempt. Other 4xx answers are permanent (dead-lettered with
+//! the provider's reason).
 
-use levee_sdk::{Context, Error, Fields, Message};
+use levee_sdk::{Context, Error, Fields, Message, Request};
 use serde::{Deserialize, Serialize};
 
 /// Longest id, org, conversation or team accepted in a key.
@@ -69,7 +79,31 @@ pub fn counter_key(org: &str, team: &str) -> String {
     format!("count/{org}/{team}")
 }
 
-/// Records one notification.
+/// What the provider receives.
+#[derive(Debug, Serialize)]
+struct Delivery<'a> {
+    id: &'a str,
+    org: &'a str,
+    conversation: &'a str,
+    #[serde(flatten)]
+    record: &'a Record,
+}
+
+/// POSTs the notification to the configured provider, if there is one.
+fn deliver(ctx: &mut dyn Context, delivery: &Delivery<'_>) -> Result<(), Error> {
+    let Some(url) = ctx.config("provider_url")? else {
+        return Ok(());
+    };
+    let mut req = Request::post(&url).json(delivery)?;
+    if let Some(token) = ctx.config("provider_token")? {
+        req = req.header("authorization", &format!("Bearer {token}"));
+    }
+    ctx.http(&req)?
+        .require_success("the notification provider")?;
+    Ok(())
+}
+
+/// Records one notification (and delivers it when a provider is configured).
 pub fn handle(msg: &Message, ctx: &mut dyn Context) -> Result<(), Error> {
     let body = msg.json_object()?;
     let f = Fields::new(&body);
@@ -95,6 +129,13 @@ pub fn handle(msg: &Message, ctx: &mut dyn Context) -> Result<(), Error> {
         preview: f.opt_str("preview")?.map(str::to_string),
     };
     if ctx.put_json_if_absent(&record_key(&org, conversation, id), &record)? {
+        let delivery = Delivery {
+            id,
+            org: &org,
+            conversation,
+            record: &record,
+        };
+        deliver(ctx, &delivery)?;
         ctx.incr(&counter_key(&org, team), 1)?;
     }
     Ok(())
@@ -221,6 +262,61 @@ mod tests {
         ctx.fail_with(None);
         handle(&note("m1", "c-1", "billing", None), &mut ctx).unwrap();
         assert_eq!(count(&ctx, "billing"), 1);
+    }
+
+    #[test]
+    fn a_configured_provider_gets_each_new_notification_once() {
+        let mut ctx = MemoryContext::new()
+            .with_config("provider_url", "http://provider.test/notify")
+            .with_config("provider_token", "tok-123456789");
+        ctx.respond_with(|_| Ok(levee_sdk::Response::new(202, "")));
+        ctx.invoke(handle, &note("m1", "c-1", "billing", None))
+            .unwrap();
+        ctx.invoke(handle, &note("m1", "c-1", "billing", None))
+            .unwrap();
+        assert_eq!(
+            ctx.requests().len(),
+            1,
+            "a redelivery is not delivered again"
+        );
+        let req = &ctx.requests()[0];
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.url, "http://provider.test/notify");
+        assert_eq!(
+            req.header_value("authorization"),
+            Some("Bearer tok-123456789")
+        );
+        let sent: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(sent["id"], "m1");
+        assert_eq!(sent["team"], "billing");
+        assert_eq!(sent["kind"], "new-conversation");
+        assert_eq!(count(&ctx, "billing"), 1);
+    }
+
+    #[test]
+    fn a_provider_refusal_commits_nothing() {
+        let mut ctx = MemoryContext::new().with_config("provider_url", "http://p.test/n");
+        ctx.respond_with(|_| Ok(levee_sdk::Response::new(429, "slow down")));
+        let e = ctx
+            .invoke(handle, &note("m1", "c-1", "billing", None))
+            .unwrap_err();
+        assert!(e.is_retryable(), "{e:?}");
+        assert_eq!(ctx.keys().count(), 0);
+        ctx.respond_with(|_| Ok(levee_sdk::Response::new(400, "unknown team")));
+        let e = ctx
+            .invoke(handle, &note("m1", "c-1", "billing", None))
+            .unwrap_err();
+        assert!(!e.is_retryable());
+        assert!(e.message().contains("unknown team"), "{e:?}");
+        ctx.respond_with(|_| Ok(levee_sdk::Response::new(200, "")));
+        ctx.invoke(handle, &note("m1", "c-1", "billing", None))
+            .unwrap();
+        assert_eq!(count(&ctx, "billing"), 1);
+        assert_eq!(
+            ctx.requests().len(),
+            3,
+            "each run sent it (with the same key, host-side)"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! What a handler can do besides computing: its kv namespace and emitting to other functions.
+//! What a handler can do besides computing: its kv namespace, emitting to other functions, its
+//! config and secrets, and outbound HTTP.
 //!
 //! Every invocation is a transaction. The host buffers the handler's kv writes (its reads see
 //! them) and commits them together with the emitted messages and the deletion of the source
@@ -6,13 +7,15 @@
 //! commit: if another invocation changed it meanwhile, nothing is applied and the handler runs
 //! again with fresh reads, at no attempt. So read-modify-write through `get` then `put` (or
 //! `update_json`, `incr`) is correct under any
-//! concurrency, and a handler may run more than once before one run commits: it must have no
-//! effect other than kv and emit.
+//! concurrency, and a handler may run more than once before one run commits: its only effect
+//! outside kv and emit is outbound HTTP, which should go to providers that honour the
+//! `idempotency-key` header the host adds.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::http::{Request, Response};
 
 /// Most items one [`Context::scan`] call may ask for (the host's bound).
 pub const MAX_SCAN_LIMIT: u32 = 1000;
@@ -39,7 +42,8 @@ impl<V> Default for Page<V> {
     }
 }
 
-/// The capabilities the host grants a handler: its own kv namespace and `emit`.
+/// The capabilities the host grants a handler: its own kv namespace, `emit`, its config and
+/// secrets, and outbound HTTP to the destinations it is granted.
 ///
 /// Handlers take `&mut dyn Context`, so the same code runs against the host imports
 /// (`WasmContext`, on wasm32) and against [`MemoryContext`](crate::MemoryContext)
@@ -63,6 +67,21 @@ pub trait Context {
     fn scan(&mut self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<Page, Error>;
     /// Queues `body` for `function`; the host sends it only if the handler succeeds.
     fn send(&mut self, function: &str, body: &[u8]) -> Result<(), Error>;
+    /// The manifest's `config` value or resolved secret named `key`
+    /// (`[functions.NAME.config]`, `[functions.NAME.secrets]`), if any.
+    fn config(&mut self, key: &str) -> Result<Option<String>, Error> {
+        let _ = key;
+        Ok(None)
+    }
+    /// Sends `request` and reads the whole answer (see [`crate::http`]). Unlike kv and emit
+    /// this is an effect at once, not at commit: a handler that runs again sends again, so
+    /// providers should dedupe on the `idempotency-key` header the host adds.
+    fn http(&mut self, request: &Request) -> Result<Response, Error> {
+        Err(Error::permanent(format!(
+            "this context makes no outbound requests ({} {})",
+            request.method, request.url
+        )))
+    }
 }
 
 impl dyn Context + '_ {

@@ -1,5 +1,6 @@
 //! Guest SDK for Levee functions: the [`Message`] a handler receives, the [`Error`] it returns,
-//! the [`Context`] it uses for kv and emit, and [`export!`] to make it the component's `handle`.
+//! the [`Context`] it uses for kv, emit, config and outbound HTTP, and [`export!`] to make it
+//! the component's `handle`.
 //!
 //! ```
 //! use levee_sdk::{Context, Error, Message};
@@ -29,8 +30,11 @@
 mod context;
 mod error;
 mod fields;
+pub mod http;
 mod memory;
 mod message;
+#[cfg(target_arch = "wasm32")]
+mod wasi_http;
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)]
 mod wasm;
@@ -38,6 +42,7 @@ mod wasm;
 pub use context::{Context, MAX_SCAN_LIMIT, Page};
 pub use error::Error;
 pub use fields::{Fields, describe, quote};
+pub use http::{Request, Response};
 pub use memory::{
     Emitted, MAX_KEY_LEN, MAX_TXN_BYTES, MAX_TXN_KEYS, MAX_VALUE_LEN, MemoryContext, Transaction,
 };

@@ -12,6 +12,7 @@ use std::ops::Bound;
 use serde::de::DeserializeOwned;
 
 use crate::context::{MAX_SCAN_LIMIT, Page};
+use crate::http::{Request, Response};
 use crate::{Context, Error, Message};
 
 /// Longest kv key the host accepts, in bytes (same as the host store).
@@ -44,7 +45,20 @@ impl Emitted {
     }
 }
 
-/// An in-memory kv namespace plus the messages emitted so far.
+/// What a [`MemoryContext`] answers outbound requests with.
+type Respond = dyn Fn(&Request) -> Result<Response, Error> + Send + Sync;
+
+#[derive(Clone)]
+struct Responder(std::sync::Arc<Respond>);
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder")
+    }
+}
+
+/// An in-memory kv namespace plus the messages emitted so far, config values, and outbound
+/// requests answered by a closure (and recorded).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryContext {
     kv: BTreeMap<String, Vec<u8>>,
@@ -52,12 +66,45 @@ pub struct MemoryContext {
     emits_to: Option<BTreeSet<String>>,
     failure: Option<Error>,
     writes: u64,
+    config: BTreeMap<String, String>,
+    responder: Option<Responder>,
+    requests: Vec<Request>,
 }
 
 impl MemoryContext {
     /// An empty namespace that may emit to any function.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets a config value (what `[functions.NAME.config]` or `.secrets` would give).
+    pub fn with_config(mut self, key: &str, value: &str) -> Self {
+        self.config.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Answers every outbound request with `respond` (without it, requests fail permanently).
+    pub fn respond_with(
+        &mut self,
+        respond: impl Fn(&Request) -> Result<Response, Error> + Send + Sync + 'static,
+    ) {
+        self.responder = Some(Responder(std::sync::Arc::new(respond)));
+    }
+
+    /// The outbound requests made so far, in order (committed or not: they are effects).
+    pub fn requests(&self) -> &[Request] {
+        &self.requests
+    }
+
+    fn do_http(&mut self, request: &Request) -> Result<Response, Error> {
+        self.requests.push(request.clone());
+        match &self.responder {
+            Some(r) => (r.0)(request),
+            None => Err(Error::permanent(format!(
+                "outbound request to {} failed: denied: no responder set (MemoryContext::respond_with)",
+                request.url
+            ))),
+        }
     }
 
     /// Restricts `send` to these functions, like the manifest's `emits_to`.
@@ -204,6 +251,14 @@ impl Context for MemoryContext {
         let emitted = self.check_send(function, body)?;
         self.emitted.push(emitted);
         Ok(())
+    }
+
+    fn config(&mut self, key: &str) -> Result<Option<String>, Error> {
+        Ok(self.config.get(key).cloned())
+    }
+
+    fn http(&mut self, request: &Request) -> Result<Response, Error> {
+        self.do_http(request)
     }
 }
 
@@ -395,6 +450,14 @@ impl Context for Transaction<'_> {
         let emitted = self.base.check_send(function, body)?;
         self.emitted.push(emitted);
         Ok(())
+    }
+
+    fn config(&mut self, key: &str) -> Result<Option<String>, Error> {
+        Ok(self.base.config.get(key).cloned())
+    }
+
+    fn http(&mut self, request: &Request) -> Result<Response, Error> {
+        self.base.do_http(request)
     }
 }
 

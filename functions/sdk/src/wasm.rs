@@ -1,5 +1,6 @@
 //! The wasm32 side: bindings generated from `levee.wit`, the [`WasmContext`] that calls the
-//! host imports, and the glue behind [`export!`](crate::export).
+//! host imports (outbound HTTP through `wasi_http.rs`), and the glue behind
+//! [`export!`](crate::export).
 
 use crate::{Context, Error, Message, Page};
 
@@ -11,10 +12,12 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_capability",
         default_bindings_module: "::levee_sdk::__bindings",
+        generate_all,
     });
 }
 
 use bindings::levee::function::{emit, kv, types};
+use bindings::wasi::config::store as config;
 
 impl From<types::Error> for Error {
     fn from(e: types::Error) -> Self {
@@ -65,6 +68,14 @@ impl Context for WasmContext {
 
     fn send(&mut self, function: &str, body: &[u8]) -> Result<(), Error> {
         Ok(emit::send(function, body)?)
+    }
+
+    fn config(&mut self, key: &str) -> Result<Option<String>, Error> {
+        config::get(key).map_err(|e| Error::retryable(format!("config `{key}`: {e:?}")))
+    }
+
+    fn http(&mut self, request: &crate::Request) -> Result<crate::Response, Error> {
+        crate::wasi_http::send(request)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Webhook delivery: one HTTP POST of a JSON body per attempt (hyper's client; https through
-//! rustls with the system's roots, the TLS stack the AWS SDK already uses), a timeout per
+//! rustls with the system's roots (see `tls.rs`), the TLS stack the AWS SDK already uses), a timeout per
 //! request, and the bodies of both formats.
 
 use std::time::Duration;
@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
@@ -20,7 +19,7 @@ pub const MAX_BODY_BYTES: usize = 16 << 10;
 /// Longest error kept for a delivery.
 const MAX_ERROR_LEN: usize = 256;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+use crate::tls::Connector;
 
 /// An HTTP(S) client for webhooks.
 #[derive(Clone)]
@@ -38,23 +37,11 @@ impl Webhook {
     /// A client for http and https URLs. Without usable system roots, https deliveries fail
     /// (each with the reason) and http ones work.
     pub fn new() -> Self {
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match builder.with_provider_and_native_roots(provider.clone()) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(
-                    "alert webhooks: no usable TLS root certificates ({e}); https deliveries will fail"
-                );
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .expect("the default protocol versions")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            }
-        };
-        let connector = builder.https_or_http().enable_http1().build();
+        let extra = crate::tls::extra_roots_from_env().unwrap_or_else(|e| {
+            tracing::warn!("alert webhooks: {e}");
+            Vec::new()
+        });
+        let connector = crate::tls::connector("alert webhooks", &extra);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(2)

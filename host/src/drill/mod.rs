@@ -9,6 +9,8 @@
 
 pub mod blind;
 pub mod flood;
+pub mod provider;
+pub mod provider_limit;
 pub mod store_outage;
 
 use std::collections::BTreeMap;
@@ -64,6 +66,7 @@ drills! {
     "store-outage" => StoreOutage(store_outage::StoreOutage),
     "flood" => Flood(flood::Flood),
     "blind" => Blind(blind::Blind),
+    "provider-limit" => ProviderLimit(provider_limit::ProviderLimit),
 }
 
 /// `levee drill [--list] [NAME [FLAGS]]`.

@@ -329,14 +329,19 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let state = HostState::new(
-            "f",
-            "f".into(),
-            Arc::new(MemoryStore::new()),
-            Arc::new(HashSet::new()),
-            rt.handle().clone(),
-            1 << 20,
-        );
+        let deadline = std::time::Instant::now() + Duration::from_millis(300);
+        let state = HostState::new(super::super::host::Wiring {
+            name: "f",
+            ns: "f".into(),
+            store: Arc::new(MemoryStore::new()),
+            emits_to: Arc::new(HashSet::new()),
+            rt: rt.handle().clone(),
+            memory_cap: 1 << 20,
+            deadline,
+            calls: Arc::new(crate::outbound::Outbound::none("f")).calls("m", deadline),
+            config: Arc::default(),
+            redactor: Arc::default(),
+        });
         let limits = Limits {
             memory_bytes: 1 << 20,
             timeout: Duration::from_millis(300),

@@ -1,9 +1,12 @@
 //! Guest stdout/stderr routed to the host's log, line by line, tagged with the function's name.
-//! Bounded: a chatty guest loses lines past the cap, never the host's memory.
+//! Bounded: a chatty guest loses lines past the cap, never the host's memory. Secret values are
+//! redacted before a line is logged.
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+
+use crate::secrets::Redactor;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
@@ -17,6 +20,7 @@ pub(super) struct GuestLog {
 
 struct Buf {
     function: String,
+    redactor: Arc<Redactor>,
     stream: &'static str,
     pending: Vec<u8>,
     written: usize,
@@ -24,10 +28,11 @@ struct Buf {
 }
 
 impl GuestLog {
-    pub(super) fn new(function: &str, stream: &'static str) -> Self {
+    pub(super) fn new(function: &str, stream: &'static str, redactor: Arc<Redactor>) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Buf {
                 function: function.to_string(),
+                redactor,
                 stream,
                 pending: Vec::new(),
                 written: 0,
@@ -41,7 +46,7 @@ impl GuestLog {
         let mut b = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if !b.pending.is_empty() {
             let line = std::mem::take(&mut b.pending);
-            emit(&b.function, b.stream, &line);
+            emit(&b.function, b.stream, &b.redactor, &line);
         }
         if b.dropped > 0 {
             tracing::warn!(function = %b.function, stream = b.stream, "guest output truncated: {} bytes dropped", b.dropped);
@@ -58,13 +63,14 @@ impl GuestLog {
         b.pending.extend_from_slice(&bytes[..take]);
         while let Some(pos) = b.pending.iter().position(|&c| c == b'\n') {
             let line: Vec<u8> = b.pending.drain(..=pos).collect();
-            emit(&b.function, b.stream, &line[..line.len() - 1]);
+            emit(&b.function, b.stream, &b.redactor, &line[..line.len() - 1]);
         }
     }
 }
 
-fn emit(function: &str, stream: &str, line: &[u8]) {
+fn emit(function: &str, stream: &str, redactor: &Redactor, line: &[u8]) {
     let text = String::from_utf8_lossy(line);
+    let text = redactor.redact(&text);
     tracing::info!(target: "levee::guest", function, stream, "{}", text.trim_end_matches('\r'));
 }
 

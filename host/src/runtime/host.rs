@@ -1,5 +1,6 @@
 //! Per-invocation host state: the guest's kv transaction (reads with their versions, buffered
-//! writes), its outbox of emitted messages, its memory limiter and its (empty) WASI context.
+//! writes), its outbox of emitted messages, its memory limiter, its (empty) WASI context, its
+//! outbound HTTP calls and its `wasi:config` values.
 //!
 //! Nothing reaches the store before the handler returns: the worker commits the transaction
 //! with the emits and the source's deletion. A store call that fails for a reason of the store
@@ -13,10 +14,14 @@ use bytes::Bytes;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::levee::function::{emit, kv, types};
+use super::bindings::wasi::config::store as config;
 use super::guest_log::GuestLog;
+use crate::outbound::Calls;
 use crate::queue::{Emitted, OutgoingMessage};
+use crate::secrets::Redactor;
 use crate::store::{self, KvCommit, MAX_TXN_BYTES, MAX_TXN_READS, MAX_TXN_WRITES, Store};
 
 /// Largest total of bytes one invocation may emit (an outbox bound, not a queue limit).
@@ -27,6 +32,9 @@ pub const MAX_EMITS: usize = 100;
 pub(super) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    calls: Calls,
+    config: Arc<Vec<(String, String)>>,
     pub(super) limiter: MemoryLimiter,
     /// When the invocation must end; blocking WASI calls stop there (see `deadline.rs`).
     pub(super) deadline: std::time::Instant,
@@ -49,18 +57,26 @@ pub(super) struct HostState {
     pub(super) timed_out: bool,
 }
 
+/// What one invocation's host state is made from.
+pub(super) struct Wiring<'a> {
+    pub name: &'a str,
+    pub ns: Arc<str>,
+    pub store: Arc<dyn Store>,
+    pub emits_to: Arc<HashSet<String>>,
+    pub rt: tokio::runtime::Handle,
+    pub memory_cap: usize,
+    pub deadline: std::time::Instant,
+    pub calls: Calls,
+    pub config: Arc<Vec<(String, String)>>,
+    pub redactor: Arc<Redactor>,
+}
+
 impl HostState {
-    pub(super) fn new(
-        name: &str,
-        ns: Arc<str>,
-        store: Arc<dyn Store>,
-        emits_to: Arc<HashSet<String>>,
-        rt: tokio::runtime::Handle,
-        memory_cap: usize,
-    ) -> Self {
-        let stdout = GuestLog::new(name, "stdout");
-        let stderr = GuestLog::new(name, "stderr");
-        // Nothing is granted: no preopened directories, no env, no args, no network.
+    pub(super) fn new(w: Wiring<'_>) -> Self {
+        let stdout = GuestLog::new(w.name, "stdout", w.redactor.clone());
+        let stderr = GuestLog::new(w.name, "stderr", w.redactor);
+        // Nothing is granted: no preopened directories, no env, no args, no sockets (outbound
+        // HTTP goes through `wasi:http` and the function's grants).
         let wasi = WasiCtx::builder()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -68,17 +84,20 @@ impl HostState {
         Self {
             wasi,
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            calls: w.calls,
+            config: w.config,
             limiter: MemoryLimiter {
-                cap: memory_cap,
+                cap: w.memory_cap,
                 memory_denied: false,
             },
-            deadline: std::time::Instant::now(), // Function::invoke sets the real one
+            deadline: w.deadline,
             emitted: Vec::new(),
             emitted_bytes: 0,
-            emits_to,
-            ns,
-            store,
-            rt,
+            emits_to: w.emits_to,
+            ns: w.ns,
+            store: w.store,
+            rt: w.rt,
             stdout,
             stderr,
             reads: HashMap::new(),
@@ -269,6 +288,30 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.calls,
+        }
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self, key: String) -> Result<Option<String>, config::Error> {
+        Ok(self
+            .config
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone()))
+    }
+
+    fn get_all(&mut self) -> Result<Vec<(String, String)>, config::Error> {
+        Ok(self.config.as_ref().clone())
     }
 }
 

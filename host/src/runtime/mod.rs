@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Store as WasmStore, Trap};
 
+use crate::outbound::Outbound;
 use crate::queue::{Emitted, ReceivedMessage};
+use crate::secrets::Redactor;
 use crate::store::{KvCommit, Store};
 use crate::{Error, Result};
 
@@ -72,6 +74,23 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// The failure with secret values removed from its text.
+    fn redacted(self, r: &Redactor) -> Failure {
+        if r.is_empty() {
+            return self;
+        }
+        let clean = |m: String| r.redact(&m).into_owned();
+        match self {
+            Failure::Retryable(m) => Failure::Retryable(clean(m)),
+            Failure::Permanent(m) => Failure::Permanent(clean(m)),
+            Failure::Trap(m) => Failure::Trap(clean(m)),
+            Failure::Infrastructure(m) => Failure::Infrastructure(clean(m)),
+            other => other,
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -105,6 +124,9 @@ pub struct Output {
 pub struct Invocation {
     pub outcome: std::result::Result<Output, Failure>,
     pub elapsed: Duration,
+    /// How long a destination asked to be left alone (`Retry-After`), when the invocation
+    /// failed because of it: the pool pauses at least that long.
+    pub retry_after: Option<Duration>,
 }
 
 /// The engine and linker shared by every function.
@@ -116,12 +138,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the engine (pooling allocator sized by `config`) and links WASI (granting nothing)
-    /// and Levee's `kv` and `emit` imports.
+    /// Builds the engine (pooling allocator sized by `config`) and links WASI (granting nothing),
+    /// `wasi:http` (outbound only, through each function's grants), `wasi:config` and Levee's
+    /// `kv` and `emit` imports.
     pub fn new(config: RuntimeConfig) -> Result<Self> {
         let engine = engine::build(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(rt_err)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(rt_err)?;
         deadline::add_to_linker(&mut linker).map_err(rt_err)?;
         Capability::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(rt_err)?;
@@ -168,6 +192,9 @@ impl Runtime {
             limits: spec.limits,
             emits_to: Arc::new(spec.emits_to.into_iter().collect()),
             store: spec.store,
+            outbound: spec.outbound,
+            config: spec.config,
+            redactor: spec.redactor,
             engine: self.engine.clone(),
         }))
     }
@@ -186,6 +213,34 @@ pub struct FunctionDef {
     pub emits_to: Vec<String>,
     /// The store behind the function's kv namespace (its name).
     pub store: Arc<dyn Store>,
+    /// The destinations it may call.
+    pub outbound: Arc<Outbound>,
+    /// What `wasi:config/store` answers: its config and resolved secrets.
+    pub config: Arc<Vec<(String, String)>>,
+    /// Its secrets' values, kept out of its logs and errors.
+    pub redactor: Arc<Redactor>,
+}
+
+impl FunctionDef {
+    /// A function with no grants, config or secrets.
+    pub fn new(
+        name: &str,
+        module: std::path::PathBuf,
+        limits: Limits,
+        emits_to: Vec<String>,
+        store: Arc<dyn Store>,
+    ) -> Self {
+        FunctionDef {
+            outbound: Arc::new(Outbound::none(name)),
+            name: name.to_string(),
+            module,
+            limits,
+            emits_to,
+            store,
+            config: Arc::default(),
+            redactor: Arc::default(),
+        }
+    }
 }
 
 /// A loaded function, ready to be instantiated once per message.
@@ -198,6 +253,9 @@ pub struct Function {
     limits: Limits,
     emits_to: Arc<HashSet<String>>,
     store: Arc<dyn Store>,
+    outbound: Arc<Outbound>,
+    config: Arc<Vec<(String, String)>>,
+    redactor: Arc<Redactor>,
     engine: wasmtime::Engine,
 }
 
@@ -222,22 +280,33 @@ impl Function {
         &self.store
     }
 
+    /// The destinations it may call, with their state.
+    pub fn outbound(&self) -> &Arc<Outbound> {
+        &self.outbound
+    }
+
     /// Instantiates the component and runs `handle` once. Blocking: run it on a blocking
     /// thread. `rt` serves the async kv calls the guest makes.
     pub fn invoke(&self, msg: &ReceivedMessage, rt: &tokio::runtime::Handle) -> Invocation {
         let start = Instant::now();
-        let state = HostState::new(
-            &self.name,
-            self.ns.clone(),
-            self.store.clone(),
-            self.emits_to.clone(),
-            rt.clone(),
-            self.limits.memory_bytes,
-        );
+        let deadline = start + self.limits.timeout;
+        let calls = self.outbound.calls(&msg.id, deadline);
+        let unavailable = calls.unavailable.clone();
+        let state = HostState::new(host::Wiring {
+            name: &self.name,
+            ns: self.ns.clone(),
+            store: self.store.clone(),
+            emits_to: self.emits_to.clone(),
+            rt: rt.clone(),
+            memory_cap: self.limits.memory_bytes,
+            deadline,
+            calls,
+            config: self.config.clone(),
+            redactor: self.redactor.clone(),
+        });
         let mut store = WasmStore::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(engine::deadline_ticks(self.limits.timeout));
-        store.data_mut().deadline = start + self.limits.timeout;
         let message = types::Message {
             id: msg.id.clone(),
             body: msg.body.clone(),
@@ -265,9 +334,22 @@ impl Function {
             Ok(Err(types::Error::Permanent(m))) => Err(Failure::Permanent(m)),
             Err(e) => Err(classify_trap(e, &state, &self.limits)),
         };
+        // A failure after a destination was unavailable is the destination's, not the message's.
+        let signal = unavailable.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (outcome, retry_after) = match (outcome, signal) {
+            (Err(f), Some(u)) if !f.is_infrastructure() => (
+                Err(Failure::Infrastructure(format!(
+                    "destination unavailable: {} (the handler then failed: {f})",
+                    u.reason
+                ))),
+                u.retry_after,
+            ),
+            (outcome, _) => (outcome, None),
+        };
         Invocation {
-            outcome,
+            outcome: outcome.map_err(|f| f.redacted(&self.redactor)),
             elapsed: start.elapsed(),
+            retry_after,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Backpressure after infrastructure failures. When the store is down, the instance pool is full
-//! or settling fails, retrying at full speed would only cycle the backlog (and, on SQS, raise
+//! Backpressure after infrastructure failures. When the store is down, the instance pool is full,
+//! settling fails or an outbound destination is unavailable (429/503, its breaker open; its
+//! `Retry-After` sets the least pause), retrying at full speed would only cycle the backlog (and, on SQS, raise
 //! every message's receive count toward the redrive DLQ). The pool's gate closes instead: its
 //! fetchers stop, wait out a pause that doubles per failed probe, then let one message through as
 //! a probe; the pool resumes when the probe gets through. The backlog waits durably in the queue.
@@ -111,17 +112,31 @@ impl Gate {
     /// message that was running before, changes nothing). Returns how long the pause lasts,
     /// which is also how long the failed message should stay hidden.
     pub fn failed(&self) -> Duration {
+        self.failed_for(Duration::ZERO)
+    }
+
+    /// [`failed`](Self::failed), pausing at least `at_least` (a downstream's `Retry-After`,
+    /// which may exceed [`PAUSE_MAX`]; its caller bounds it).
+    pub fn failed_for(&self, at_least: Duration) -> Duration {
         let mut state = self.lock();
+        let now = Instant::now();
         let failures = match *state {
             State::Open => 1,
             State::Probing { failures } => failures + 1,
-            State::Paused { until, .. } => {
-                return until.saturating_duration_since(Instant::now());
+            State::Paused { until, failures } => {
+                if now + at_least > until {
+                    *state = State::Paused {
+                        until: now + at_least,
+                        failures,
+                    };
+                    return at_least;
+                }
+                return until.saturating_duration_since(now);
             }
         };
-        let pause = pause(failures);
+        let pause = pause(failures).max(at_least);
         *state = State::Paused {
-            until: Instant::now() + pause,
+            until: now + pause,
             failures,
         };
         drop(state);

@@ -349,7 +349,9 @@ async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
         s.counters.record(&invocation);
         let output = match invocation.outcome {
             Ok(output) => output,
-            Err(Failure::Infrastructure(reason)) => return infrastructure(s, &msg, &reason).await,
+            Err(Failure::Infrastructure(reason)) => {
+                return infrastructure(s, &msg, &reason, invocation.retry_after).await;
+            }
             Err(failure) => {
                 // The platform ran the handler and can settle the message: it works.
                 s.gate.succeeded();
@@ -400,7 +402,7 @@ async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
                 return;
             }
             Err(e) if e.is_retryable() => {
-                return infrastructure(s, &msg, &format!("commit failed: {e}")).await;
+                return infrastructure(s, &msg, &format!("commit failed: {e}"), None).await;
             }
             Err(e) => {
                 s.gate.succeeded();
@@ -445,11 +447,17 @@ async fn commit(s: &Shared, msg: &ReceivedMessage, output: Output) -> crate::Res
     Ok(outcome)
 }
 
-/// Hands the message back without using an attempt and closes the pool's gate.
-async fn infrastructure(s: &Shared, msg: &ReceivedMessage, reason: &str) {
+/// Hands the message back without using an attempt and closes the pool's gate, for at least
+/// `at_least` (a destination's `Retry-After`).
+async fn infrastructure(
+    s: &Shared,
+    msg: &ReceivedMessage,
+    reason: &str,
+    at_least: Option<Duration>,
+) {
     let name = s.function.name();
     s.counters.infra_failure();
-    let pause = s.gate.failed();
+    let pause = s.gate.failed_for(at_least.unwrap_or_default());
     tracing::warn!(function = %name, id = %msg.id, "infrastructure failure, pausing the pool for {pause:?} (no attempt used): {reason}");
     if let Err(e) = s.queue.release(name, &msg.receipt, pause).await {
         tracing::warn!(function = %name, id = %msg.id, "could not hand the message back; it returns when its lease ends: {e}");
@@ -505,6 +513,7 @@ async fn run_keeping_lease(s: &Arc<Shared>, msg: &ReceivedMessage) -> Invocation
                 return r.unwrap_or_else(|e| Invocation {
                     outcome: Err(Failure::Trap(format!("host worker panicked: {e}"))),
                     elapsed: Duration::ZERO,
+                    retry_after: None,
                 });
             }
             _ = tokio::time::sleep(renew_every) => {
