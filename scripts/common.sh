@@ -32,3 +32,24 @@ ensure_debian_package() {
     echo "warning: could not install $pkg; tests that need $bin will be skipped" >&2
   fi
 }
+
+# Installs functions/js's pinned toolchain (componentize-js, from package-lock.json) with npm ci,
+# once per checkout; npm comes from Debian when missing. With CI=true a failure stops the run;
+# otherwise the JavaScript tests say they were skipped.
+ensure_componentize_js() {
+  local dir="$ROOT/functions/js"
+  local bin="$dir/node_modules/.bin/componentize-js"
+  local pkg="@bytecodealliance/componentize-js" want have
+  want="$(node -p "require('$dir/package.json').devDependencies['$pkg']" 2>/dev/null || true)"
+  have="$(node -p "require('$dir/node_modules/$pkg/package.json').version" 2>/dev/null || true)"
+  [ -x "$bin" ] && [ -n "$want" ] && [ "$want" = "$have" ] && return 0
+  ensure_debian_package /usr/bin/npm npm
+  echo "==> installing componentize-js for functions/js (npm ci, pinned by package-lock.json)"
+  if ! (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error); then
+    if [ "${CI:-}" = "true" ]; then
+      echo "error: could not install componentize-js (required when CI=true)" >&2
+      exit 1
+    fi
+    echo "warning: could not install componentize-js; the JavaScript function tests will be skipped" >&2
+  fi
+}

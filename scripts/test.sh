@@ -9,6 +9,7 @@ ensure_toolchain
 ensure_debian_package /usr/bin/promtool prometheus   # `promtool check metrics` in tests/tests/telemetry.rs
 
 ensure_debian_package /usr/bin/chromium chromium        # headless Chromium for tests/tests/dashboard.rs
+ensure_componentize_js                                  # JavaScript functions, tests/tests/js_function.rs
 
 echo "==> format and lints"
 cargo fmt --all -- --check

@@ -86,6 +86,10 @@ pub struct Platform {
     /// table's capacity, say). When set, the scaler holds back the functions that use it so their
     /// store calls stay within it (see `kv_ops_per_message`); absent: unlimited.
     pub kv_capacity_ops: Option<f64>,
+    /// A PEM file of extra root certificates (a private CA) trusted for functions' outbound
+    /// HTTPS and alert webhooks, beside the system's roots; relative to the manifest.
+    /// `LEVEE_EXTRA_CA_FILE` adds one more.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[platform] scaler`: which policy sizes the worker pools.
@@ -451,6 +455,18 @@ impl Manifest {
     /// The module path of a function, resolved against the manifest's directory.
     pub fn module_path(&self, f: &FunctionSpec) -> PathBuf {
         self.base_dir.join(&f.module)
+    }
+
+    /// The extra root certificates: `[platform] ca_file` and `LEVEE_EXTRA_CA_FILE`.
+    pub fn extra_roots(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        let mut roots = crate::tls::extra_roots_from_env()?;
+        if let Some(f) = &self.platform.ca_file {
+            let path = self.base_dir.join(f);
+            let certs = crate::tls::load_pem(&path)
+                .map_err(|e| Error::Manifest(format!("`platform.ca_file`: {e}")))?;
+            roots.extend(certs);
+        }
+        Ok(roots)
     }
 
     /// The data directory, resolved against the manifest's directory.

@@ -165,7 +165,7 @@ impl Platform {
                 .unwrap_or(64 << 20),
             cache_dir: Some(data_dir.join("compiled")),
         })?;
-        let extra_roots = crate::tls::extra_roots_from_env()?;
+        let extra_roots = manifest.extra_roots()?;
         let mut functions = BTreeMap::new();
         for (name, spec) in &manifest.functions {
             if backends.creates_queues {

@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod contract;
 pub mod emulator;
+pub mod http_server;
 pub mod pipeline;
 pub mod support;
 

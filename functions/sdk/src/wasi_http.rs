@@ -63,21 +63,32 @@ pub(crate) fn send(req: &Request) -> Result<Response, Error> {
         .map_err(|()| bad("path"))?;
     let body = out.body().map_err(|()| bad("body"))?;
     let pending = outgoing_handler::handle(out, None).map_err(|e| fail(code(&e)))?;
+    // A request the host refuses fails its body stream too: on a write error, the answer's
+    // error (which says why) wins over the stream's.
+    let mut write_error = None;
     {
         let stream = body.write().map_err(|()| bad("body stream"))?;
         for chunk in req.body.chunks(WRITE_CHUNK) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| fail(format!("writing the body: {}", stream_error(e))))?;
+            if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                write_error = Some(format!("writing the body: {}", stream_error(e)));
+                break;
+            }
         }
     }
-    OutgoingBody::finish(body, None).map_err(|e| fail(code(&e)))?;
+    if write_error.is_none()
+        && let Err(e) = OutgoingBody::finish(body, None)
+    {
+        write_error = Some(code(&e));
+    }
     pending.subscribe().block();
     let answer = pending
         .get()
         .ok_or_else(|| fail("no answer".into()))?
         .map_err(|()| fail("answer taken twice".into()))?
         .map_err(|e| fail(code(&e)))?;
+    if let Some(e) = write_error {
+        return Err(fail(e));
+    }
     let status = answer.status();
     let headers = answer
         .headers()

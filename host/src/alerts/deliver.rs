@@ -41,7 +41,12 @@ impl Webhook {
             tracing::warn!("alert webhooks: {e}");
             Vec::new()
         });
-        let connector = crate::tls::connector("alert webhooks", &extra);
+        Self::with_roots(&extra)
+    }
+
+    /// A client also trusting `extra` roots (`[platform] ca_file`).
+    pub fn with_roots(extra: &[rustls::pki_types::CertificateDer<'static>]) -> Self {
+        let connector = crate::tls::connector("alert webhooks", extra);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(2)

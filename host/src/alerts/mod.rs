@@ -178,7 +178,13 @@ impl Alerts {
         };
         let primary = channel(&settings.primary);
         let secondary = channel(&settings.secondary);
-        let webhook = primary.is_some().then(Webhook::new);
+        let webhook = primary.is_some().then(|| {
+            let roots = manifest.extra_roots().unwrap_or_else(|e| {
+                tracing::warn!("alert webhooks: {e}");
+                Vec::new()
+            });
+            Webhook::with_roots(&roots)
+        });
         Arc::new(Alerts {
             rules: manifest.alerts.clone(),
             primary,

@@ -269,13 +269,19 @@ async fn send(
             return Err(HttpErr::HttpResponseTimeout);
         }
         Ok(Err(e)) => {
-            permit.failure(Instant::now());
             let chain = error_chain(&e);
-            report(signal, format!("{origin}: {chain}"), None);
             tracing::debug!(destination = %origin, "outbound request failed: {chain}");
-            return Err(if chain.contains("certificate") {
-                HttpErr::TlsCertificateError
-            } else if e.is_connect() {
+            // A certificate the host does not trust is a configuration error, not an outage:
+            // the message's attempts count, so it reaches the DLQ with the reason.
+            if chain.contains("certificate") {
+                permit.success(Instant::now());
+                return Err(HttpErr::InternalError(Some(format!(
+                    "{origin}: TLS certificate not trusted ({chain}); add its CA to [platform] ca_file"
+                ))));
+            }
+            permit.failure(Instant::now());
+            report(signal, format!("{origin}: {chain}"), None);
+            return Err(if e.is_connect() {
                 HttpErr::ConnectionRefused
             } else {
                 HttpErr::InternalError(Some(format!("{origin}: {chain}")))
@@ -312,7 +318,9 @@ async fn send(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit
     {
-        return Err(HttpErr::HttpResponseBodySize(Some(len)));
+        return Err(HttpErr::InternalError(Some(format!(
+            "{origin}: the answer's body of {len} bytes is over the grant's max_response_bytes ({limit})"
+        ))));
     }
     let resp = resp.map(|b| Bounded::new(b, limit, slot).boxed_unsync());
     let io: Box<dyn Future<Output = std::result::Result<(), HttpErr>> + Send> =

@@ -457,8 +457,14 @@ async fn infrastructure(
 ) {
     let name = s.function.name();
     s.counters.infra_failure();
+    // One line when the gate closes; the messages that were running then fail the same way.
+    let was_open = !s.gate.is_closed();
     let pause = s.gate.failed_for(at_least.unwrap_or_default());
-    tracing::warn!(function = %name, id = %msg.id, "infrastructure failure, pausing the pool for {pause:?} (no attempt used): {reason}");
+    if was_open {
+        tracing::warn!(function = %name, id = %msg.id, "infrastructure failure, pausing the pool for {pause:?} (no attempt used): {reason}");
+    } else {
+        tracing::debug!(function = %name, id = %msg.id, "infrastructure failure while paused, held {pause:?} (no attempt used): {reason}");
+    }
     if let Err(e) = s.queue.release(name, &msg.receipt, pause).await {
         tracing::warn!(function = %name, id = %msg.id, "could not hand the message back; it returns when its lease ends: {e}");
     }
