@@ -625,6 +625,20 @@ fn reason_line(f: &serde_json::Value) -> String {
     if f["paused"].as_bool() == Some(true) {
         parts.push("PAUSED: infrastructure failing, probing".to_string());
     }
+    for d in f["destinations"].as_array().into_iter().flatten() {
+        let breaker = d["breaker"].as_str().unwrap_or("?");
+        if let Some(ms) = d["throttled_ms"].as_u64() {
+            parts.push(format!(
+                "{} throttled for {ms} ms",
+                d["origin"].as_str().unwrap_or("?")
+            ));
+        } else if breaker != "closed" {
+            parts.push(format!(
+                "{} breaker {breaker}",
+                d["origin"].as_str().unwrap_or("?")
+            ));
+        }
+    }
     let n = |k: &str| f[k].as_u64().unwrap_or(0);
     if n("conflicts") > 0 || n("infra_failures") > 0 {
         parts.push(format!(

@@ -75,6 +75,22 @@ pub struct FunctionStatus {
     pub desired: Option<u32>,
     /// Why, in words, from the scaler's last decision.
     pub reason: Option<String>,
+    /// The destinations it may call, with their state on this host (empty when none).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub destinations: Vec<DestinationStatus>,
+}
+
+/// A granted outbound destination's state, in `levee status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DestinationStatus {
+    /// `scheme://host:port`.
+    pub origin: String,
+    /// Requests in flight now.
+    pub in_flight: u64,
+    /// `closed`, `open` or `half-open`.
+    pub breaker: String,
+    /// How long it asked to be left alone (`Retry-After`, 429, 503), in ms, if it did.
+    pub throttled_ms: Option<u64>,
 }
 
 /// The cache and circuit breaker in front of a store, in `levee status`.
@@ -446,6 +462,11 @@ impl Platform {
                 reason: decision
                     .and_then(|d| d.functions.get(name))
                     .map(|d| d.reason.clone()),
+                destinations: self
+                    .functions
+                    .get(name)
+                    .map(|f| destinations(f.outbound()))
+                    .unwrap_or_default(),
             });
         }
         let stores = vec![StoreStatus {
@@ -557,3 +578,16 @@ fn failure_kind(f: &Failure) -> &'static str {
 
 /// Milliseconds since the Unix epoch (kept here for `levee::platform::now_ms`; it lives in `ids`).
 pub use crate::ids::now_ms;
+
+fn destinations(o: &crate::outbound::Outbound) -> Vec<DestinationStatus> {
+    let now = std::time::Instant::now();
+    o.destinations()
+        .iter()
+        .map(|d| DestinationStatus {
+            origin: d.origin.to_string(),
+            in_flight: d.in_flight() as u64,
+            breaker: d.breaker_state().to_string(),
+            throttled_ms: d.throttled_for(now).map(|t| t.as_millis() as u64),
+        })
+        .collect()
+}

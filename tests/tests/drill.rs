@@ -340,3 +340,80 @@ fn blind_drill_reaches_the_secondary_in_time_and_the_platform_keeps_answering() 
         .collect();
     assert!(left.is_empty(), "data directory removed: {left:?}");
 }
+
+/// `levee drill provider-limit`, short: the provider answers 429 for 4 s under load. Nothing is
+/// dead-lettered or delivered twice, nothing goes above the provider's rate, and every
+/// notification arrives once the provider recovers. The drain-rate part of the verdict is a
+/// rate (it depends on the machine), so only the other reasons are required to be absent.
+#[test]
+fn provider_limit_drill_holds_the_backlog_and_delivers_each_notification_once() {
+    guests();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(levee_bin())
+        .args(["drill", "provider-limit", "--manifest"])
+        .arg(repo_root().join("levee.toml"))
+        .args([
+            "--duration",
+            "4s",
+            "--rate",
+            "30",
+            "--provider-rate",
+            "80",
+            "--retry-after",
+            "1",
+            "--warmup",
+            "2s",
+            "--load-after",
+            "2s",
+            "--drain-timeout",
+            "3m",
+            "--json",
+        ])
+        .env("TMPDIR", tmp.path())
+        .env_remove("LEVEE_MANIFEST")
+        .current_dir(tmp.path())
+        .output()
+        .expect("running levee drill provider-limit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("one JSON line ({e}): {stdout}\n{stderr}"));
+    assert_eq!(v["drill"], "provider-limit");
+    let reasons: Vec<&str> = v["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let others: Vec<&&str> = reasons
+        .iter()
+        .filter(|r| !r.contains("drained at"))
+        .collect();
+    assert!(others.is_empty(), "{others:?}\n{v}\n{stderr}");
+    assert_eq!(out.status.code() == Some(0), reasons.is_empty(), "{v}");
+    let p = &v["provider"];
+    let accepted = u(&v, "accepted");
+    assert!(accepted > 0, "{v}");
+    assert_eq!(u(&v, "dead_lettered"), 0, "{v}");
+    assert_eq!(
+        u(&v, "notifications_due"),
+        accepted,
+        "one notification per message: {v}"
+    );
+    assert_eq!(u(p, "delivered"), accepted, "{v}");
+    assert_eq!(u(p, "distinct_ids"), accepted, "{v}");
+    assert_eq!(u(p, "ids_delivered_twice"), 0, "{v}");
+    assert_eq!(u(p, "missing_key"), 0, "{v}");
+    assert_eq!(u(p, "over_limit"), 0, "{v}");
+    assert!(u(p, "peak_per_second") <= 80, "{v}");
+    assert!(u(p, "throttled") > 0, "the outage was felt: {v}");
+    assert!(u(&v, "held_without_attempt") > 0, "{v}");
+    assert_eq!(
+        u(&v, "failed_attempts"),
+        0,
+        "the provider's 429s used no attempt: {v}"
+    );
+    for phase in ["warm-up", "outage", "recover", "drain"] {
+        assert!(stderr.contains(phase), "progress shows {phase}: {stderr}");
+    }
+}

@@ -92,8 +92,39 @@ fn list_statement(names: &Names) -> Value {
     json!({"Sid": "ListForNotFound", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn(names)})
 }
 
-/// The policy of function `name`'s task role.
-pub fn function_policy(names: &Names, name: &str, emits_to: &[String]) -> Value {
+/// Read access to the Secrets Manager secrets `ids` (names or ARNs; a name matches its ARN's
+/// random six-character suffix).
+fn secrets_statement(ids: &[String]) -> Value {
+    let arns: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            if id.starts_with("arn:") {
+                json!(id)
+            } else {
+                json!({"Fn::Sub": format!(
+                    "arn:${{AWS::Partition}}:secretsmanager:${{AWS::Region}}:${{AWS::AccountId}}:secret:{id}-??????"
+                )})
+            }
+        })
+        .collect();
+    json!({"Sid": "Secrets", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": arns})
+}
+
+/// The Secrets Manager ids a function's manifest entry names.
+pub fn secret_ids(spec: &crate::manifest::FunctionSpec) -> Vec<String> {
+    spec.secrets
+        .values()
+        .filter_map(|s| s.aws.clone())
+        .collect()
+}
+
+/// The policy of function `name`'s task role (`secrets`: the Secrets Manager ids it reads).
+pub fn function_policy(
+    names: &Names,
+    name: &str,
+    emits_to: &[String],
+    secrets: &[String],
+) -> Value {
     let mut statements = vec![
         json!({"Sid": "OwnQueue", "Effect": "Allow", "Action": CONSUME, "Resource": queue_arn(&names.queue(name))}),
         json!({"Sid": "OwnDeadLetters", "Effect": "Allow", "Action": PRODUCE, "Resource": queue_arn(&names.dlq(name))}),
@@ -127,6 +158,9 @@ pub fn function_policy(names: &Names, name: &str, emits_to: &[String]) -> Value 
         }));
     }
     statements.push(list_statement(names));
+    if !secrets.is_empty() {
+        statements.push(secrets_statement(secrets));
+    }
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
@@ -155,8 +189,9 @@ pub fn scaler_policy(names: &Names, functions: &[&String]) -> Value {
 }
 
 /// The ingress serves the API: sends to the functions, reads status, kv and dead letters,
-/// redrives, runs `invoke`, checks keys. It may not change services.
-pub fn ingress_policy(names: &Names, functions: &[&String]) -> Value {
+/// redrives, runs `invoke` (so it reads every function's secrets), checks keys. It may not
+/// change services.
+pub fn ingress_policy(names: &Names, functions: &[&String], secrets: &[String]) -> Value {
     let queues: Vec<Value> = functions
         .iter()
         .flat_map(|f| [queue_arn(&names.queue(f)), queue_arn(&names.dlq(f))])
@@ -164,13 +199,17 @@ pub fn ingress_policy(names: &Names, functions: &[&String]) -> Value {
     let mut namespaces: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
     namespaces.push(crate::ingress::keys::KEYS_NS.to_string());
     namespaces.extend(functions.iter().map(|f| records_ns(f)));
-    json!({"Version": "2012-10-17", "Statement": [
-        {"Sid": "Queues", "Effect": "Allow", "Action": CONSUME, "Resource": queues},
+    let mut statements = vec![
+        json!({"Sid": "Queues", "Effect": "Allow", "Action": CONSUME, "Resource": queues}),
         kv_statement(names, &namespaces),
-        {"Sid": "Blobs", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-         "Resource": objects(names, &["payloads/".to_string(), "records/".to_string()])},
+        json!({"Sid": "Blobs", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+         "Resource": objects(names, &["payloads/".to_string(), "records/".to_string()])}),
         list_statement(names),
-    ]})
+    ];
+    if !secrets.is_empty() {
+        statements.push(secrets_statement(secrets));
+    }
+    json!({"Version": "2012-10-17", "Statement": statements})
 }
 
 /// The execution role: pull the stack's image and write its log groups.

@@ -463,7 +463,8 @@ pub fn function(
         .map(String::from)
         .to_vec();
     let stop = spec.timeout().as_secs() + 5;
-    let policy = policies::function_policy(names, name, &spec.emits_to);
+    let policy =
+        policies::function_policy(names, name, &spec.emits_to, &policies::secret_ids(spec));
     let def = task(names, res, &id, name, command, policy, stop);
     res.insert(
         format!("{id}Service"),
@@ -580,7 +581,14 @@ pub fn scaler(manifest: &Manifest, names: &Names, res: &mut Map<String, Value>) 
 /// The HTTP API behind the load balancer (`levee up --ingress-only`: no workers).
 pub fn ingress(manifest: &Manifest, names: &Names, res: &mut Map<String, Value>) {
     let functions: Vec<&String> = manifest.functions.keys().collect();
-    let policy = policies::ingress_policy(names, &functions);
+    let mut secrets: Vec<String> = manifest
+        .functions
+        .values()
+        .flat_map(policies::secret_ids)
+        .collect();
+    secrets.sort();
+    secrets.dedup();
+    let policy = policies::ingress_policy(names, &functions, &secrets);
     let command = ["up", "--backend", "aws", "--ingress-only"]
         .map(String::from)
         .to_vec();

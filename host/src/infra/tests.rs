@@ -265,3 +265,36 @@ fn the_manifests_alerts_become_alarms_where_sqs_metrics_tell() {
         "a host's own view: no CloudWatch metric"
     );
 }
+
+#[test]
+fn only_the_functions_that_name_a_secret_may_read_it() {
+    let m = manifest(
+        "",
+        r#"
+[functions.notify]
+module = "a.wasm"
+[functions.notify.secrets]
+token = { aws = "levee/notify-token" }
+other = { env = "NOT_IN_AWS" }
+[functions.routing]
+module = "a.wasm"
+"#,
+    );
+    let out = render(&m, &RenderOptions::default()).unwrap();
+    let t = &out.template;
+    let secrets = |role: &str| {
+        statements(role_policy(t, role))
+            .into_iter()
+            .find(|s| s["Sid"] == "Secrets")
+    };
+    let s = secrets("NotifyRole").expect("notify reads its secret");
+    assert_eq!(s["Action"], "secretsmanager:GetSecretValue");
+    let text = serde_json::to_string(&s["Resource"]).unwrap();
+    assert!(text.contains(":secret:levee/notify-token-??????"), "{text}");
+    assert!(!text.contains("NOT_IN_AWS"));
+    assert!(secrets("RoutingRole").is_none(), "routing names no secret");
+    assert!(
+        secrets("IngressRole").is_some(),
+        "the ingress runs `invoke`"
+    );
+}

@@ -90,6 +90,10 @@ fn describe() {
     );
     describe_counter!("levee_invocations_total", "Handler runs by outcome.");
     describe_counter!(
+        "levee_outbound_requests_total",
+        "Outbound HTTP requests of functions by destination and result (ok, 4xx, 5xx, throttled, failed, denied)."
+    );
+    describe_counter!(
         "levee_conflict_retries_total",
         "Commits refused on a version conflict and run again."
     );
