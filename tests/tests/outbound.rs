@@ -194,13 +194,13 @@ async fn a_slow_destination_is_stopped_at_the_invocations_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_an_open_breaker_hold_messages_without_using_attempts() {
-    // 429 with Retry-After for the first 1.5 s, then 503 without it for 1.5 s, then 200.
+    // 429 with Retry-After for the first second, then 503 without it until 4 s, then 200.
     let t0 = std::time::Instant::now();
     let server = TestServer::start(move |_, _| {
         let t = t0.elapsed();
-        if t < Duration::from_millis(1500) {
+        if t < Duration::from_millis(1000) {
             Canned::status(429).header("retry-after", "1")
-        } else if t < Duration::from_millis(3000) {
+        } else if t < Duration::from_millis(4000) {
             Canned::status(503)
         } else {
             Canned::status(200)
@@ -208,7 +208,7 @@ async fn throttling_and_an_open_breaker_hold_messages_without_using_attempts() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let breaker = "breaker = { failure_threshold = 2, cool_down_ms = 300 }";
+    let breaker = "breaker = { failure_threshold = 1, cool_down_ms = 1000 }";
     let fns = relay(&grant(&server.origin(), breaker));
     let p = start(&write_manifest(dir.path(), &fns)).await;
     let mut ids = Vec::new();
@@ -221,10 +221,25 @@ async fn throttling_and_an_open_breaker_hold_messages_without_using_attempts() {
             .await,
         );
     }
-    let done = eventually(Duration::from_secs(90), || async {
-        p.status().await.unwrap().functions[0].processed == 20
-    })
-    .await;
+    let (mut saw_open, mut saw_throttled) = (false, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        let st = p.status().await.unwrap();
+        let f = &st.functions[0];
+        for d in &f.destinations {
+            saw_open |= d.breaker != "closed";
+            saw_throttled |= d.throttled_ms.is_some();
+        }
+        if f.processed == 20 {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(saw_throttled, "status showed the destination's Retry-After");
+    assert!(saw_open, "status showed the breaker open during the 503s");
     let st = p.status().await.unwrap();
     let f = &st.functions[0];
     assert!(done, "all 20 relayed once the destination recovered: {f:?}");
@@ -244,7 +259,7 @@ async fn throttling_and_an_open_breaker_hold_messages_without_using_attempts() {
         .collect();
     assert!(
         throttled.len() < 20,
-        "the pool paused instead of cycling every message through the 429s ({} requests)",
+        "the pool paused instead of cycling every message through the 429s and 503s ({} requests)",
         throttled.len()
     );
     for id in &ids {
