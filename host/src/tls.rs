@@ -67,9 +67,13 @@ pub fn connector(purpose: &str, extra: &[CertificateDer<'static>]) -> Connector 
         .expect("the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // Requests are small writes answered at once: Nagle's algorithm would only delay them.
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
     hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http()
         .enable_http1()
-        .build()
+        .wrap_connector(http)
 }

@@ -222,7 +222,10 @@ async fn answer(
         r.len() - 1
     };
     let canned = (s.respond)(&rec, index);
-    tokio::time::sleep(canned.delay).await;
+    // A zero sleep would still wait for the timer's next tick (1 ms).
+    if !canned.delay.is_zero() {
+        tokio::time::sleep(canned.delay).await;
+    }
     s.in_flight.fetch_sub(1, Ordering::SeqCst);
     let body: BoxBody<Bytes, Infallible> = if canned.body_delay.is_zero() {
         Full::new(Bytes::from(canned.body.clone())).boxed()
