@@ -77,3 +77,18 @@ pub fn connector(purpose: &str, extra: &[CertificateDer<'static>]) -> Connector 
         .enable_http1()
         .wrap_connector(http)
 }
+
+/// An error with its sources, `a: b: c` (hyper's own message is often just "client error").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}

@@ -19,7 +19,7 @@ pub const MAX_BODY_BYTES: usize = 16 << 10;
 /// Longest error kept for a delivery.
 const MAX_ERROR_LEN: usize = 256;
 
-use crate::tls::Connector;
+use crate::tls::{Connector, error_chain};
 
 /// An HTTP(S) client for webhooks.
 #[derive(Clone)]
@@ -93,20 +93,6 @@ impl Default for Webhook {
     }
 }
 
-/// An error with its sources, `a: b: c` (hyper's own message is often just "client error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
-}
 
 fn short(s: &str) -> String {
     if s.len() <= MAX_ERROR_LEN {

@@ -535,6 +535,16 @@ pub fn processed(status: &Status) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Accepted messages completed at every last stage so far (the least over them).
+pub fn completed(status: &Status, per_message: &BTreeMap<String, u64>) -> u64 {
+    let done = processed(status);
+    per_message
+        .iter()
+        .map(|(sink, per)| done.get(sink).copied().unwrap_or(0) / per.max(&1))
+        .min()
+        .unwrap_or(0)
+}
+
 /// How many completions at each last stage (a function that emits to nobody) one message sent
 /// to `entry` makes, if every function emits one message to each function of its `emits_to`:
 /// the number of paths from `entry` to it. For the sample pipeline, one each at `notify` and

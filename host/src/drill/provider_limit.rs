@@ -23,8 +23,8 @@ use tokio::time::Instant;
 
 use super::provider::{Provider, ProviderStats};
 use super::{
-    Common, Drill, Loopback, Outcome, Progress, backlog, completions_per_message, dead_letters,
-    peak_rss_mib, processed, secs, wait_drained,
+    Common, Drill, Loopback, Outcome, Progress, backlog, completed, completions_per_message,
+    dead_letters, peak_rss_mib, processed, secs, wait_drained,
 };
 use crate::outbound::GrantSpec;
 use crate::platform::{StartOptions, Status};
@@ -182,15 +182,6 @@ fn notify_status(st: &Status) -> Option<&crate::platform::FunctionStatus> {
 
 fn notify_backlog(st: &Status) -> u64 {
     notify_status(st).map_or(0, |f| f.visible + f.in_flight + f.delayed)
-}
-
-/// Completions so far at every last stage (the least over them, per accepted message).
-fn completed(status: &Status, per: &BTreeMap<String, u64>) -> u64 {
-    let done = processed(status);
-    per.iter()
-        .map(|(sink, n)| done.get(sink).copied().unwrap_or(0) / n.max(&1))
-        .min()
-        .unwrap_or(0)
 }
 
 impl ProviderLimit {

@@ -17,8 +17,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::{
-    Common, Drill, Loopback, Outcome, Progress, backlog, completions_per_message, dead_letters,
-    peak_rss_mib, processed, secs, wait_drained,
+    Common, Drill, Loopback, Outcome, Progress, backlog, completed, completions_per_message,
+    dead_letters, peak_rss_mib, processed, secs, wait_drained,
 };
 use crate::platform::{StartOptions, Status};
 use crate::scaling::load::{MAX_DURATION, Sender};
@@ -166,16 +166,6 @@ fn nonzero(counts: &BTreeMap<String, u64>) -> String {
 fn listed(counts: &BTreeMap<String, u64>) -> String {
     let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
     parts.join(", ")
-}
-
-/// Accepted messages completed at every last stage so far (the least over them).
-fn completed(status: &Status, per_message: &BTreeMap<String, u64>) -> u64 {
-    let done = processed(status);
-    per_message
-        .iter()
-        .map(|(sink, per)| done.get(sink).copied().unwrap_or(0) / per.max(&1))
-        .min()
-        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::grant::{GrantSpec, Origin};
 use crate::store::{BreakerState, CircuitBreaker};
-use crate::{Error, Result};
+use crate::Result;
 
 /// How long a destination is left alone after a 429 or 503 without `Retry-After`.
 pub const DEFAULT_THROTTLE: Duration = Duration::from_secs(1);

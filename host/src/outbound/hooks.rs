@@ -14,7 +14,7 @@ use super::body::Bounded;
 use super::destination::{self, DEFAULT_THROTTLE, Destination, Unavailable};
 use super::grant::{GrantSpec, Origin};
 use crate::Result;
-use crate::tls::Connector;
+use crate::tls::{Connector, error_chain};
 
 /// Most outbound requests one invocation may make.
 pub const MAX_REQUESTS_PER_INVOCATION: u32 = 100;
@@ -328,17 +328,3 @@ async fn send(
     Ok((resp, io))
 }
 
-/// An error with its sources, `a: b: c` (hyper's own message is often just "client error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
-}
