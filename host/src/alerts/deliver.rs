@@ -93,7 +93,6 @@ impl Default for Webhook {
     }
 }
 
-
 fn short(s: &str) -> String {
     if s.len() <= MAX_ERROR_LEN {
         return s.to_string();

@@ -16,8 +16,8 @@ use http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::grant::{GrantSpec, Origin};
-use crate::store::{BreakerState, CircuitBreaker};
 use crate::Result;
+use crate::store::{BreakerState, CircuitBreaker};
 
 /// How long a destination is left alone after a 429 or 503 without `Retry-After`.
 pub const DEFAULT_THROTTLE: Duration = Duration::from_secs(1);

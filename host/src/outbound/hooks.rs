@@ -327,4 +327,3 @@ async fn send(
         Box::new(async { Ok(()) });
     Ok((resp, io))
 }
-
