@@ -27,7 +27,8 @@ done
 deny_bin="$ROOT/.tools/bin/cargo-deny"
 if [ "$("$deny_bin" --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
   echo "==> installing cargo-deny $CARGO_DENY_VERSION into .tools/ (once per checkout)"
-  cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION" --root "$ROOT/.tools"
+  # --debug: it builds in 1m40s instead of 4 min here, and the check still takes 4 s.
+  cargo install --locked --debug cargo-deny --version "$CARGO_DENY_VERSION" --root "$ROOT/.tools"
 fi
 
 echo "==> dependency policy: cargo deny check licenses bans"
