@@ -370,7 +370,7 @@ impl Platform {
                 .await
                 .map_err(|e| Error::Runtime(format!("invocation panicked: {e}")))?;
             let Ok(out) = &inv.outcome else { break inv };
-            if out.kv.writes.is_empty() {
+            if out.kv.writes.is_empty() && out.kv.adds.is_empty() {
                 break inv;
             }
             match self.store.commit(&out.kv).await? {

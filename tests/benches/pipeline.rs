@@ -250,6 +250,18 @@ async fn run_scraped(backend: Backend, s: &Scenario, rate: Option<f64>, scrape: 
     }
     sender.await.expect("senders");
     let latency = p.pools()[s.last].stats();
+    let per_fn: Vec<String> = p
+        .pools()
+        .iter()
+        .map(|(name, pool)| {
+            let st = pool.stats();
+            format!(
+                "{name} {} invocations, {} conflicts",
+                st.invocations, st.conflicts
+            )
+        })
+        .collect();
+    eprintln!("    done in {secs:.1} s: {}", per_fn.join("; "));
     let invocations = p
         .pools()
         .values()

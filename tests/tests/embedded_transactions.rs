@@ -198,3 +198,37 @@ async fn sigterm_with_max_receive_one_dead_letters_nothing() {
     assert_eq!(last["processed"], N, "{last}");
     assert_eq!(last["dlq"], 0, "a graceful stop uses no attempt: {last}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_counter_kept_with_add_never_conflicts_and_loses_nothing() {
+    const N: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(
+        dir.path(),
+        &[Fn::new(
+            "notify",
+            "notify",
+            "concurrency = 8\nbackoff_ms = 50",
+        )],
+    );
+    let p = start(&manifest).await;
+    // Every notification is for one team: one counter that every invocation adds to.
+    for n in 0..N {
+        let body = json!({"id": format!("m{n}"), "org": "acme", "conversation": format!("c-{n}"),
+            "team": "billing"})
+        .to_string()
+        .into_bytes();
+        p.send("notify", body).await.unwrap();
+    }
+    let done = eventually(Duration::from_secs(120), || async {
+        processed(&p, "notify").await == N as u64
+    })
+    .await;
+    let status = status_of(&p, "notify").await;
+    assert!(done, "all processed: {status:?}");
+    assert_eq!(count(&p, "notify", "count/acme/billing").await, N as i64);
+    assert_eq!(status.dlq, 0, "{status:?}");
+    // The counter is a blind add and the records' keys are distinct: nothing to conflict on.
+    assert_eq!(status.conflicts, 0, "{status:?}");
+    p.shutdown().await;
+}

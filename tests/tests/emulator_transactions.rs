@@ -108,6 +108,7 @@ async fn a_committed_message_is_replayed_not_rerun() {
         ns: "src".into(),
         reads: vec![("n".into(), 0)],
         writes: vec![("n".into(), Some(Bytes::from_static(b"1")))],
+        adds: Vec::new(),
         record: None,
     };
     let c = Completion {

@@ -8,11 +8,11 @@
 //! when the record was new.
 //!
 //! The invocation is a transaction, so the record and the counter change together or not at
-//! all: a crash or failure before commit applies neither. Both keys are read (put-if-absent
-//! reads the record, `incr` the counter) and version-checked at commit, so two notifications
-//! for one team handled at once never lose an increment (the loser runs again on the fresh
-//! count), and two deliveries of one notification never count twice. The counter is exactly
-//! the number of records of the team.
+//! all: a crash or failure before commit applies neither. The record is read (put-if-absent)
+//! and version-checked at commit, so two deliveries of one notification never count twice; the
+//! counter, which every notification of a team touches, is a blind `add` applied by the
+//! commit, so notifications for one team handled at once never conflict and never lose an
+//! increment. The counter is exactly the number of records of the team.
 //!
 //! Delivery: with `provider_url` in `[functions.notify.config]` (and the origin granted in
 //! `[[functions.notify.outbound]]`), a new notification is POSTed there as JSON (the record plus
@@ -136,7 +136,7 @@ pub fn handle(msg: &Message, ctx: &mut dyn Context) -> Result<(), Error> {
             record: &record,
         };
         deliver(ctx, &delivery)?;
-        ctx.incr(&counter_key(&org, team), 1)?;
+        ctx.add(&counter_key(&org, team), 1)?;
     }
     Ok(())
 }

@@ -65,6 +65,31 @@ pub trait Context {
     /// the previous page). Scans see the invocation's own writes but are not version-checked:
     /// a key another invocation adds meanwhile may be missing. `get` the keys that matter.
     fn scan(&mut self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<Page, Error>;
+    /// Adds `by` to the integer counter at `key` (a JSON integer; absent counts as 0) when the
+    /// invocation commits, without reading it: concurrent adds to one counter never conflict,
+    /// which makes this the way to keep hot counters (per team, per org). A later `get` of the
+    /// key in the same invocation reads it (version-checked) with the delta applied. Use
+    /// [`incr`](Self::incr) when the handler needs the new value. A stored value that is not an
+    /// integer, or an overflow, fails the commit permanently.
+    ///
+    /// The default (for contexts without a blind add) is a read-modify-write.
+    fn add(&mut self, key: &str, by: i64) -> Result<(), Error> {
+        let now: i64 = match self.get(key)? {
+            None => 0,
+            Some(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .ok_or_else(|| {
+                    Error::permanent(format!(
+                        "kv.add on \"{key}\": the stored value is not an integer"
+                    ))
+                })?,
+        };
+        let new = now.checked_add(by).ok_or_else(|| {
+            Error::permanent(format!("kv.add on \"{key}\" would overflow: {now} + {by}"))
+        })?;
+        self.put(key, new.to_string().as_bytes())
+    }
     /// Queues `body` for `function`; the host sends it only if the handler succeeds.
     fn send(&mut self, function: &str, body: &[u8]) -> Result<(), Error>;
     /// The manifest's `config` value or resolved secret named `key`

@@ -58,6 +58,10 @@ impl Context for WasmContext {
         Ok(kv::delete(key)?)
     }
 
+    fn add(&mut self, key: &str, by: i64) -> Result<(), Error> {
+        Ok(kv::add(key, by)?)
+    }
+
     fn scan(&mut self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<Page, Error> {
         let page = kv::scan(prefix, cursor, limit)?;
         Ok(Page {

@@ -847,6 +847,7 @@ mod tests {
                 "n".into(),
                 Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
             )],
+            adds: Vec::new(),
             record: None,
         };
         let completion = |v: &str| Completion {

@@ -255,6 +255,29 @@ pub(super) fn apply_commit(conn: &Connection, commit: &KvCommit) -> Result<Commi
     if !changed.is_empty() {
         return Ok(CommitOutcome::Conflict { keys: changed });
     }
+    // Adds are computed before anything is written: a refused one must leave nothing in the
+    // group transaction (only SQLite errors roll it back).
+    let mut sums = Vec::with_capacity(commit.adds.len());
+    if !commit.adds.is_empty() {
+        let mut stmt = conn.prepare_cached(
+            "SELECT value FROM kv WHERE ns = ?1 AND key = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+        )?;
+        let now = now_ms();
+        for (key, delta) in &commit.adds {
+            let current: Option<Vec<u8>> = stmt
+                .query_row(params![commit.ns, key, now], |r| r.get(0))
+                .optional()?;
+            sums.push((key, crate::store::added(key, current.as_deref(), *delta)?));
+        }
+    }
+    for (key, value) in &sums {
+        conn.prepare_cached(
+            "INSERT INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, NULL)
+             ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value,
+                 expires_at = NULL, version = kv.version + 1",
+        )?
+        .execute(params![commit.ns, key, value.as_ref()])?;
+    }
     let mut versions = Vec::with_capacity(commit.writes.len());
     for (key, value) in &commit.writes {
         match value {

@@ -391,6 +391,7 @@ mod tests {
             ns: "f".into(),
             reads: vec![],
             writes: vec![("n".into(), Some(Bytes::from_static(b"1")))],
+            adds: Vec::new(),
             record: None,
         };
         let c = || Completion {

@@ -50,6 +50,9 @@ pub(super) struct HostState {
     reads: HashMap<String, u64>,
     /// Buffered writes (`None` deletes), in key order so scans can merge them.
     writes: BTreeMap<String, Option<Bytes>>,
+    /// Pending blind increments (`kv.add`) of keys neither read nor written; a read or write of
+    /// the key folds its delta into a buffered write.
+    adds: BTreeMap<String, i64>,
     written_bytes: usize,
     /// The first store failure that was not the message's fault.
     pub(super) infra: Option<String>,
@@ -102,6 +105,7 @@ impl HostState {
             stderr,
             reads: HashMap::new(),
             writes: BTreeMap::new(),
+            adds: BTreeMap::new(),
             written_bytes: 0,
             infra: None,
             timed_out: false,
@@ -135,6 +139,7 @@ impl HostState {
             ns: self.ns.to_string(),
             reads: std::mem::take(&mut self.reads).into_iter().collect(),
             writes: std::mem::take(&mut self.writes).into_iter().collect(),
+            adds: std::mem::take(&mut self.adds).into_iter().collect(),
             record: None,
         }
     }
@@ -154,6 +159,19 @@ impl HostState {
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone());
         }
+        if let Some(delta) = self.adds.remove(key) {
+            // Reading a counter with a pending add: from here on it is an ordinary,
+            // version-checked read-modify-write.
+            let base = self.read_store(key)?;
+            let sum = store::added(key, base.as_deref(), delta).map_err(to_guest_error)?;
+            self.write(key.to_string(), Some(sum.clone()))?;
+            return Ok(Some(sum));
+        }
+        self.read_store(key)
+    }
+
+    /// Reads `key` from the store, recording the version first seen for the commit's check.
+    fn read_store(&mut self, key: &str) -> Result<Option<Bytes>, types::Error> {
         if !self.reads.contains_key(key) && self.reads.len() >= MAX_TXN_READS {
             return Err(types::Error::Permanent(format!(
                 "an invocation may read at most {MAX_TXN_READS} distinct keys"
@@ -171,7 +189,10 @@ impl HostState {
             .writes
             .get(&key)
             .map(|old| key.len() + old.as_ref().map_or(0, Bytes::len));
-        if replaced.is_none() && self.writes.len() >= MAX_TXN_WRITES {
+        if replaced.is_none()
+            && !self.adds.contains_key(&key)
+            && self.writes.len() + self.adds.len() >= MAX_TXN_WRITES
+        {
             return Err(types::Error::Permanent(format!(
                 "an invocation may write at most {MAX_TXN_WRITES} distinct keys"
             )));
@@ -184,7 +205,32 @@ impl HostState {
             )));
         }
         self.written_bytes = total;
+        // A put or delete replaces whatever a pending add would have made of the old value.
+        self.adds.remove(&key);
         self.writes.insert(key, value);
+        Ok(())
+    }
+
+    /// `kv.add`: folded into the buffered value when the key was read or written, else kept
+    /// as a blind increment that the commit applies without a version check.
+    fn add(&mut self, key: String, delta: i64) -> Result<(), types::Error> {
+        if self.writes.contains_key(&key) || self.reads.contains_key(&key) {
+            let base = self.read(&key)?;
+            let sum = store::added(&key, base.as_deref(), delta).map_err(to_guest_error)?;
+            return self.write(key, Some(sum));
+        }
+        let pending = self.adds.get(&key).copied();
+        if pending.is_none() && self.writes.len() + self.adds.len() >= MAX_TXN_WRITES {
+            return Err(types::Error::Permanent(format!(
+                "an invocation may write at most {MAX_TXN_WRITES} distinct keys"
+            )));
+        }
+        let sum = pending.unwrap_or(0).checked_add(delta).ok_or_else(|| {
+            types::Error::Permanent(format!(
+                "kv.add on \"{key}\": the invocation's deltas overflow"
+            ))
+        })?;
+        self.adds.insert(key, sum);
         Ok(())
     }
 
@@ -197,6 +243,16 @@ impl HostState {
     ) -> Result<kv::Page, types::Error> {
         let limit = limit as usize;
         store::validate_scan(prefix, limit).map_err(to_guest_error)?;
+        // Counters with pending adds under the prefix become reads, so the page shows their sums.
+        let pending: Vec<String> = self
+            .adds
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in pending {
+            self.read(&key)?;
+        }
         let (store, ns) = (self.store.clone(), self.ns.clone());
         let items = self.store_call(async move { store.scan(&ns, prefix, cursor, limit).await })?;
         // The store may hold more past its last key: own writes beyond it belong to later pages.
@@ -343,6 +399,11 @@ impl kv::Host for HostState {
         self.write(key, None)
     }
 
+    fn add(&mut self, key: String, delta: i64) -> Result<(), types::Error> {
+        store::validate(&key, None).map_err(to_guest_error)?;
+        HostState::add(self, key, delta)
+    }
+
     fn scan(
         &mut self,
         prefix: String,
@@ -375,5 +436,77 @@ impl emit::Host for HostState {
             message: OutgoingMessage::new(body),
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::Outbound;
+    use crate::store::MemoryStore;
+    use kv::Host as _;
+
+    fn state(store: Arc<dyn Store>, rt: &tokio::runtime::Runtime) -> HostState {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        HostState::new(Wiring {
+            name: "f",
+            ns: "f".into(),
+            store,
+            emits_to: Arc::default(),
+            rt: rt.handle().clone(),
+            memory_cap: 1 << 20,
+            deadline,
+            calls: Arc::new(Outbound::none("f")).calls("m", deadline),
+            config: Arc::default(),
+            redactor: Arc::new(Redactor::new([])),
+        })
+    }
+
+    #[test]
+    fn adds_are_blind_until_the_key_is_read_or_written() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        rt.block_on(store.put("f", "n", Bytes::from("10"), Default::default()))
+            .unwrap();
+
+        // Blind: nothing read, the commit carries the summed delta.
+        let mut s = state(store.clone(), &rt);
+        s.add("n".into(), 2).unwrap();
+        s.add("n".into(), 3).unwrap();
+        let c = s.take_commit();
+        assert_eq!(c.adds, vec![("n".to_string(), 5)]);
+        assert!(c.reads.is_empty() && c.writes.is_empty());
+
+        // Read after an add: a version-checked read-modify-write of the sum.
+        let mut s = state(store.clone(), &rt);
+        s.add("n".into(), 2).unwrap();
+        assert_eq!(s.get("n".into()).unwrap(), Some(b"12".to_vec()));
+        s.add("n".into(), 1).unwrap();
+        let c = s.take_commit();
+        assert!(c.adds.is_empty());
+        assert_eq!(c.reads, vec![("n".to_string(), 1)]);
+        assert_eq!(c.writes, vec![("n".to_string(), Some(Bytes::from("13")))]);
+
+        // A put replaces a pending add; an add after a put adds to the buffered value.
+        let mut s = state(store.clone(), &rt);
+        s.add("n".into(), 7).unwrap();
+        s.put("n".into(), b"1".to_vec()).unwrap();
+        s.add("n".into(), 1).unwrap();
+        let c = s.take_commit();
+        assert!(c.adds.is_empty());
+        assert_eq!(c.writes, vec![("n".to_string(), Some(Bytes::from("2")))]);
+
+        // A scan shows pending adds under its prefix; a non-integer value refuses the add.
+        let mut s = state(store.clone(), &rt);
+        s.add("n".into(), 5).unwrap();
+        s.add("fresh".into(), 1).unwrap();
+        let page = s.scan("n".into(), None, 10).unwrap();
+        assert_eq!(page.entries[0].value, b"15".to_vec());
+        s.put("text".into(), b"\"hi\"".to_vec()).unwrap();
+        assert!(matches!(
+            s.add("text".into(), 1),
+            Err(types::Error::Permanent(m)) if m.contains("not an integer")
+        ));
+        assert_eq!(s.take_commit().adds, vec![("fresh".to_string(), 1)]);
     }
 }

@@ -143,6 +143,7 @@ impl Lease {
         })
         .expect("a holder serialises");
         let commit = KvCommit {
+            adds: Vec::new(),
             ns: LEADER_NS.into(),
             reads: vec![(LEADER_KEY.into(), version)],
             writes: vec![(LEADER_KEY.into(), Some(Bytes::from(value)))],

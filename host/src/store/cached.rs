@@ -710,6 +710,11 @@ impl<S: ?Sized + Store> Inner<S> {
                     };
                     self.wrote(&cache_key(&commit.ns, key), known, None).await;
                 }
+                // The new sums were computed by the store: the next read fetches them.
+                for (key, _) in &commit.adds {
+                    self.wrote(&cache_key(&commit.ns, key), Known::Unknown, None)
+                        .await;
+                }
             }
             CommitOutcome::Conflict { keys } => {
                 for key in keys {
@@ -752,7 +757,9 @@ impl<S: ?Sized + Store> Store for CachedStore<S> {
         let keys: Vec<String> = commit
             .writes
             .iter()
-            .map(|(k, _)| cache_key(&commit.ns, k))
+            .map(|(k, _)| k)
+            .chain(commit.adds.iter().map(|(k, _)| k))
+            .map(|k| cache_key(&commit.ns, k))
             .collect();
         let guards: Vec<_> = keys.iter().map(|k| inner.begin_write(k)).collect();
         let result = inner.call("commit", inner.store.commit(commit)).await;

@@ -39,6 +39,10 @@ pub const MAX_TRANSACTION_ITEMS: usize = 100;
 /// Largest `TransactWriteItems` request (DynamoDB's limit), counted over keys and values.
 pub const MAX_TRANSACTION_BYTES: usize = 4 << 20;
 
+/// Transactions one commit with adds is rebuilt into when only its counters' checks fail;
+/// after that the conflict goes to the worker, which runs the handler again.
+const ADD_ROUNDS: usize = 8;
+
 /// A namespaced key-value store in one DynamoDB table.
 #[derive(Clone)]
 pub struct DynamoStore {
@@ -168,40 +172,12 @@ fn value(item: &HashMap<String, AttributeValue>) -> Result<Bytes> {
     }
 }
 
-#[async_trait]
-impl Store for DynamoStore {
-    async fn get_versioned(&self, ns: &str, key: &str) -> Result<Versioned> {
-        check_ns(ns)?;
-        validate(key, None)?;
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(ns, key)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| self.map("GetItem", e))?;
-        match out.item() {
-            Some(item) if !expired(item, now_ms()) => Ok(Versioned {
-                value: Some(value(item)?),
-                version: version(item),
-            }),
-            Some(item) => Ok(Versioned {
-                value: None,
-                version: version(item),
-            }),
-            None => Ok(Versioned::default()),
-        }
-    }
-
+impl DynamoStore {
     /// One `TransactWriteItems`: a condition check per key read and not written, an update or
     /// delete per write (conditioned on the version read, if read), and the completion record
     /// (conditioned on its absence). Past [`MAX_TRANSACTION_ITEMS`] items it fails with a
     /// permanent error naming the limit: splitting would break atomicity.
-    async fn commit(&self, c: &KvCommit) -> Result<CommitOutcome> {
-        check_ns(&c.ns)?;
-        c.validate()?;
+    async fn transact(&self, c: &KvCommit) -> Result<CommitOutcome> {
         for (key, v) in &c.writes {
             validate(key, v.as_deref())?;
         }
@@ -395,7 +371,71 @@ impl Store for DynamoStore {
             }
         }
     }
+}
 
+#[async_trait]
+impl Store for DynamoStore {
+    async fn get_versioned(&self, ns: &str, key: &str) -> Result<Versioned> {
+        check_ns(ns)?;
+        validate(key, None)?;
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(ns, key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.map("GetItem", e))?;
+        match out.item() {
+            Some(item) if !expired(item, now_ms()) => Ok(Versioned {
+                value: Some(value(item)?),
+                version: version(item),
+            }),
+            Some(item) => Ok(Versioned {
+                value: None,
+                version: version(item),
+            }),
+            None => Ok(Versioned::default()),
+        }
+    }
+
+    /// One `TransactWriteItems` (see [`DynamoStore::transact`]). DynamoDB cannot add to the
+    /// binary value a counter is kept in, so adds are read here (strongly consistent) and
+    /// written as version-checked values; when only those checks fail (another add got there
+    /// first) the transaction is rebuilt from fresh reads, up to [`ADD_ROUNDS`] times, without
+    /// running the handler again: it never saw the counters.
+    async fn commit(&self, c: &KvCommit) -> Result<CommitOutcome> {
+        check_ns(&c.ns)?;
+        c.validate()?;
+        if c.adds.is_empty() {
+            return self.transact(c).await;
+        }
+        let mut outcome = CommitOutcome::Conflict { keys: Vec::new() };
+        for _ in 0..ADD_ROUNDS {
+            let mut plain = KvCommit {
+                adds: Vec::new(),
+                ..c.clone()
+            };
+            for (key, delta) in &c.adds {
+                let now = self.get_versioned(&c.ns, key).await?;
+                let value = crate::store::added(key, now.value.as_deref(), *delta)?;
+                plain.reads.push((key.clone(), now.version));
+                plain.writes.push((key.clone(), Some(value)));
+            }
+            outcome = self.transact(&plain).await?;
+            match &mut outcome {
+                CommitOutcome::Committed { versions } => {
+                    versions.truncate(c.writes.len());
+                    return Ok(outcome);
+                }
+                CommitOutcome::Conflict { keys }
+                    if keys.iter().all(|k| c.adds.iter().any(|(a, _)| a == k)) => {}
+                _ => return Ok(outcome),
+            }
+        }
+        Ok(outcome)
+    }
     async fn put(&self, ns: &str, key: &str, value: Bytes, opts: PutOptions) -> Result<bool> {
         check_ns(ns)?;
         validate(key, Some(&value))?;

@@ -146,7 +146,27 @@ impl Store for MemoryStore {
         if !changed.is_empty() {
             return Ok(CommitOutcome::Conflict { keys: changed });
         }
+        // Adds are computed before anything is written: a refused one applies nothing.
+        let mut sums = Vec::with_capacity(c.adds.len());
+        for (key, delta) in &c.adds {
+            let current = items
+                .and_then(|i| i.get(key))
+                .filter(|i| i.live(now))
+                .map(|i| i.value.as_ref());
+            sums.push((key, super::added(key, current, *delta)?));
+        }
         let items = data.entry(c.ns.clone()).or_default();
+        for (key, value) in sums {
+            let version = items.get(key).map_or(0, |i| i.version) + 1;
+            items.insert(
+                key.clone(),
+                Item {
+                    value,
+                    expires_at: None,
+                    version,
+                },
+            );
+        }
         let mut versions = Vec::with_capacity(c.writes.len());
         for (key, value) in &c.writes {
             match value {

@@ -69,13 +69,19 @@ pub struct Record {
     pub ttl: Duration,
 }
 
-/// One invocation's effect on its namespace: the versions it read and the writes it buffered
-/// (`None` deletes). At most one entry per key in each list.
+/// One invocation's effect on its namespace: the versions it read, the writes it buffered
+/// (`None` deletes) and the counters it added to. At most one entry per key in each list, and
+/// a key added to is neither read nor written by the same commit.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KvCommit {
     pub ns: String,
     pub reads: Vec<(String, u64)>,
     pub writes: Vec<(String, Option<Bytes>)>,
+    /// Blind increments (`kv.add`): each adds its delta to the JSON integer at its key (absent
+    /// or expired counts as 0) when the commit applies. Not version-checked, so concurrent adds
+    /// to one counter never conflict; a value that is not an integer, or an overflow, refuses
+    /// the whole commit (permanently: running again would find the same value).
+    pub adds: Vec<(String, i64)>,
     /// The completion record, on backends where the commit and the queue are not one
     /// transaction.
     pub record: Option<Record>,
@@ -84,7 +90,10 @@ pub struct KvCommit {
 impl KvCommit {
     /// Whether committing would change nothing and check nothing.
     pub fn is_empty(&self) -> bool {
-        self.reads.is_empty() && self.writes.is_empty() && self.record.is_none()
+        self.reads.is_empty()
+            && self.writes.is_empty()
+            && self.adds.is_empty()
+            && self.record.is_none()
     }
 
     /// The version `key` was read at, if it was read.
@@ -94,11 +103,19 @@ impl KvCommit {
 
     /// Checks the invocation-level bounds shared by every backend.
     pub fn validate(&self) -> Result<()> {
-        if self.writes.len() > MAX_TXN_WRITES {
+        let written = self.writes.len() + self.adds.len();
+        if written > MAX_TXN_WRITES {
             return Err(crate::Error::Invalid(format!(
-                "an invocation may write at most {MAX_TXN_WRITES} keys, this one wrote {}",
-                self.writes.len()
+                "an invocation may write at most {MAX_TXN_WRITES} keys, this one wrote {written}"
             )));
+        }
+        for (key, _) in &self.adds {
+            validate(key, None)?;
+            if self.read_version(key).is_some() || self.writes.iter().any(|(k, _)| k == key) {
+                return Err(crate::Error::Invalid(format!(
+                    "kv key \"{key}\" is both added to and read or written in one commit"
+                )));
+            }
         }
         let bytes: usize = self
             .writes
@@ -115,11 +132,37 @@ impl KvCommit {
     }
 }
 
+/// The value a counter holds after `delta` is added to `current` (its stored bytes, `None` when
+/// absent): a JSON integer, written back as decimal text. Shared by every backend so they agree
+/// on the format and the errors.
+pub fn added(key: &str, current: Option<&[u8]>, delta: i64) -> Result<Bytes> {
+    let now = match current {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                crate::Error::Invalid(format!(
+                    "kv.add on \"{key}\": the stored value is not an integer ({} bytes: {:?})",
+                    bytes.len(),
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+                ))
+            })?,
+    };
+    let new = now.checked_add(delta).ok_or_else(|| {
+        crate::Error::Invalid(format!(
+            "kv.add on \"{key}\" would overflow: {now} + {delta}"
+        ))
+    })?;
+    Ok(Bytes::from(new.to_string()))
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
     /// Applied; the new version of each write, in the order of [`KvCommit::writes`] (0 for a
-    /// delete, `None` where the backend does not learn it: a blind write on DynamoDB).
+    /// delete, `None` where the backend does not learn it: a blind write on DynamoDB). Adds have
+    /// no entry: a cache forgets the counters they changed.
     Committed { versions: Vec<Option<u64>> },
     /// A key read has changed since: nothing was applied. Names the keys that changed.
     Conflict { keys: Vec<String> },

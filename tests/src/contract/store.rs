@@ -24,6 +24,7 @@ macro_rules! store_contract_tests {
             versions_rise_with_every_write,
             commit_applies_all_or_nothing,
             commit_records_are_checked_once,
+            commit_adds_never_conflict,
             validation_errors,
         );
     };
@@ -236,6 +237,7 @@ fn commit(ns: &str, reads: &[(&str, u64)], writes: &[(&str, Option<&str>)]) -> K
             .iter()
             .map(|(k, v)| (k.to_string(), v.map(b)))
             .collect(),
+        adds: Vec::new(),
         record: None,
     }
 }
@@ -310,4 +312,64 @@ pub async fn commit_records_are_checked_once(s: Arc<dyn Store>, ns: &str) {
     again.record = Some(record);
     assert_eq!(s.commit(&again).await.unwrap(), CommitOutcome::Duplicate);
     assert_eq!(s.get(ns, "n").await.unwrap(), Some(b("1")));
+}
+
+/// Adds to one counter from many commits at once never conflict and never lose a delta; an add
+/// to a value that is not an integer refuses the whole commit, applying nothing.
+pub async fn commit_adds_never_conflict(s: Arc<dyn Store>, ns: &str) {
+    let adding = |delta: i64, extra: Option<&str>| KvCommit {
+        adds: vec![("n".into(), delta)],
+        writes: extra
+            .map(|k| vec![(k.to_string(), Some(b("x")))])
+            .unwrap_or_default(),
+        ..commit(ns, &[], &[])
+    };
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, c) = (s.clone(), adding(i + 1, None));
+            tokio::spawn(async move { s.commit(&c).await })
+        })
+        .collect();
+    for t in tasks {
+        let outcome = t.await.unwrap().unwrap();
+        assert!(
+            matches!(outcome, CommitOutcome::Committed { .. }),
+            "an add conflicted: {outcome:?}"
+        );
+    }
+    assert_eq!(s.get(ns, "n").await.unwrap(), Some(b("36")));
+    // Adds and writes in one commit apply together.
+    s.commit(&adding(-40, Some("w"))).await.unwrap();
+    assert_eq!(s.get(ns, "n").await.unwrap(), Some(b("-4")));
+    assert_eq!(s.get(ns, "w").await.unwrap(), Some(b("x")));
+
+    s.put(ns, "text", b("\"hello\""), PLAIN).await.unwrap();
+    let bad = KvCommit {
+        adds: vec![("text".into(), 1)],
+        writes: vec![("w2".into(), Some(b("y")))],
+        ..commit(ns, &[], &[])
+    };
+    let err = s.commit(&bad).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("not an integer"), "{err}");
+    assert_eq!(
+        s.get(ns, "w2").await.unwrap(),
+        None,
+        "a refused commit wrote"
+    );
+    s.put(ns, "big", b(&i64::MAX.to_string()), PLAIN)
+        .await
+        .unwrap();
+    let over = KvCommit {
+        adds: vec![("big".into(), 1)],
+        ..commit(ns, &[], &[])
+    };
+    let err = s.commit(&over).await.unwrap_err();
+    assert!(err.to_string().contains("overflow"), "{err}");
+    // An add may not touch a key the same commit reads or writes.
+    let both = KvCommit {
+        adds: vec![("n".into(), 1)],
+        ..commit(ns, &[("n", 1)], &[])
+    };
+    assert!(s.commit(&both).await.is_err());
 }
