@@ -694,12 +694,30 @@ impl<S: ?Sized + Store> Inner<S> {
         self.install(cache_key.to_owned(), entry).await;
     }
 
+    /// Whether the cache neither holds `cache_key` nor has a read of it in flight. A write of
+    /// such a key, once applied, needs no entry: any later read starts after it and sees it,
+    /// and no earlier read is left to install an older value.
+    fn untracked(&self, cache_key: &str) -> bool {
+        !self.cache.contains_key(cache_key)
+            && !self
+                .flights
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(cache_key)
+    }
+
     /// Updates the cache after a commit: written keys take their new versions (unless another
     /// write of the key overlapped), conflicting keys are forgotten.
     async fn learn(&self, commit: &KvCommit, outcome: &CommitOutcome, overlapped: Option<&[bool]>) {
         match outcome {
             CommitOutcome::Committed { versions } => {
                 for (i, ((key, value), version)) in commit.writes.iter().zip(versions).enumerate() {
+                    let ck = cache_key(&commit.ns, key);
+                    if commit.read_version(key).is_none() && self.untracked(&ck) {
+                        // A blind write of a key nobody has read (an index posting, a record):
+                        // caching it would spend the cache on a value no one asked for.
+                        continue;
+                    }
                     let known = if overlapped.is_some_and(|o| o.get(i) == Some(&true)) {
                         Known::Unknown
                     } else {
@@ -708,12 +726,14 @@ impl<S: ?Sized + Store> Inner<S> {
                             None => Known::Absent(Some(0)),
                         }
                     };
-                    self.wrote(&cache_key(&commit.ns, key), known, None).await;
+                    self.wrote(&ck, known, None).await;
                 }
                 // The new sums were computed by the store: the next read fetches them.
                 for (key, _) in &commit.adds {
-                    self.wrote(&cache_key(&commit.ns, key), Known::Unknown, None)
-                        .await;
+                    let ck = cache_key(&commit.ns, key);
+                    if !self.untracked(&ck) {
+                        self.wrote(&ck, Known::Unknown, None).await;
+                    }
                 }
             }
             CommitOutcome::Conflict { keys } => {
