@@ -149,15 +149,22 @@ async fn the_fleet_controller_sizes_the_services_from_a_live_backlog() {
     .expect("fleet controller");
     let inbound = settings.service("inbound");
     let mut got = BTreeMap::new();
+    let mut st = status.get();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < deadline {
         got = desired_counts(&ecs, &cluster, &services).await;
-        if got[&inbound] > 1 {
+        // The controller records a decision in its status after applying it: wait for both.
+        st = status.get();
+        let recorded = st.decision.as_ref().is_some_and(|d| {
+            d.functions.get("inbound").is_some_and(|f| {
+                settings.tasks(levee::scaling::workers_for(f)) == got[&inbound] as u32
+            })
+        });
+        if got[&inbound] > 1 && recorded {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let st = status.get();
     assert!(
         got[&inbound] > 1,
         "inbound's service scaled up for its backlog: {got:?} {st:?}"
