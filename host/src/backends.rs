@@ -20,6 +20,8 @@ pub struct Backends {
     pub queue: Arc<dyn Queue>,
     /// The raw store (the platform puts the cache in front of it).
     pub store: Arc<dyn Store>,
+    /// Blobs: deployed modules (and the queue's offloaded bodies).
+    pub blobs: Arc<dyn crate::blobs::Blobs>,
     /// Whether the platform creates missing queues at start: always on the embedded backend, and
     /// on AWS unless a stack owns them ([`aws_managed`]).
     pub creates_queues: bool,
@@ -47,6 +49,7 @@ pub async fn open(
             Ok(Backends {
                 queue: Arc::new(queue),
                 store: Arc::new(db.store()),
+                blobs: Arc::new(DiskBlobs::new(data_dir)),
                 creates_queues: true,
             })
         }
@@ -59,6 +62,7 @@ pub async fn open(
             Ok(Backends {
                 queue: Arc::new(b.queue),
                 store: Arc::new(b.store),
+                blobs: Arc::new(b.blobs),
                 creates_queues: !aws_managed(),
             })
         }

@@ -57,6 +57,19 @@ pub async fn call_as(
     path: &str,
     body: Vec<u8>,
 ) -> Result<Answer> {
+    call_typed(addr, key, client, method, path, "application/json", body).await
+}
+
+/// Like [`call_as`], with the body's Content-Type (a module is `application/wasm`).
+pub async fn call_typed(
+    addr: &str,
+    key: Option<&str>,
+    client: Option<&str>,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Result<Answer> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| Error::Unavailable {
@@ -77,7 +90,7 @@ pub async fn call_as(
             "user-agent",
             concat!("levee-cli/", env!("CARGO_PKG_VERSION")),
         )
-        .header("content-type", "application/json");
+        .header("content-type", content_type);
     if let Some(c) = client {
         req = req.header("x-levee-client", c);
     }

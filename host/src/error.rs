@@ -32,6 +32,9 @@ pub enum Error {
     /// Input that can never succeed (bad message, key too long, unknown function).
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A request that cannot be done in the current state (a release while a canary runs).
+    #[error("{0}")]
+    Conflict(String),
     /// A manifest that does not parse or validate; the message names the field.
     #[error("manifest: {0}")]
     Manifest(String),
@@ -67,6 +70,7 @@ impl Error {
             Error::QueueNotFound(_)
             | Error::Backend { .. }
             | Error::Invalid(_)
+            | Error::Conflict(_)
             | Error::Manifest(_)
             | Error::Runtime(_) => false,
         }

@@ -170,6 +170,102 @@ pub struct FunctionSpec {
     /// Destinations the function may call over HTTP (`[[functions.NAME.outbound]]`).
     #[serde(default)]
     pub outbound: Vec<GrantSpec>,
+    /// How a deployed version is tried before it takes every message
+    /// (`[functions.NAME.canary]`).
+    #[serde(default)]
+    pub canary: CanarySpec,
+    /// The folder of recorded events a candidate version is replayed against before its
+    /// canary starts, relative to the manifest (default `functions/NAME/replay`, when present).
+    pub replay: Option<PathBuf>,
+}
+
+/// A function's canary: the shares a new version takes in steps, each held for a window, and
+/// what counts as a regression against the stable version over the same window.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanarySpec {
+    /// Percent of messages per step; the last is 100 (the version becomes stable).
+    pub steps: Vec<f64>,
+    /// How long each step is held, in seconds (and at least `min_samples` invocations).
+    pub window_s: u64,
+    /// Invocations of each version a step needs before it is promoted or judged on latency.
+    pub min_samples: u64,
+    /// Failures of the candidate before its failure rate is judged (a single bad message is
+    /// not a regression).
+    pub min_failures: u64,
+    /// How much higher (0.01 = one percentage point) the candidate's failure rate may be.
+    pub max_failure_increase: f64,
+    /// How many times the stable version's p95 latency the candidate's may be...
+    pub max_latency_ratio: f64,
+    /// ...plus this many milliseconds (latencies of a few ms are noise).
+    pub latency_slack_ms: f64,
+}
+
+impl Default for CanarySpec {
+    fn default() -> Self {
+        CanarySpec {
+            steps: vec![5.0, 25.0, 100.0],
+            window_s: 60,
+            min_samples: 20,
+            min_failures: 2,
+            max_failure_increase: 0.01,
+            max_latency_ratio: 2.0,
+            latency_slack_ms: 5.0,
+        }
+    }
+}
+
+fn bad(field: String, why: String) -> Result<()> {
+    Err(Error::Manifest(format!("`{field}`: {why}")))
+}
+
+impl CanarySpec {
+    fn validate(&self, field: &dyn Fn(&str) -> String) -> Result<()> {
+        let steps_ok = !self.steps.is_empty()
+            && self
+                .steps
+                .iter()
+                .all(|s| s.is_finite() && *s > 0.0 && *s <= 100.0)
+            && self.steps.windows(2).all(|w| w[0] < w[1])
+            && self.steps.last() == Some(&100.0);
+        if !steps_ok {
+            return bad(
+                field("canary.steps"),
+                format!(
+                    "must be increasing percentages above 0 ending with 100 (e.g. [5, 25, 100]), got {:?}",
+                    self.steps
+                ),
+            );
+        }
+        if !(1..=86_400).contains(&self.window_s) {
+            return bad(
+                field("canary.window_s"),
+                format!("must be 1 to 86400, got {}", self.window_s),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.max_failure_increase) {
+            return bad(
+                field("canary.max_failure_increase"),
+                format!("must be 0 to 1, got {}", self.max_failure_increase),
+            );
+        }
+        if !(self.max_latency_ratio.is_finite() && self.max_latency_ratio >= 1.0) {
+            return bad(
+                field("canary.max_latency_ratio"),
+                format!("must be 1 or more, got {}", self.max_latency_ratio),
+            );
+        }
+        if !(self.latency_slack_ms.is_finite() && self.latency_slack_ms >= 0.0) {
+            return bad(
+                field("canary.latency_slack_ms"),
+                format!("must be 0 or more, got {}", self.latency_slack_ms),
+            );
+        }
+        if self.min_failures == 0 {
+            return bad(field("canary.min_failures"), "must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 fn default_kv_ops() -> f64 {
@@ -426,6 +522,7 @@ impl Manifest {
                 );
             }
             crate::secrets::validate(name, &f.config, &f.secrets)?;
+            f.canary.validate(&field)?;
             let mut origins = BTreeSet::new();
             for (i, g) in f.outbound.iter().enumerate() {
                 let origin = g.validate(&format!("functions.{name}.outbound[{i}]"))?;
@@ -450,6 +547,15 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The folder of a function's recorded events (`replay`, else `functions/NAME/replay`),
+    /// resolved against the manifest's directory.
+    pub fn replay_dir(&self, name: &str, f: &FunctionSpec) -> PathBuf {
+        match &f.replay {
+            Some(p) => self.base_dir.join(p),
+            None => self.base_dir.join("functions").join(name).join("replay"),
+        }
     }
 
     /// The module path of a function, resolved against the manifest's directory.

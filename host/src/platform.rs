@@ -15,7 +15,10 @@ use crate::manifest::{Backend, Manifest};
 use crate::queue::{
     DeadLetter, DlqPage, Emitted, OutgoingMessage, Queue, QueueSpec, ReceivedMessage,
 };
-use crate::runtime::{Failure, Function, FunctionDef, Limits, Output, Runtime, RuntimeConfig};
+use crate::releases::{Loaded, Releases};
+use crate::runtime::{
+    Failure, Function, FunctionDef, FunctionSlot, Limits, Output, Runtime, RuntimeConfig,
+};
 use crate::store::{CacheMetrics, CachedStore, CommitOutcome, FaultyStore, Store};
 use crate::worker::{Backoff, PoolConfig, PoolStats, WorkerPool};
 use crate::{Error, Result, backends};
@@ -45,7 +48,7 @@ pub struct StartOptions {
 }
 
 /// One function's line in `levee status`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FunctionStatus {
     pub name: String,
     pub visible: u64,
@@ -63,6 +66,14 @@ pub struct FunctionStatus {
     pub succeeded: u64,
     /// The module version the function runs (its content hash).
     pub version: String,
+    /// Its stable release number (`levee versions`; 1 is the manifest's module).
+    pub release: u32,
+    /// A release on canary, with the share of messages it takes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub canary: Option<CanaryStatus>,
+    /// The latest line of its release history (a deploy, promotion or rollback).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_release_event: Option<String>,
     /// Commits refused on a version conflict and run again (no attempt used).
     pub conflicts: u64,
     /// Invocations handed back for the platform's reasons (no attempt used).
@@ -78,6 +89,14 @@ pub struct FunctionStatus {
     /// The destinations it may call, with their state on this host (empty when none).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub destinations: Vec<DestinationStatus>,
+}
+
+/// A release on canary, in `levee status`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CanaryStatus {
+    pub release: u32,
+    pub version: String,
+    pub share_pct: f64,
 }
 
 /// A granted outbound destination's state, in `levee status`.
@@ -140,12 +159,13 @@ pub struct Platform {
     raw_store: Arc<dyn Store>,
     cache: CachedStore<dyn Store>,
     faults: Option<Arc<FaultyStore<dyn Store>>>,
-    functions: BTreeMap<String, Arc<Function>>,
+    /// Each function's versions (swapped in place by releases).
+    functions: BTreeMap<String, Arc<FunctionSlot>>,
+    releases: Arc<Releases>,
     pools: BTreeMap<String, Arc<WorkerPool>>,
     stop: watch::Sender<bool>,
     data_dir: PathBuf,
     scaler: Option<StatusHandle>,
-    _runtime: Runtime,
 }
 
 impl Platform {
@@ -171,7 +191,7 @@ impl Platform {
         let cache = CachedStore::new("kv", raw_store.clone(), &manifest.cache)?;
         let store: Arc<dyn Store> = Arc::new(cache.clone());
         let max_workers: u32 = manifest.functions.values().map(|f| f.max_workers()).sum();
-        let runtime = Runtime::new(RuntimeConfig {
+        let runtime = Arc::new(Runtime::new(RuntimeConfig {
             max_instances: max_workers * 2 + 16,
             max_memory_bytes: manifest
                 .functions
@@ -180,9 +200,9 @@ impl Platform {
                 .max()
                 .unwrap_or(64 << 20),
             cache_dir: Some(data_dir.join("compiled")),
-        })?;
+        })?);
         let extra_roots = manifest.extra_roots()?;
-        let mut functions = BTreeMap::new();
+        let mut loaded = BTreeMap::new();
         for (name, spec) in &manifest.functions {
             if backends.creates_queues {
                 backends
@@ -213,13 +233,24 @@ impl Platform {
             def.outbound = Arc::new(outbound);
             def.config = Arc::new(config);
             def.redactor = Arc::new(redactor);
-            let f = runtime
-                .load(def)
+            let bytes = std::fs::read(&module).map_err(|e| {
+                Error::io(
+                    format!("functions.{name}.module: reading {}", module.display()),
+                    e,
+                )
+            })?;
+            let function = runtime
+                .load_bytes(def.clone(), &bytes)
                 .map_err(|e| Error::Manifest(format!("functions.{name}.module: {e}")))?;
-            functions.insert(name.clone(), f);
+            loaded.insert(
+                name.clone(),
+                Loaded {
+                    def,
+                    function,
+                    bytes,
+                },
+            );
         }
-        let (stop, stop_rx) = watch::channel(false);
-        let mut pools = BTreeMap::new();
         if let Some(only) = &opts.only {
             for name in only {
                 if !manifest.functions.contains_key(name) {
@@ -231,9 +262,32 @@ impl Platform {
                 }
             }
         }
+        let runs_here = |name: &String| {
+            opts.run_workers && opts.only.as_ref().is_none_or(|only| only.contains(name))
+        };
+        let judges = manifest
+            .functions
+            .keys()
+            .filter(|n| runs_here(n))
+            .cloned()
+            .collect();
+        // Release 1 of each function is its manifest module; the records say what runs.
+        let releases = Releases::start(
+            &manifest,
+            runtime,
+            raw_store.clone(),
+            backends.blobs.clone(),
+            loaded,
+            judges,
+        )
+        .await?;
+        let functions = releases.slots().clone();
+        let (stop, stop_rx) = watch::channel(false);
+        releases.spawn_controller(stop_rx.clone());
+        let mut pools = BTreeMap::new();
         if opts.run_workers {
             for (name, spec) in &manifest.functions {
-                if opts.only.as_ref().is_some_and(|only| !only.contains(name)) {
+                if !runs_here(name) {
                     continue;
                 }
                 let cfg = PoolConfig {
@@ -278,11 +332,11 @@ impl Platform {
             cache,
             faults,
             functions,
+            releases,
             pools,
             stop,
             data_dir,
             scaler,
-            _runtime: runtime,
         }))
     }
 
@@ -323,8 +377,13 @@ impl Platform {
         &self.raw_store
     }
 
-    fn function(&self, name: &str) -> Result<&Arc<Function>> {
-        self.functions.get(name).ok_or_else(|| {
+    /// The release service (deploy, versions, rollback).
+    pub fn releases(&self) -> &Arc<Releases> {
+        &self.releases
+    }
+
+    fn function(&self, name: &str) -> Result<Arc<Function>> {
+        self.functions.get(name).map(|s| s.stable()).ok_or_else(|| {
             let known: Vec<_> = self.functions.keys().map(String::as_str).collect();
             Error::Invalid(format!(
                 "unknown function `{name}`; this platform runs: {}",
@@ -351,7 +410,7 @@ impl Platform {
     /// transaction is committed, again with fresh reads on a conflict); emitted messages are
     /// returned, not sent.
     pub async fn invoke(&self, function: &str, body: Vec<u8>) -> Result<InvokeResult> {
-        let f = self.function(function)?.clone();
+        let f = self.function(function)?;
         check_body(&body)?;
         let msg = ReceivedMessage {
             id: format!("invoke-{:016x}", rand::random::<u64>()),
@@ -450,8 +509,24 @@ impl Platform {
                 version: self
                     .functions
                     .get(name)
-                    .map(|f| f.version().to_string())
+                    .map(|f| f.stable().version().to_string())
                     .unwrap_or_default(),
+                release: self
+                    .functions
+                    .get(name)
+                    .map_or(0, |s| s.active().stable_release),
+                canary: self.functions.get(name).and_then(|s| {
+                    s.active().canary.as_ref().map(|c| CanaryStatus {
+                        release: c.release,
+                        version: c.function.version().to_string(),
+                        share_pct: c.share * 100.0,
+                    })
+                }),
+                last_release_event: self
+                    .releases
+                    .applied(name)
+                    .and_then(|r| r.events.last().cloned())
+                    .map(|e| e.what),
                 conflicts: p.conflicts,
                 infra_failures: p.infra_failures,
                 duplicates: p.duplicates,
@@ -465,7 +540,7 @@ impl Platform {
                 destinations: self
                     .functions
                     .get(name)
-                    .map(|f| destinations(f.outbound()))
+                    .map(|f| destinations(f.stable().outbound()))
                     .unwrap_or_default(),
             });
         }

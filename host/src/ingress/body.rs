@@ -1,5 +1,5 @@
 //! Reading a request body within its bounds: JSON only, `Content-Length` checked before a byte
-//! is read, at most [`MAX_BODY_BYTES`], within the shared budget of body bytes in flight, and
+//! is read, at most [`MAX_BODY_BYTES`](crate::platform::MAX_BODY_BYTES), within the shared budget of body bytes in flight, and
 //! within the body deadline.
 
 use std::sync::Arc;
@@ -13,7 +13,6 @@ use hyper::header::{CONTENT_TYPE, HeaderMap};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::routes::Reject;
-use crate::platform::MAX_BODY_BYTES;
 
 /// A body read in full, holding its share of the budget until dropped.
 #[derive(Debug)]
@@ -24,27 +23,34 @@ pub struct ReadBody {
 
 /// Whether the request says it carries JSON (`application/json`, parameters allowed).
 pub fn is_json(headers: &HeaderMap) -> bool {
+    is_type(headers, "application/json")
+}
+
+/// Whether the request's Content-Type is `mime` (parameters allowed).
+pub fn is_type(headers: &HeaderMap, mime: &str) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(mime))
 }
 
-/// Reads `body` within the bounds; `json` also checks that it parses as JSON.
+/// Reads `body` within the bounds (at most `limit` bytes, [`MAX_BODY_BYTES`](crate::platform::MAX_BODY_BYTES) but for a
+/// deployed module); `json` also checks that it parses as JSON.
 pub async fn read(
     body: Incoming,
     budget: &Arc<Semaphore>,
     deadline: Duration,
     json: bool,
+    limit: usize,
 ) -> Result<ReadBody, Reject> {
     let declared = body.size_hint().exact();
     if let Some(n) = declared
-        && n > MAX_BODY_BYTES as u64
+        && n > limit as u64
     {
         return Err(Reject::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body of {n} bytes is larger than the limit of {MAX_BODY_BYTES} bytes"),
+            format!("body of {n} bytes is larger than the limit of {limit} bytes"),
         ));
     }
     let over_budget = || {
@@ -78,10 +84,10 @@ pub async fn read(
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            if buf.len() + data.len() > MAX_BODY_BYTES {
+            if buf.len() + data.len() > limit {
                 return Err(Reject::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body larger than the limit of {MAX_BODY_BYTES} bytes"),
+                    format!("body larger than the limit of {limit} bytes"),
                 ));
             }
             if declared.is_none() && !data.is_empty() {

@@ -67,6 +67,8 @@ pub struct Ingress {
     pub groups: BTreeMap<String, Group>,
     /// Request body bytes that may be held at once.
     pub body_budget: Arc<Semaphore>,
+    /// Bytes of deployed modules being uploaded: one largest module at a time.
+    pub module_budget: Arc<Semaphore>,
     pub invoke_slots: Arc<Semaphore>,
     /// The manifest's alert rules, their alerts and deliveries (`GET /v1/alerts`).
     pub alerts: Arc<crate::alerts::Alerts>,
@@ -134,6 +136,7 @@ impl Ingress {
             blocker: Blocker::new(settings.blocking.clone()),
             groups,
             body_budget: Arc::new(Semaphore::new(settings.max_inflight_body_bytes)),
+            module_budget: Arc::new(Semaphore::new(crate::releases::MAX_MODULE_BYTES)),
             invoke_slots: Arc::new(Semaphore::new(settings.invoke_concurrency)),
             alerts: crate::alerts::Alerts::new(platform.manifest()),
             allowed_hosts,

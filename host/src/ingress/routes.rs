@@ -82,6 +82,9 @@ pub enum Route {
     KeysRevoke(String),
     BlocksList,
     BlocksRemove(String),
+    Versions(String),
+    Deploy(String),
+    Rollback(String),
 }
 
 impl Route {
@@ -97,12 +100,16 @@ impl Route {
             }
             Route::KeysList | Route::KeysCreate | Route::KeysRevoke(_) => "keys",
             Route::BlocksList | Route::BlocksRemove(_) => "blocks",
+            Route::Versions(_) | Route::Deploy(_) | Route::Rollback(_) => "releases",
         })
     }
 
     /// Whether the route takes a JSON body.
     fn json_body(&self) -> bool {
-        matches!(self, Route::Send(_) | Route::Invoke(_) | Route::KeysCreate)
+        matches!(
+            self,
+            Route::Send(_) | Route::Invoke(_) | Route::KeysCreate | Route::Rollback(_)
+        )
     }
 }
 
@@ -167,6 +174,11 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, Reject> {
             (Method::GET, Route::KvGet(f.to_string(), k.to_string()))
         }
         ["v1", "functions", f, "dlq"] => (Method::GET, Route::DlqList(f.to_string())),
+        ["v1", "functions", f, "versions"] if method == Method::POST => {
+            (Method::POST, Route::Deploy(f.to_string()))
+        }
+        ["v1", "functions", f, "versions"] => (Method::GET, Route::Versions(f.to_string())),
+        ["v1", "functions", f, "rollback"] => (Method::POST, Route::Rollback(f.to_string())),
         ["v1", "functions", f, "dlq", "redrive"] => {
             (Method::POST, Route::DlqRedrive(f.to_string()))
         }
@@ -313,7 +325,14 @@ async fn admit_and_run(
             .retry_after(wait.as_secs_f64().ceil() as u64));
         }
         let method = req.method().clone();
-        if method == Method::POST && !super::body::is_json(req.headers()) {
+        let module = matches!(route, Route::Deploy(_));
+        if module && !super::body::is_type(req.headers(), "application/wasm") {
+            return Err(Reject::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a module is uploaded as Content-Type: application/wasm",
+            ));
+        }
+        if method == Method::POST && !module && !super::body::is_json(req.headers()) {
             return Err(Reject::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "POST bodies must be JSON (Content-Type: application/json)",
@@ -324,9 +343,18 @@ async fn admit_and_run(
             Some(
                 super::body::read(
                     req.into_body(),
-                    &ing.body_budget,
+                    if module {
+                        &ing.module_budget
+                    } else {
+                        &ing.body_budget
+                    },
                     ing.settings.body_timeout(),
                     route.json_body(),
+                    if module {
+                        crate::releases::MAX_MODULE_BYTES
+                    } else {
+                        crate::platform::MAX_BODY_BYTES
+                    },
                 )
                 .await?,
             )
@@ -591,6 +619,62 @@ async fn run(ing: &Ingress, route: Route, body: Bytes, query: &str) -> Result<Re
         } else {
             Reject::new(StatusCode::NOT_FOUND, "that source is not blocked").into_resp()
         }),
+        Route::Versions(f) => p
+            .releases()
+            .view(&f)
+            .await
+            .map(|v| json_resp(StatusCode::OK, json!(v))),
+        Route::Deploy(f) => {
+            let q = Query::parse(query)?;
+            let canary = match q.get("canary") {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(_) => {
+                    return Err(Reject::new(
+                        StatusCode::BAD_REQUEST,
+                        "canary must be true or false",
+                    ));
+                }
+            };
+            return match p.releases().deploy(&f, body.to_vec(), canary).await {
+                Ok(r) if r.release.is_none() => {
+                    let names: Vec<&str> = r
+                        .replay
+                        .regressions
+                        .iter()
+                        .map(|x| x.event.as_str())
+                        .collect();
+                    let mut v = json!(r);
+                    v["error"] = json!(format!(
+                        "the replay gate refused this module: it fails {} that the stable version handles",
+                        names.join(", ")
+                    ));
+                    Ok(json_resp(StatusCode::UNPROCESSABLE_ENTITY, v))
+                }
+                Ok(r) => Ok(json_resp(StatusCode::CREATED, json!(r))),
+                // A module that does not compile or link is the deployer's input.
+                Err(Error::Runtime(m)) => Err(Reject::new(StatusCode::UNPROCESSABLE_ENTITY, m)),
+                Err(e) => Err(reject_for(&e)),
+            };
+        }
+        Route::Rollback(f) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct To {
+                #[serde(default)]
+                to: Option<String>,
+            }
+            let to: To = serde_json::from_slice(&body).map_err(|e| {
+                Reject::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{\"to\": RELEASE}} or {{}}: {e}"),
+                )
+            })?;
+            p.releases()
+                .rollback(&f, to.to.as_deref())
+                .await
+                .map(|r| json_resp(StatusCode::OK, json!(r)))
+        }
     };
     r.map_err(|e| reject_for(&e))
 }
@@ -631,6 +715,7 @@ pub fn reject_for(e: &Error) -> Reject {
             Reject::new(StatusCode::NOT_FOUND, m.clone())
         }
         Error::Invalid(m) | Error::Manifest(m) => Reject::new(StatusCode::BAD_REQUEST, m.clone()),
+        Error::Conflict(m) => Reject::new(StatusCode::CONFLICT, m.clone()),
         Error::QueueNotFound(_) => Reject::new(StatusCode::NOT_FOUND, "no such queue"),
         e => {
             let r = REFS.fetch_add(1, Ordering::Relaxed);
@@ -675,6 +760,8 @@ mod tests {
             Route::DlqList("f".into()),
             Route::KeysList,
             Route::BlocksList,
+            Route::Versions("f".into()),
+            Route::Deploy("f".into()),
         ] {
             assert!(ROUTE_CLASSES.contains(&r.class().unwrap()));
         }

@@ -16,7 +16,9 @@ pub const DEFAULT_GROUP: &str = "default";
 /// The group of administrator keys: every route.
 pub const ADMIN_GROUP: &str = "admin";
 /// Route classes a group may serve besides functions.
-pub const ROUTE_CLASSES: [&str; 6] = ["status", "kv", "dlq", "invoke", "keys", "blocks"];
+pub const ROUTE_CLASSES: [&str; 7] = [
+    "status", "kv", "dlq", "invoke", "keys", "blocks", "releases",
+];
 
 fn d_max_connections() -> usize {
     1024

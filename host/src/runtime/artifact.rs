@@ -30,7 +30,9 @@ pub(super) fn load(
     load_bytes(engine, module, &bytes, cache_dir).map(|c| (c, version))
 }
 
-fn load_bytes(
+/// Like [`load`], for a module already in memory (a deployed version, from blobs); `origin`
+/// names it in errors.
+pub(super) fn load_bytes(
     engine: &Engine,
     module: &Path,
     bytes: &[u8],

@@ -6,6 +6,7 @@ mod deadline;
 mod engine;
 mod guest_log;
 mod host;
+mod slot;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -21,8 +22,10 @@ use crate::secrets::Redactor;
 use crate::store::{KvCommit, Store};
 use crate::{Error, Result};
 
+pub use artifact::version_of;
 pub use engine::{EPOCH_TICK, RuntimeConfig};
 use host::HostState;
+pub use slot::{Active, Canary, FunctionSlot, Pick, WindowSnapshot};
 
 /// Bindings generated from the WIT contract in `functions/wit/`.
 mod bindings {
@@ -160,6 +163,33 @@ impl Runtime {
 
     /// Compiles (or loads the cached artifact of) a component and pre-links it.
     pub fn load(&self, spec: FunctionDef) -> Result<Arc<Function>> {
+        self.check_memory(&spec)?;
+        let (component, version) =
+            artifact::load(&self.engine, &spec.module, self.config.cache_dir.as_deref())?;
+        self.link(spec, component, version)
+    }
+
+    /// Like [`load`](Self::load), for a module in memory (a deployed version): `spec.module`
+    /// only names it in errors. Compiles it once per engine and caches the artifact.
+    pub fn load_bytes(&self, spec: FunctionDef, bytes: &[u8]) -> Result<Arc<Function>> {
+        self.check_memory(&spec)?;
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(Error::Runtime(format!(
+                "{} is not a WebAssembly file",
+                spec.module.display()
+            )));
+        }
+        let component = artifact::load_bytes(
+            &self.engine,
+            &spec.module,
+            bytes,
+            self.config.cache_dir.as_deref(),
+        )?;
+        let version = artifact::version_of(bytes);
+        self.link(spec, component, version)
+    }
+
+    fn check_memory(&self, spec: &FunctionDef) -> Result<()> {
         if spec.limits.memory_bytes > self.config.max_memory_bytes {
             return Err(Error::Runtime(format!(
                 "function `{}` asks for {} MiB but the runtime's pool allows {} MiB",
@@ -168,8 +198,15 @@ impl Runtime {
                 self.config.max_memory_bytes >> 20
             )));
         }
-        let (component, version) =
-            artifact::load(&self.engine, &spec.module, self.config.cache_dir.as_deref())?;
+        Ok(())
+    }
+
+    fn link(
+        &self,
+        spec: FunctionDef,
+        component: wasmtime::component::Component,
+        version: String,
+    ) -> Result<Arc<Function>> {
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             Error::Runtime(format!(
                 "function `{}`: {} does not fit the levee:function/capability world: {e:#}",
@@ -206,6 +243,7 @@ impl Runtime {
 }
 
 /// What the runtime needs to load one function.
+#[derive(Clone)]
 pub struct FunctionDef {
     pub name: String,
     pub module: std::path::PathBuf,

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::queue::{Completion, MAX_BATCH, Queue, ReceiveOptions, ReceivedMessage, emitted_id};
-use crate::runtime::{Failure, Function, Invocation, Output};
+use crate::runtime::{Failure, Function, FunctionSlot, Invocation, Output, Pick};
 use crate::store::CommitOutcome;
 
 pub use backoff::Backoff;
@@ -70,7 +70,8 @@ pub struct WorkerPool {
 }
 
 struct Shared {
-    function: Arc<Function>,
+    /// The versions the function runs (swapped by a release, read per message).
+    slot: Arc<FunctionSlot>,
     queue: Arc<dyn Queue>,
     cfg: PoolConfig,
     rt: tokio::runtime::Handle,
@@ -88,15 +89,15 @@ struct Shared {
 impl WorkerPool {
     /// Starts fetching and handling messages of `function` from `queue`.
     pub fn start(
-        function: Arc<Function>,
+        slot: Arc<FunctionSlot>,
         queue: Arc<dyn Queue>,
         cfg: PoolConfig,
         stop: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let workers = cfg.workers.min(cfg.max_workers);
-        let counters = WorkerCounters::for_function(function.name());
+        let counters = WorkerCounters::for_function(slot.name());
         let shared = Arc::new(Shared {
-            function,
+            slot,
             queue,
             rt: tokio::runtime::Handle::current(),
             workers: Arc::new(Semaphore::new(workers as usize)),
@@ -121,7 +122,12 @@ impl WorkerPool {
 
     /// The function's name.
     pub fn name(&self) -> &str {
-        self.shared.function.name()
+        self.shared.slot.name()
+    }
+
+    /// The versions it runs.
+    pub fn slot(&self) -> &Arc<FunctionSlot> {
+        &self.shared.slot
     }
 
     /// Sets the number of workers (clamped to 0..=max_workers). Shrinking lets running handlers
@@ -188,7 +194,7 @@ async fn fetch_loop(shared: Arc<Shared>) {
     let mut stop = shared.stop.clone();
     let mut handlers = JoinSet::new();
     let mut errors = 0u32;
-    let name = shared.function.name().to_string();
+    let name = shared.slot.name().to_string();
     // Leased messages waiting for a worker: at most one batch per fetcher, their leases renewed
     // while they wait (see `wait_for_worker`).
     let prefetch = Arc::new(Semaphore::new(MAX_BATCH));
@@ -246,14 +252,16 @@ async fn fetch_loop(shared: Arc<Shared>) {
                             };
                             drop(slot);
                             let held = tokio::time::Instant::now();
+                            let pick = s.slot.pick();
                             // Every line logged while the message runs (the guest's too) names it.
                             let span = tracing::info_span!(
                                 "invocation",
                                 message_id = %msg.id,
-                                function = s.function.name(),
-                                version = s.function.version(),
+                                function = s.slot.name(),
+                                version = pick.function.version(),
+                                release = pick.release,
                             );
-                            handle(&s, msg).instrument(span).await;
+                            handle(&s, msg, pick).instrument(span).await;
                             s.counters.occupied(held.elapsed());
                             release_worker(&s, worker);
                         });
@@ -292,7 +300,7 @@ async fn wait_for_worker(
     s: &Shared,
     msg: &ReceivedMessage,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let name = s.function.name();
+    let name = s.slot.name();
     let mut stop = s.stop.clone();
     let renew_every = s.cfg.lease / 2;
     loop {
@@ -314,7 +322,7 @@ async fn wait_for_worker(
 
 /// On shutdown: messages leased but not started go back at once, without using an attempt.
 async fn hand_back(s: &Shared, msgs: Vec<ReceivedMessage>) {
-    let name = s.function.name();
+    let name = s.slot.name();
     for msg in msgs {
         if let Err(e) = s.queue.release(name, &msg.receipt, Duration::ZERO).await {
             tracing::warn!(function = %name, id = %msg.id, "could not hand a message back on shutdown; it returns when its lease ends: {e}");
@@ -341,18 +349,31 @@ fn release_worker(s: &Shared, permit: tokio::sync::OwnedSemaphorePermit) {
     }
 }
 
-async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
-    let name = s.function.name();
+async fn handle(s: &Arc<Shared>, msg: ReceivedMessage, mut pick: Pick) {
+    let name = s.slot.name();
     let mut conflicts = 0;
     loop {
-        let invocation = run_keeping_lease(s, &msg).await;
+        let invocation = run_keeping_lease(s, &pick.function, &msg).await;
         s.counters.record(&invocation);
         let output = match invocation.outcome {
-            Ok(output) => output,
+            Ok(output) => {
+                s.slot.record(&pick, true, invocation.elapsed);
+                output
+            }
             Err(Failure::Infrastructure(reason)) => {
                 return infrastructure(s, &msg, &reason, invocation.retry_after).await;
             }
+            Err(failure) if pick.canary => {
+                // The candidate's fault until shown otherwise: the stable version runs the
+                // message at once, and no attempt is used.
+                s.slot.record(&pick, false, invocation.elapsed);
+                tracing::info!(function = %name, id = %msg.id, release = pick.release, "canary release {} failed, running the message on the stable version: {failure}", pick.release);
+                pick = s.slot.pick_stable();
+                conflicts = 0;
+                continue;
+            }
             Err(failure) => {
+                s.slot.record(&pick, false, invocation.elapsed);
                 // The platform ran the handler and can settle the message: it works.
                 s.gate.succeeded();
                 if let Err(e) = settle_failure(s, &msg, failure).await {
@@ -362,14 +383,14 @@ async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
                 return;
             }
         };
-        match commit(s, &msg, output).await {
+        match commit(s, &pick.function, &msg, output).await {
             Ok(CommitOutcome::Committed { .. }) => {}
             Ok(CommitOutcome::Duplicate) => s.counters.duplicate(),
             Ok(CommitOutcome::Conflict { keys }) => {
                 s.counters.conflict();
                 conflicts += 1;
                 // The next run reads these keys from the store, not from the cache.
-                s.function.store().forget(name, &keys).await;
+                pick.function.store().forget(name, &keys).await;
                 if conflicts < MAX_CONFLICTS {
                     continue;
                 }
@@ -420,8 +441,13 @@ async fn handle(s: &Arc<Shared>, msg: ReceivedMessage) {
 }
 
 /// Commits a successful invocation: kv writes, emits with stable ids, and the source's deletion.
-async fn commit(s: &Shared, msg: &ReceivedMessage, output: Output) -> crate::Result<CommitOutcome> {
-    let name = s.function.name();
+async fn commit(
+    s: &Shared,
+    function: &Function,
+    msg: &ReceivedMessage,
+    output: Output,
+) -> crate::Result<CommitOutcome> {
+    let name = s.slot.name();
     let origin = origin_ms(msg);
     let mut emitted = output.emitted;
     for (i, e) in emitted.iter_mut().enumerate() {
@@ -438,7 +464,7 @@ async fn commit(s: &Shared, msg: &ReceivedMessage, output: Output) -> crate::Res
     let outcome = s.queue.commit(name, &msg.receipt, completion).await?;
     if let CommitOutcome::Committed { .. } = &outcome {
         if let Some(kv) = &kv {
-            s.function.store().observe(kv, &outcome).await;
+            function.store().observe(kv, &outcome).await;
         }
         s.counters.record_emits(targets.iter().map(String::as_str));
         s.counters
@@ -455,7 +481,7 @@ async fn infrastructure(
     reason: &str,
     at_least: Option<Duration>,
 ) {
-    let name = s.function.name();
+    let name = s.slot.name();
     s.counters.infra_failure();
     // One line when the gate closes; the messages that were running then fail the same way.
     let was_open = !s.gate.is_closed();
@@ -486,7 +512,7 @@ fn set_origin(attributes: &mut Vec<(String, String)>, origin: u64) {
 }
 
 async fn settle_failure(s: &Shared, msg: &ReceivedMessage, failure: Failure) -> crate::Result<()> {
-    let name = s.function.name();
+    let name = s.slot.name();
     if failure.is_permanent() {
         tracing::info!(function = %name, id = %msg.id, "dead-lettered: {failure}");
         return s.queue.dead_letter(name, msg, &failure.to_string()).await;
@@ -507,8 +533,12 @@ async fn settle_failure(s: &Shared, msg: &ReceivedMessage, failure: Failure) -> 
 }
 
 /// Runs the invocation on a blocking thread, renewing the message's lease while it runs.
-async fn run_keeping_lease(s: &Arc<Shared>, msg: &ReceivedMessage) -> Invocation {
-    let function = s.function.clone();
+async fn run_keeping_lease(
+    s: &Arc<Shared>,
+    function: &Arc<Function>,
+    msg: &ReceivedMessage,
+) -> Invocation {
+    let function = function.clone();
     let rt = s.rt.clone();
     let m = msg.clone();
     let mut job = tokio::task::spawn_blocking(move || function.invoke(&m, &rt));
@@ -523,8 +553,8 @@ async fn run_keeping_lease(s: &Arc<Shared>, msg: &ReceivedMessage) -> Invocation
                 });
             }
             _ = tokio::time::sleep(renew_every) => {
-                if let Err(e) = s.queue.extend_lease(s.function.name(), &msg.receipt, s.cfg.lease).await {
-                    tracing::warn!(function = %s.function.name(), id = %msg.id, "could not renew lease: {e}");
+                if let Err(e) = s.queue.extend_lease(s.slot.name(), &msg.receipt, s.cfg.lease).await {
+                    tracing::warn!(function = %s.slot.name(), id = %msg.id, "could not renew lease: {e}");
                 }
             }
         }
