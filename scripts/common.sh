@@ -53,3 +53,36 @@ ensure_componentize_js() {
     echo "warning: could not install componentize-js; the JavaScript function tests will be skipped" >&2
   fi
 }
+
+# Installs the pinned Python guest toolchain (componentize-py, functions/python/requirements.txt)
+# into .venv-componentize-py, once per checkout and again when the pin changes. With CI=true a
+# failure stops the run; otherwise the Python scaffold tests say they were skipped.
+ensure_componentize_py() {
+  local venv="$ROOT/.venv-componentize-py"
+  local req="$ROOT/functions/python/requirements.txt"
+  local stamp="$venv/.requirements.txt"
+  [ -x "$venv/bin/componentize-py" ] && cmp -s "$req" "$stamp" && return 0
+  echo "==> installing componentize-py into .venv-componentize-py (pinned by functions/python/requirements.txt)"
+  if ! { ensure_python_venv &&
+         python3 -m venv "$venv" &&
+         "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" &&
+         cp "$req" "$stamp"; }; then
+    if [ "${CI:-}" = "true" ]; then
+      echo "error: could not install componentize-py (required when CI=true)" >&2
+      exit 1
+    fi
+    echo "warning: could not install componentize-py; the Python scaffold tests will be skipped" >&2
+  fi
+}
+
+# python3 with its venv module (Debian ships it apart, as python3-venv).
+ensure_python_venv() {
+  python3 -c 'import venv, ensurepip' 2>/dev/null && return 0
+  ensure_debian_package /usr/bin/python3 python3
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null 2>&1 ||
+    { $sudo apt-get update -qq >/dev/null 2>&1 &&
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+  python3 -c 'import venv, ensurepip'
+}

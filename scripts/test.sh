@@ -10,6 +10,7 @@ ensure_debian_package /usr/bin/promtool prometheus   # `promtool check metrics` 
 
 ensure_debian_package /usr/bin/chromium chromium        # headless Chromium for tests/tests/dashboard.rs
 ensure_componentize_js                                  # JavaScript functions, tests/tests/js_function.rs
+ensure_componentize_py                                  # Python scaffolds, tests/tests/scaffolds.rs
 
 echo "==> format and lints"
 cargo fmt --all -- --check

@@ -190,6 +190,33 @@ pub enum Command {
     /// Rehearse an incident on loopback under load and print a verdict (`levee drill` lists the
     /// drills).
     Drill(crate::drill::DrillArgs),
+    /// Scaffold a function project in Rust, Python or JavaScript, outside this repository
+    ///
+    /// Writes, into its own folder (default ./NAME, which must not exist or be empty): the
+    /// contract (wit/), a handler with a unit test, build.sh, and a README.md with the build
+    /// command and the `[functions.NAME]` manifest entry to paste (also printed). Rust vendors
+    /// the guest SDK (levee-sdk/) and Levee's Cargo.lock; Python builds with componentize-py,
+    /// JavaScript with componentize-js, both pinned to the versions Levee is tested with.
+    New {
+        /// The function's name: lowercase letters, digits and '-', starting with a letter.
+        name: String,
+        /// The language of the handler.
+        #[arg(long, value_enum)]
+        lang: crate::scaffold::Lang,
+        /// Where to create the project (default: ./NAME).
+        #[arg(long, value_name = "PATH")]
+        dir: Option<PathBuf>,
+    },
+    /// Print the contract a function implements (world `capability` and its WIT dependencies)
+    ///
+    /// Prints every file under a `// ==> wit/PATH <==` line; with --out, writes them instead as
+    /// a wit directory (DIR/levee.wit, DIR/deps/...) for wit-bindgen, componentize-py or
+    /// componentize-js.
+    Wit {
+        /// Write the files into this directory (e.g. `--out wit`) instead of printing them.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -20,6 +20,7 @@ pub mod platform;
 pub mod provision;
 pub mod queue;
 pub mod runtime;
+pub mod scaffold;
 pub mod scaling;
 pub mod secrets;
 pub mod store;

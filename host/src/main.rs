@@ -258,6 +258,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("redrove {} message(s) of {function}", v["redriven"]);
             Ok(ExitCode::SUCCESS)
         }
+        Command::New { name, lang, dir } => {
+            let dir = dir.unwrap_or_else(|| std::path::PathBuf::from(&name));
+            let project = levee::scaffold::create(&name, lang, &dir)?;
+            print!("{}", project.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wit { out: None } => {
+            print!("{}", levee::scaffold::wit_text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wit { out: Some(dir) } => {
+            for file in levee::scaffold::write_wit(&dir)? {
+                println!("wrote {}", file.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -40,10 +40,13 @@ impl Default for RuntimeConfig {
 pub(super) fn build(cfg: &RuntimeConfig) -> Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     let n = cfg.max_instances.max(1);
-    // A wasip2 Rust component holds a few core instances (the program plus adapter shims).
+    // A wasip2 Rust component holds a few core instances (the program plus adapter shims); a
+    // CPython one from componentize-py (`levee new --lang python`) holds 14, and more with each
+    // native extension it links, so one component may hold up to 32. The total stays at 8 per
+    // instance on average: only the slots in use cost memory.
     pool.total_component_instances(n)
         .total_core_instances(n * 8)
-        .max_core_instances_per_component(16)
+        .max_core_instances_per_component(32)
         .total_memories(n * 2)
         .max_memories_per_component(4)
         .total_tables(n * 4)
