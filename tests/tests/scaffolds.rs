@@ -71,7 +71,6 @@ async fn run_on_a_platform(project: &Project) {
     let size = std::fs::metadata(&project.module)
         .unwrap_or_else(|e| panic!("{}: {e}", project.module.display()))
         .len();
-    eprintln!("{}: {size} bytes", project.module.display());
     let entry = project
         .manifest_entry
         .replacen(
@@ -87,7 +86,12 @@ async fn run_on_a_platform(project: &Project) {
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("levee.toml");
     std::fs::write(&m, format!("[platform]\ndata_dir = \"data\"\n\n{entry}")).unwrap();
+    let started = Instant::now();
     let p = start(&m).await;
+    eprintln!(
+        "FIGURES {name}: {size} bytes, platform start (compiles the component) {:.2?}",
+        started.elapsed()
+    );
 
     let mut ids = Vec::new();
     for _ in 0..5 {
