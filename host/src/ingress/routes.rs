@@ -626,17 +626,19 @@ async fn run(ing: &Ingress, route: Route, body: Bytes, query: &str) -> Result<Re
             .map(|v| json_resp(StatusCode::OK, json!(v))),
         Route::Deploy(f) => {
             let q = Query::parse(query)?;
-            let canary = match q.get("canary") {
-                None | Some("true") => true,
-                Some("false") => false,
-                Some(_) => {
-                    return Err(Reject::new(
-                        StatusCode::BAD_REQUEST,
-                        "canary must be true or false",
-                    ));
-                }
+            let flag = |k: &str| match q.get(k) {
+                None | Some("true") => Ok(true),
+                Some("false") => Ok(false),
+                Some(_) => Err(Reject::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("{k} must be true or false"),
+                )),
             };
-            return match p.releases().deploy(&f, body.to_vec(), canary).await {
+            let opts = crate::releases::DeployOptions {
+                canary: flag("canary")?,
+                replay: flag("replay")?,
+            };
+            return match p.releases().deploy(&f, body.to_vec(), opts).await {
                 Ok(r) if r.release.is_none() => {
                     let names: Vec<&str> = r
                         .replay

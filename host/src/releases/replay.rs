@@ -18,6 +18,9 @@ use crate::{Error, Result};
 /// Most events a corpus may hold (each runs twice per deploy).
 pub const MAX_EVENTS: usize = 1000;
 
+/// Events failed by both versions listed in a report.
+const MAX_SHOWN: usize = 5;
+
 /// One recorded event.
 pub struct Event {
     pub name: String,
@@ -41,6 +44,9 @@ pub struct Report {
     pub passed: usize,
     /// Events both versions failed (bad input, not the candidate's fault).
     pub both_failed: usize,
+    /// The first few of those, with the stable version's reason (a corpus that no version
+    /// passes gates nothing: fix the events or the manifest).
+    pub both_failed_events: Vec<Regression>,
     pub regressions: Vec<Regression>,
     pub elapsed_ms: u64,
 }
@@ -115,7 +121,15 @@ pub async fn run(
         let new = dry_run(&candidate, &msg).await;
         match (old, new) {
             (_, Ok(())) => report.passed += 1,
-            (Err(_), Err(_)) => report.both_failed += 1,
+            (Err(reason), Err(_)) => {
+                report.both_failed += 1;
+                if report.both_failed_events.len() < MAX_SHOWN {
+                    report.both_failed_events.push(Regression {
+                        event: event.name,
+                        reason,
+                    });
+                }
+            }
             (Ok(()), Err(reason)) => report.regressions.push(Regression {
                 event: event.name,
                 reason,
