@@ -16,8 +16,13 @@ pub fn handle(msg: &Message, ctx: &mut dyn Context) -> Result<(), Error> {
     let body = msg.json_object()?;
     let org = Fields::new(&body).key_segment("org", MAX_ORG_CHARS)?;
     ctx.incr(&format!("seen/{org}"), 1)?;
-    let greeting = ctx.config("greeting")?.unwrap_or_else(|| "hello".to_string());
-    ctx.put(&format!("greeting/{}", msg.id), format!("{greeting} {org}").as_bytes())
+    let greeting = ctx
+        .config("greeting")?
+        .unwrap_or_else(|| "hello".to_string());
+    ctx.put(
+        &format!("greeting/{}", msg.id),
+        format!("{greeting} {org}").as_bytes(),
+    )
 }
 
 levee_sdk::export!(handle);
