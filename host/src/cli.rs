@@ -187,6 +187,55 @@ pub enum Command {
         #[command(subcommand)]
         command: BlocksCommand,
     },
+    /// Deploy a new version of a function: check, store, precompile, replay, canary
+    ///
+    /// The module must be a component of the levee:function world (a missing export or an
+    /// import Levee cannot satisfy is named). It is stored by content hash, precompiled, and
+    /// run with the stable version against the function's replay corpus (functions/NAME/replay/
+    /// or `replay` in the manifest) in a dry run; an event the stable version handles and the
+    /// candidate fails refuses the deploy. Then it takes the `[functions.NAME.canary]` steps
+    /// (default 5%, 25%, 100%, each held 60 s) and is rolled back automatically on a
+    /// regression. Every running host picks it up without a restart. Only functions the
+    /// manifest declares can be deployed: their limits, grants and emits_to stay there.
+    Deploy {
+        /// The function (declared in the manifest).
+        function: String,
+        /// The component (.wasm).
+        module: PathBuf,
+        /// Make it stable at once, without a canary (the replay gate still runs).
+        #[arg(long)]
+        no_canary: bool,
+        /// Skip the replay gate (an emergency fix whose corpus is known to fail).
+        #[arg(long)]
+        skip_replay: bool,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// List a function's versions with their state, module hash and when they changed, and
+    /// its recent release history (deploys, promotions, rollbacks).
+    Versions {
+        /// The function.
+        function: String,
+        /// Print the JSON of GET /v1/functions/NAME/versions instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
+    /// Go back: end a canary, or make an earlier version stable again.
+    ///
+    /// Without VERSION: rolls back the canary if one runs, else returns to the version that
+    /// was stable before the current one. VERSION is a release number (3 or r3) or a prefix of
+    /// a module hash.
+    Rollback {
+        /// The function.
+        function: String,
+        /// The release to make stable.
+        #[arg(value_name = "VERSION")]
+        target: Option<String>,
+        #[command(flatten)]
+        addr: AddrArg,
+    },
     /// Rehearse an incident on loopback under load and print a verdict (`levee drill` lists the
     /// drills).
     Drill(crate::drill::DrillArgs),

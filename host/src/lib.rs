@@ -19,6 +19,7 @@ pub mod outbound;
 pub mod platform;
 pub mod provision;
 pub mod queue;
+pub mod releases;
 pub mod runtime;
 pub mod scaffold;
 pub mod scaling;

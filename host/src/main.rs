@@ -242,6 +242,58 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Drill(args) => Ok(ExitCode::from(levee::drill::run(args).await?)),
+        Command::Deploy {
+            function,
+            module,
+            no_canary,
+            skip_replay,
+            addr,
+        } => deploy(&function, &module, no_canary, skip_replay, &addr).await,
+        Command::Versions {
+            function,
+            json,
+            addr,
+        } => {
+            let path = format!("/v1/functions/{}/versions", encode_segment(&function));
+            let v = call(
+                &addr.addr,
+                addr.key().as_deref(),
+                Method::GET,
+                &path,
+                vec![],
+            )
+            .await?
+            .json()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_versions(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback {
+            function,
+            target,
+            addr,
+        } => {
+            let path = format!("/v1/functions/{}/rollback", encode_segment(&function));
+            let body = serde_json::to_vec(&serde_json::json!({ "to": target }))?;
+            let v = call(&addr.addr, addr.key().as_deref(), Method::POST, &path, body)
+                .await?
+                .json()?;
+            let stable = v["stable"].as_u64().unwrap_or(0);
+            let hash = v["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["release"].as_u64() == Some(stable))
+                .and_then(|x| x["version"].as_str())
+                .unwrap_or("?");
+            println!(
+                "{function}: release {stable} ({hash}) is stable; every host switches within a second"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dlq {
             command: DlqCommand::Redrive { function, addr },
         } => {
@@ -636,8 +688,170 @@ async fn wait_for_signal() {
 }
 
 /// The REASON column: the scaler's reason, after a pause or conflicts worth knowing about.
+/// `levee deploy`: uploads the module and prints what the platform did with it.
+async fn deploy(
+    function: &str,
+    module: &std::path::Path,
+    no_canary: bool,
+    skip_replay: bool,
+    addr: &levee::cli::AddrArg,
+) -> Result<ExitCode> {
+    let bytes = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+    eprintln!(
+        "uploading {} ({:.1} MiB) to {}; checking, compiling and replaying it there...",
+        module.display(),
+        bytes.len() as f64 / (1 << 20) as f64,
+        addr.addr
+    );
+    let path = format!(
+        "/v1/functions/{}/versions?canary={}&replay={}",
+        encode_segment(function),
+        !no_canary,
+        !skip_replay
+    );
+    let started = std::time::Instant::now();
+    let a = levee::client::call_typed(
+        &addr.addr,
+        addr.key().as_deref(),
+        None,
+        Method::POST,
+        &path,
+        "application/wasm",
+        bytes,
+    )
+    .await?;
+    let refused = a.status.as_u16() == 422;
+    let v: serde_json::Value = if refused {
+        serde_json::from_slice(&a.body).unwrap_or_default()
+    } else {
+        a.json()?
+    };
+    let replay = &v["replay"];
+    if replay["events"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "replay: {} events from {}: {} passed, {} failed on both versions, {} regressions ({} ms)",
+            replay["events"],
+            replay["corpus"].as_str().unwrap_or("?"),
+            replay["passed"],
+            replay["both_failed"],
+            replay["regressions"].as_array().map_or(0, Vec::len),
+            replay["elapsed_ms"]
+        );
+    } else if !refused || v.get("replay").is_some() {
+        println!(
+            "replay: no recorded events for {function} (add them to functions/{function}/replay/)"
+        );
+    }
+    for r in replay["both_failed_events"].as_array().into_iter().flatten() {
+        println!(
+            "  failed on both versions {}: {}",
+            r["event"].as_str().unwrap_or("?"),
+            r["reason"].as_str().unwrap_or("?")
+        );
+    }
+    for r in replay["regressions"].as_array().into_iter().flatten() {
+        println!(
+            "  REGRESSION {}: {}",
+            r["event"].as_str().unwrap_or("?"),
+            r["reason"].as_str().unwrap_or("?")
+        );
+    }
+    if refused {
+        let reason = v["error"].as_str().unwrap_or("the module was refused");
+        eprintln!("error: {reason} (HTTP 422)");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "{function}: release {} (module {}, {} bytes, compiled in {} ms) is {} at {}% of messages ({:.1} s)",
+        v["release"],
+        v["version"].as_str().unwrap_or("?"),
+        v["bytes"],
+        v["compile_ms"],
+        v["state"].as_str().unwrap_or("?"),
+        v["share_pct"],
+        started.elapsed().as_secs_f64()
+    );
+    if v["state"] == "canary" {
+        println!(
+            "watch it with `levee versions {function}`; roll it back with `levee rollback {function}`"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_versions(v: &serde_json::Value) {
+    let when = |ms: &serde_json::Value| {
+        ms.as_u64().map_or_else(
+            || "-".to_string(),
+            |ms| httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+        )
+    };
+    println!(
+        "{:<8} {:<13} {:<12} {:>10} {:<9} {:<30} REASON",
+        "RELEASE", "VERSION", "STATE", "BYTES", "SOURCE", "CHANGED"
+    );
+    for x in v["versions"].as_array().into_iter().flatten().rev() {
+        let mut state = x["state"].as_str().unwrap_or("?").to_string();
+        if state == "canary"
+            && let Some(share) = v["canary"]["share_pct"].as_f64()
+        {
+            state = format!("canary {share}%");
+        }
+        println!(
+            "{:<8} {:<13} {:<12} {:>10} {:<9} {:<30} {}",
+            format!("r{}", x["release"]),
+            x["version"].as_str().unwrap_or("?"),
+            state,
+            x["bytes"],
+            x["source"].as_str().unwrap_or("?"),
+            when(&x["changed_ms"]),
+            x["reason"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(w) = v["window"].as_object() {
+        println!(
+            "\ncanary window on this host: stable {} ok / {} failed (p95 {} ms), canary {} ok / {} failed (p95 {} ms)",
+            w["stable_ok"],
+            w["stable_failed"],
+            w["stable_p95_ms"],
+            w["canary_ok"],
+            w["canary_failed"],
+            w["canary_p95_ms"]
+        );
+    }
+    if let (Some(r), Some(ms)) = (v["activated"].as_u64(), v["first_served_ms"].as_f64()) {
+        println!(
+            "release {r} served its first message on this host {ms:.1} ms after its activation"
+        );
+    }
+    println!("\nhistory:");
+    for e in v["events"].as_array().into_iter().flatten().rev().take(10) {
+        let r = e["release"].as_u64().unwrap_or(0);
+        println!(
+            "  {}  {}  {}",
+            when(&e["at_ms"]),
+            if r == 0 {
+                "-".to_string()
+            } else {
+                format!("r{r}")
+            },
+            e["what"].as_str().unwrap_or("")
+        );
+    }
+}
+
 fn reason_line(f: &serde_json::Value) -> String {
     let mut parts = Vec::new();
+    if let Some(c) = f["canary"].as_object() {
+        parts.push(format!(
+            "r{} stable, r{} canary {}%",
+            f["release"], c["release"], c["share_pct"]
+        ));
+    } else if let Some(e) = f["last_release_event"].as_str()
+        && !e.starts_with("recorded the manifest's module")
+    {
+        parts.push(format!("r{}: {e}", f["release"]));
+    }
     if f["paused"].as_bool() == Some(true) {
         parts.push("PAUSED: infrastructure failing, probing".to_string());
     }

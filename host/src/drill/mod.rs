@@ -7,6 +7,7 @@
 //! Adding a drill: a module with a `clap::Args` struct that implements [`Drill`] (see
 //! [`store_outage`]), and one line in the [`drills!`] registry below.
 
+pub mod bad_release;
 pub mod blind;
 pub mod flood;
 pub mod provider;
@@ -67,6 +68,7 @@ drills! {
     "flood" => Flood(flood::Flood),
     "blind" => Blind(blind::Blind),
     "provider-limit" => ProviderLimit(provider_limit::ProviderLimit),
+    "bad-release" => BadRelease(bad_release::BadRelease),
 }
 
 /// `levee drill [--list] [NAME [FLAGS]]`.

@@ -309,6 +309,7 @@ pub struct Sender {
     errors: Arc<AtomicU64>,
     in_flight: Arc<Semaphore>,
     tasks: JoinSet<()>,
+    body: fn(u64) -> Vec<u8>,
 }
 
 impl Sender {
@@ -325,6 +326,7 @@ impl Sender {
             errors: Arc::new(AtomicU64::new(0)),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             tasks: JoinSet::new(),
+            body: message,
         }
     }
 
@@ -334,13 +336,20 @@ impl Sender {
         self
     }
 
+    /// Sends `body(n)` as the n-th message instead of [`message`]`(n)`.
+    pub fn with_bodies(mut self, body: fn(u64) -> Vec<u8>) -> Self {
+        self.body = body;
+        self
+    }
+
     /// Names the client (`X-Levee-Client`), part of the source the ingress limits and blocks.
     pub fn with_client(mut self, client: &str) -> Self {
         self.client = Some(Arc::from(client));
         self
     }
 
-    /// Issues messages until `due` have been issued in all (the n-th message is `message(n)`).
+    /// Issues messages until `due` have been issued in all (the n-th message is `message(n)`,
+    /// or what [`Sender::with_bodies`] set).
     pub fn send_up_to(&mut self, due: u64) {
         while self.tasks.try_join_next().is_some() {}
         while self.issued < due {
@@ -352,7 +361,7 @@ impl Sender {
             let (addr, path) = (self.addr.clone(), self.path.clone());
             let (key, client) = (self.key.clone(), self.client.clone());
             let (accepted, errors) = (self.accepted.clone(), self.errors.clone());
-            let body = message(self.issued);
+            let body = (self.body)(self.issued);
             self.tasks.spawn(async move {
                 let ok = matches!(
                     tokio::time::timeout(

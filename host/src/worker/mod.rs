@@ -30,7 +30,7 @@ use crate::store::CommitOutcome;
 
 pub use backoff::Backoff;
 pub use gate::{Admit, Gate, PAUSE_BASE, PAUSE_MAX};
-pub use stats::{EmitCounts, PoolStats, WorkerCounters};
+pub use stats::{EmitCounts, LatencyCounts, PoolStats, WorkerCounters};
 
 /// Conflicting commits in a row after which a message backs off before running again (a hot
 /// key): [`CONFLICT_BACKOFF`], doubled per further conflict up to 32 times that, while the worker
@@ -176,6 +176,12 @@ impl WorkerPool {
             .snapshot(self.workers(), self.shared.cfg.max_workers);
         stats.paused = self.shared.gate.is_closed();
         stats
+    }
+
+    /// The latency histogram of the small messages this pool completed so far (from their
+    /// origin's send), for quantiles over a window.
+    pub fn latency_counts(&self) -> LatencyCounts {
+        self.shared.counters.latency_counts()
     }
 
     /// Messages completed and what they emitted per target, running totals (measured fan-out).

@@ -160,6 +160,11 @@ impl WorkerCounters {
         self.emits.lock().expect("emit counters poisoned").clone()
     }
 
+    /// The small-message latency histogram now.
+    pub fn latency_counts(&self) -> LatencyCounts {
+        self.latency.counts()
+    }
+
     pub(super) fn snapshot(&self, workers: u32, max_workers: u32) -> PoolStats {
         PoolStats {
             workers,
@@ -208,7 +213,55 @@ impl Default for LatencyHistogram {
     }
 }
 
+/// The buckets of a pool's small-message latency histogram at one instant: two of them give
+/// the quantiles of the messages completed in between ([`LatencyCounts::quantile_since`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyCounts(Vec<u64>);
+
+impl LatencyCounts {
+    /// Messages counted.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The `q` quantile (ms) of the messages counted since `before` (0 when none).
+    pub fn quantile_since(&self, before: &LatencyCounts, q: f64) -> u64 {
+        let diff: Vec<u64> = self
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.saturating_sub(before.0.get(i).copied().unwrap_or(0)))
+            .collect();
+        quantile_of(&diff, q)
+    }
+}
+
+fn quantile_of(counts: &[u64], q: f64) -> u64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return bucket_value(i);
+        }
+    }
+    bucket_value(counts.len() - 1)
+}
+
 impl LatencyHistogram {
+    fn counts(&self) -> LatencyCounts {
+        LatencyCounts(
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
+
     fn record(&self, ms: u64) {
         self.buckets[bucket_of(ms)].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
