@@ -11,7 +11,7 @@ ensure_toolchain() {
 
 build_guests() {
   echo "==> building guest components (functions/, wasm32-wasip2, release)"
-  (cd functions && CARGO_TARGET_DIR="$ROOT/functions/target" cargo build --release --target wasm32-wasip2 --workspace)
+  (cd functions && CARGO_TARGET_DIR="$ROOT/functions/target" cargo build --locked --release --target wasm32-wasip2 --workspace)
 }
 
 # Installs Debian package $2 when $1 is missing (test tools: promtool, chromium). With CI=true a

@@ -21,7 +21,7 @@ cargo fmt --all -- --check
 "$ROOT/scripts/check-deps.sh"
 
 echo "==> guest unit tests (native)"
-(cd functions && CARGO_TARGET_DIR="$ROOT/functions/target" cargo test --workspace)
+(cd functions && CARGO_TARGET_DIR="$ROOT/functions/target" cargo test --locked --workspace)
 build_guests
 
 echo "==> localstack/start.sh's LocalStack path (fake docker and curl, no engine needed)"
@@ -46,8 +46,8 @@ if [ -x localstack/start.sh ]; then
 fi
 
 echo "==> host and end-to-end tests"
-cargo build --workspace --bins --tests
-cargo test --workspace --no-fail-fast
+cargo build --locked --workspace --bins --tests
+cargo test --locked --workspace --no-fail-fast
 
 echo "==> deployment: levee infra render + cfn-lint (sample and ten functions), deploy.sh on the emulator"
 if [ -n "${LEVEE_TEST_AWS_ENDPOINT:-}" ]; then

@@ -6,5 +6,5 @@ source "$(dirname "$0")/common.sh"
 ensure_toolchain
 build_guests
 echo "==> building levee (release; the first build takes several minutes)"
-cargo build --release -p levee --bin levee
+cargo build --locked --release -p levee --bin levee
 exec "$ROOT/target/release/levee" up --manifest "$ROOT/levee.toml" "$@"

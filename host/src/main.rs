@@ -742,7 +742,11 @@ async fn deploy(
             "replay: no recorded events for {function} (add them to functions/{function}/replay/)"
         );
     }
-    for r in replay["both_failed_events"].as_array().into_iter().flatten() {
+    for r in replay["both_failed_events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         println!(
             "  failed on both versions {}: {}",
             r["event"].as_str().unwrap_or("?"),

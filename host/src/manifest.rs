@@ -193,7 +193,8 @@ pub struct CanarySpec {
     /// Failures of the candidate before its failure rate is judged (a single bad message is
     /// not a regression).
     pub min_failures: u64,
-    /// How much higher (0.01 = one percentage point) the candidate's failure rate may be.
+    /// How much higher the candidate's failure rate may be than the stable version's (0.005 =
+    /// half a percentage point: a release that breaks 1% of events is caught).
     pub max_failure_increase: f64,
     /// How many times the stable version's p95 latency the candidate's may be...
     pub max_latency_ratio: f64,
@@ -208,7 +209,7 @@ impl Default for CanarySpec {
             window_s: 60,
             min_samples: 20,
             min_failures: 2,
-            max_failure_increase: 0.01,
+            max_failure_increase: 0.005,
             max_latency_ratio: 2.0,
             latency_slack_ms: 5.0,
         }

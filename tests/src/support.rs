@@ -53,6 +53,7 @@ pub fn guests() -> &'static Path {
         let status = cargo()
             .args([
                 "build",
+                "--locked",
                 "--release",
                 "--target",
                 "wasm32-wasip2",
@@ -314,4 +315,27 @@ pub fn levee(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The same component with a custom section appended: a rebuild that changes the module's
+/// hash and nothing it does.
+pub fn rebuilt(module: &str, tag: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(guest(module)).unwrap();
+    let name = b"levee-test-rebuild";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    bytes.push(0); // custom section
+    let mut n = payload.len();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            bytes.push(b);
+            break;
+        }
+        bytes.push(b | 0x80);
+    }
+    bytes.extend_from_slice(&payload);
+    bytes
 }

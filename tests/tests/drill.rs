@@ -417,3 +417,55 @@ fn provider_limit_drill_holds_the_backlog_and_delivers_each_notification_once() 
         assert!(stderr.contains(phase), "progress shows {phase}: {stderr}");
     }
 }
+
+/// `levee drill bad-release`, short: the replay gate refuses a release that traps on large
+/// events, and with the gate skipped its canary is rolled back automatically; nothing is
+/// dead-lettered or lost. The p99 part of the verdict compares latencies (machine-dependent),
+/// so only the other reasons are required to be absent.
+#[test]
+fn bad_release_drill_catches_the_release_and_loses_nothing() {
+    guests();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(levee_bin())
+        .args(["drill", "bad-release", "--manifest"])
+        .arg(repo_root().join("levee.toml"))
+        .args([
+            "--rate",
+            "100",
+            "--warmup",
+            "3s",
+            "--load-after",
+            "1s",
+            "--drain-timeout",
+            "3m",
+            "--json",
+        ])
+        .env("TMPDIR", tmp.path())
+        .env_remove("LEVEE_MANIFEST")
+        .current_dir(tmp.path())
+        .output()
+        .expect("running levee drill bad-release");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("one JSON line ({e}): {stdout}\n{stderr}"));
+    assert_eq!(v["drill"], "bad-release");
+    let reasons: Vec<&str> = v["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let others: Vec<&&str> = reasons.iter().filter(|r| !r.contains("p99")).collect();
+    assert!(others.is_empty(), "{others:?}\n{v}\n{stderr}");
+    assert_eq!(v["gate_refused"], true, "{v}");
+    assert_eq!(v["gate_events"][0], "06-large-format-attachments.json", "{v}");
+    assert_eq!(v["canary_rolled_back"], true, "{v}");
+    assert_eq!(v["bad_became_stable"], false, "{v}");
+    assert_eq!(u(&v, "dead_lettered"), 0, "{v}");
+    assert!(u(&v, "large_sent") > 0, "{v}");
+    assert_eq!(v["all_completed"], true, "{v}");
+    for phase in ["warm-up", "gate", "canary", "drain"] {
+        assert!(stderr.contains(phase), "progress shows {phase}: {stderr}");
+    }
+}

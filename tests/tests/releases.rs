@@ -11,32 +11,9 @@ use std::time::{Duration, Instant};
 use levee::platform::Platform;
 use levee::releases::{DeployOptions, Record, State};
 use levee_tests::{
-    Fn, LeveeProcess, eventually, free_port, guest, pipeline_fns, repo_root, start,
+    Fn, LeveeProcess, eventually, free_port, guest, pipeline_fns, rebuilt, repo_root, start,
     write_manifest,
 };
-
-/// The same component with a custom section appended: a rebuild that changes the module's
-/// hash and nothing it does.
-fn rebuilt(module: &str, tag: &str) -> Vec<u8> {
-    let mut bytes = std::fs::read(guest(module)).unwrap();
-    let name = b"levee-test-rebuild";
-    let mut payload = vec![name.len() as u8];
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    bytes.push(0); // custom section
-    let mut n = payload.len();
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            bytes.push(b);
-            break;
-        }
-        bytes.push(b | 0x80);
-    }
-    bytes.extend_from_slice(&payload);
-    bytes
-}
 
 async fn record(p: &Platform, f: &str) -> Record {
     p.releases().view(f).await.unwrap().record
@@ -64,7 +41,11 @@ async fn check_counts(p: &Platform, prefix: &str, n: usize) {
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("message {prefix}{i} was lost"));
-        assert_eq!(&c[..], b"1", "message {prefix}{i} was applied more than once");
+        assert_eq!(
+            &c[..],
+            b"1",
+            "message {prefix}{i} was applied more than once"
+        );
     }
 }
 
@@ -238,7 +219,9 @@ async fn versions_swapped_under_load_lose_and_duplicate_nothing() {
 fn inbound_with_corpus(dir: &Path) -> std::path::PathBuf {
     let corpus = repo_root().join("functions/inbound/replay");
     let mut fns = pipeline_fns(2);
-    fns[0].extra.push_str(&format!("\nreplay = \"{}\"", corpus.display()));
+    fns[0]
+        .extra
+        .push_str(&format!("\nreplay = \"{}\"", corpus.display()));
     write_manifest(dir, &fns)
 }
 
@@ -256,15 +239,30 @@ async fn the_replay_gate_refuses_a_candidate_that_fails_a_recorded_event() {
     assert_eq!(r.state, "refused");
     assert_eq!(r.replay.events, 6);
     assert_eq!(r.replay.passed, 5);
-    let names: Vec<&str> = r.replay.regressions.iter().map(|x| x.event.as_str()).collect();
+    let names: Vec<&str> = r
+        .replay
+        .regressions
+        .iter()
+        .map(|x| x.event.as_str())
+        .collect();
     assert_eq!(names, ["06-large-format-attachments.json"]);
     let rec = record(&p, "inbound").await;
     assert_eq!((rec.versions.len(), rec.stable), (1, 1));
-    assert!(rec.events.last().unwrap().what.contains("refused by the replay gate"));
+    assert!(
+        rec.events
+            .last()
+            .unwrap()
+            .what
+            .contains("refused by the replay gate")
+    );
     // A rebuild of the stable code passes the gate.
     let ok = p
         .releases()
-        .deploy("inbound", rebuilt("inbound", "v2"), DeployOptions::default())
+        .deploy(
+            "inbound",
+            rebuilt("inbound", "v2"),
+            DeployOptions::default(),
+        )
         .await
         .unwrap();
     assert_eq!(ok.replay.passed, 6);
@@ -299,7 +297,10 @@ async fn modules_that_do_not_fit_the_world_are_refused_naming_what_is_missing() 
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("deploys only the functions the manifest declares"), "{e}");
+    assert!(
+        e.contains("deploys only the functions the manifest declares"),
+        "{e}"
+    );
     assert_eq!(record(&p, "f").await.versions.len(), 1);
     p.shutdown().await;
 }

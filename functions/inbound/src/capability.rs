@@ -189,7 +189,6 @@ pub fn handle(msg: &Message, ctx: &mut dyn Context) -> Result<(), Error> {
     )
 }
 
-
 /// The text to index: the message text, then each attachment name.
 fn index_text(msg: &Inbound) -> String {
     let mut text = msg.text.clone();

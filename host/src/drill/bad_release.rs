@@ -137,7 +137,7 @@ pub struct Figures {
 /// The n-th message: every [`LARGE_EVERY`]th is a large-format event (attachments).
 fn body(n: u64) -> Vec<u8> {
     let small = message(n);
-    if n % LARGE_EVERY != 0 {
+    if !n.is_multiple_of(LARGE_EVERY) {
         return small;
     }
     let mut v: serde_json::Value = serde_json::from_slice(&small).expect("generated JSON");
@@ -174,7 +174,10 @@ pub fn reasons(f: &Figures, max_stall: Duration, tolerance: f64) -> Vec<String> 
         r.push("not every accepted message completed at every last stage".into());
     }
     if !f.drained {
-        r.push(format!("the backlog did not drain ({} left)", f.backlog_left));
+        r.push(format!(
+            "the backlog did not drain ({} left)",
+            f.backlog_left
+        ));
     }
     if f.max_oldest_ms > max_stall.as_millis() as u64 {
         r.push(format!(
@@ -202,11 +205,7 @@ impl BadRelease {
 }
 
 /// Uploads `bytes` as a new version of inbound over the API; the status and the JSON answer.
-async fn deploy(
-    lb: &Loopback,
-    bytes: &[u8],
-    replay: bool,
-) -> Result<(u16, serde_json::Value)> {
+async fn deploy(lb: &Loopback, bytes: &[u8], replay: bool) -> Result<(u16, serde_json::Value)> {
     let path = format!("/v1/functions/{ENTRY}/versions?replay={replay}");
     let a = crate::client::call_typed(
         &lb.addr.to_string(),
@@ -243,7 +242,9 @@ impl Drill for BadRelease {
         }
         let mut manifest = c.load_manifest()?;
         let per_message = completions_per_message(&manifest, ENTRY).map_err(|e| {
-            Error::Invalid(format!("{NAME} deploys a new `{ENTRY}` of the sample pipeline: {e}"))
+            Error::Invalid(format!(
+                "{NAME} deploys a new `{ENTRY}` of the sample pipeline: {e}"
+            ))
         })?;
         let module = self.module_path(&manifest.base_dir);
         let bad = std::fs::read(&module).map_err(|e| {
@@ -396,7 +397,10 @@ impl Drill for BadRelease {
         .await?;
         progress.finish();
         let status = lb.platform.status().await?;
-        let (from, to) = (before_from.unwrap_or_default(), before_to.unwrap_or_default());
+        let (from, to) = (
+            before_from.unwrap_or_default(),
+            before_to.unwrap_or_default(),
+        );
         f.p99_before_ms = to.quantile_since(&from, 0.99);
         f.samples_before = to.total() - from.total();
         f.p99_during_ms = during.quantile_since(&to, 0.99);
@@ -460,7 +464,10 @@ fn lines(f: &Figures) -> Vec<(String, String)> {
         ),
         (
             "canary's last window".into(),
-            format!("{} ok, {} failed (each ran again on the stable version)", f.canary_ok, f.canary_failed),
+            format!(
+                "{} ok, {} failed (each ran again on the stable version)",
+                f.canary_ok, f.canary_failed
+            ),
         ),
         (
             "canary's first message".into(),
