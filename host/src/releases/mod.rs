@@ -315,6 +315,11 @@ impl Releases {
             }
             None => None,
         };
+        let first_apply = !self
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name);
         let before = slot.active();
         let newest = canary.as_ref().map_or(record.stable, |c| c.release);
         let changed = before.stable_release != record.stable
@@ -329,7 +334,8 @@ impl Releases {
                 stable_release: record.stable,
                 canary,
             },
-            newest,
+            // The versions a host starts with are not activations.
+            (!first_apply).then_some(newest),
         );
         if changed {
             let what = match &record.canary {

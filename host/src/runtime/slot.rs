@@ -168,8 +168,8 @@ impl FunctionSlot {
 
     /// Installs new versions. Messages already running finish on the version they started
     /// with. The comparison window restarts when the pair changed; `newest` is the release
-    /// whose first served message is timed (the one just activated).
-    pub fn swap(&self, next: Active, newest: u32) {
+    /// whose first served message is timed (the one just activated), if any.
+    pub fn swap(&self, next: Active, newest: Option<u32>) {
         let old = self.active.load();
         let same = old.stable_release == next.stable_release
             && old.canary.as_ref().map(|c| (c.release, c.share.to_bits()))
@@ -179,6 +179,7 @@ impl FunctionSlot {
             self.stable_stats.reset();
             self.canary_stats.reset();
         }
+        let Some(newest) = newest else { return };
         let mut a = self.activation.lock().unwrap_or_else(|p| p.into_inner());
         if a.as_ref().is_none_or(|a| a.release != newest) {
             *a = Some(Activation {
