@@ -459,7 +459,10 @@ fn bad_release_drill_catches_the_release_and_loses_nothing() {
     let others: Vec<&&str> = reasons.iter().filter(|r| !r.contains("p99")).collect();
     assert!(others.is_empty(), "{others:?}\n{v}\n{stderr}");
     assert_eq!(v["gate_refused"], true, "{v}");
-    assert_eq!(v["gate_events"][0], "06-large-format-attachments.json", "{v}");
+    assert_eq!(
+        v["gate_events"][0], "06-large-format-attachments.json",
+        "{v}"
+    );
     assert_eq!(v["canary_rolled_back"], true, "{v}");
     assert_eq!(v["bad_became_stable"], false, "{v}");
     assert_eq!(u(&v, "dead_lettered"), 0, "{v}");

@@ -236,6 +236,8 @@ impl LatencyCounts {
     }
 }
 
+/// The smallest bucket bound below which at least `q` of the samples of `counts` fall (0 when
+/// there are none).
 fn quantile_of(counts: &[u64], q: f64) -> u64 {
     let total: u64 = counts.iter().sum();
     if total == 0 {
@@ -273,24 +275,7 @@ impl LatencyHistogram {
 
     /// The smallest bucket bound below which at least `q` of the samples fall (0 when empty).
     fn quantile(&self, q: f64) -> u64 {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return 0;
-        }
-        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return bucket_value(i);
-            }
-        }
-        bucket_value(BUCKETS - 1)
+        quantile_of(&self.counts().0, q)
     }
 }
 
