@@ -6,6 +6,8 @@
 #   DIR/srv/levee/levee.toml       the manifest
 #   DIR/srv/levee/<module>         every [functions.*] module of the manifest, at its path relative
 #                                  to the manifest (e.g. functions/target/wasm32-wasip2/release/inbound.wasm)
+#   DIR/srv/levee/<replay>/        each function's replay corpus (`replay`, default
+#                                  functions/NAME/replay), when it exists: `levee deploy` runs it
 #   DIR/srv/levee/.levee/          the data directory (empty; the manifest's default data_dir)
 #
 #   infra/image.sh --out DIR [--manifest PATH] [--binary PATH] [--guests-from DIR]
@@ -97,7 +99,11 @@ for name, spec in functions.items():
         sys.exit(f"image.sh: [functions.{name}] module = \"{module}\" leaves the manifest's directory")
     if "\t" in rel or "\n" in rel:
         sys.exit(f"image.sh: [functions.{name}] module = {module!r} has a tab or newline")
-    print(f"{name}\t{rel}")
+    replay = spec.get("replay", f"functions/{name}/replay")
+    replay = os.path.normpath(replay) if isinstance(replay, str) and not os.path.isabs(replay) else ""
+    if replay == ".." or replay.startswith(".." + os.sep) or "\t" in replay or "\n" in replay:
+        replay = ""
+    print(f"{name}\t{rel}\t{replay}")
 PY
 )"
 
@@ -111,7 +117,10 @@ fi
 # Every module's source, resolved before anything is written: all missing ones are named at once.
 sources=()
 missing=()
-while IFS=$'\t' read -r name rel; do
+replays=()
+while IFS=$'\t' read -r name rel replay; do
+  # The replay gate's corpus (`levee deploy` runs it on the host that receives the deploy).
+  [ -n "$replay" ] && [ -d "$manifest_dir/$replay" ] && replays+=("$replay")
   candidates=()
   [ -n "$guests_from" ] && candidates+=("$guests_from/$(basename "$rel")")
   candidates+=("$manifest_dir/$rel")
@@ -155,10 +164,18 @@ for s in "${sources[@]}"; do
   install -m 0644 "$src" "$srv/$rel"
 done
 
+for r in "${replays[@]}"; do
+  mkdir -p "$srv/$r"
+  cp -R "$manifest_dir/$r/." "$srv/$r/"
+done
+
 echo "==> image tree in $out" >&2
 echo "  usr/local/bin/levee  (from $binary)" >&2
 echo "  srv/levee/levee.toml (from $manifest)" >&2
 for s in "${sources[@]}"; do
   echo "  srv/levee/${s%%$'\t'*}  (from ${s#*$'\t'})" >&2
+done
+for r in "${replays[@]}"; do
+  echo "  srv/levee/$r/  (replay corpus)" >&2
 done
 echo "  srv/levee/.levee/    (empty data directory)" >&2

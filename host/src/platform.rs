@@ -265,12 +265,19 @@ impl Platform {
         let runs_here = |name: &String| {
             opts.run_workers && opts.only.as_ref().is_none_or(|only| only.contains(name))
         };
-        let judges = manifest
+        let judges: std::collections::BTreeSet<String> = manifest
             .functions
             .keys()
             .filter(|n| runs_here(n))
             .cloned()
             .collect();
+        // A fleet host that runs some functions' workers follows only their releases (its
+        // task role reaches only their records); any other host follows all of them.
+        let followed = if opts.only.is_some() {
+            judges.clone()
+        } else {
+            manifest.functions.keys().cloned().collect()
+        };
         // Release 1 of each function is its manifest module; the records say what runs.
         let releases = Releases::start(
             &manifest,
@@ -279,6 +286,7 @@ impl Platform {
             backends.blobs.clone(),
             loaded,
             judges,
+            followed,
         )
         .await?;
         let functions = releases.slots().clone();

@@ -155,6 +155,11 @@ fn the_image_tree_serves_the_sample_pipeline() {
         );
     }
     assert!(
+        srv.join("functions/inbound/replay/06-large-format-attachments.json")
+            .is_file(),
+        "inbound's replay corpus is in the tree (the gate of `levee deploy`)"
+    );
+    assert!(
         std::fs::read_dir(&data)
             .expect("the data directory exists")
             .next()

@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 
 use super::names::Names;
+use crate::releases::releases_ns;
 use crate::scaling::published::stats_ns;
 use crate::store::dynamo::records_partition as records_ns;
 
@@ -140,11 +141,21 @@ pub fn function_policy(
     }
     statements.push(kv_statement(
         names,
-        &[name.to_string(), records_ns(name), stats_ns(name)],
+        &[
+            name.to_string(),
+            records_ns(name),
+            stats_ns(name),
+            releases_ns(name),
+        ],
     ));
-    // Its own payloads (received, dead-lettered) and completion records; payloads it writes for
-    // the functions it emits to.
-    let own = [format!("payloads/{name}/"), format!("records/{name}/")];
+    // Its own payloads (received, dead-lettered), completion records and deployed modules (it
+    // records its manifest module as release 1 and loads the versions its record names);
+    // payloads it writes for the functions it emits to.
+    let own = [
+        format!("payloads/{name}/"),
+        format!("records/{name}/"),
+        format!("modules/{name}/"),
+    ];
     statements.push(json!({
         "Sid": "OwnBlobs", "Effect": "Allow",
         "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
@@ -199,11 +210,13 @@ pub fn ingress_policy(names: &Names, functions: &[&String], secrets: &[String]) 
     let mut namespaces: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
     namespaces.push(crate::ingress::keys::KEYS_NS.to_string());
     namespaces.extend(functions.iter().map(|f| records_ns(f)));
+    // `levee deploy`, `versions` and `rollback` go through the ingress.
+    namespaces.extend(functions.iter().map(|f| releases_ns(f)));
     let mut statements = vec![
         json!({"Sid": "Queues", "Effect": "Allow", "Action": CONSUME, "Resource": queues}),
         kv_statement(names, &namespaces),
         json!({"Sid": "Blobs", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-         "Resource": objects(names, &["payloads/".to_string(), "records/".to_string()])}),
+         "Resource": objects(names, &["payloads/".to_string(), "records/".to_string(), "modules/".to_string()])}),
         list_statement(names),
     ];
     if !secrets.is_empty() {

@@ -135,9 +135,19 @@ fn a_function_role_reaches_exactly_its_queues_namespace_and_prefixes() {
         .unwrap();
     assert_eq!(
         kv["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"],
-        serde_json::json!(["routing", "_levee_done/routing", "_levee_stats/routing"])
+        serde_json::json!([
+            "routing",
+            "_levee_done/routing",
+            "_levee_stats/routing",
+            "_levee_releases/routing"
+        ])
     );
     assert!(text.contains("payloads/routing/*"));
+    assert!(
+        text.contains("modules/routing/*"),
+        "its own deployed modules"
+    );
+    assert!(!text.contains("modules/inbound"));
     assert!(text.contains("payloads/notify/*"), "offloads what it emits");
     assert!(!text.contains("payloads/inbound"));
     // Only the scaler may update services.

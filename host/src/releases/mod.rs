@@ -32,8 +32,14 @@ use crate::{Error, Result};
 use canary::Verdict;
 pub use record::{Module, Record, State};
 
-/// Namespace of the release records (one per function, keyed by its name).
-pub const RELEASES_NS: &str = "_levee_releases";
+/// The key of a function's release record in its [`releases_ns`].
+pub const RECORD_KEY: &str = "record";
+
+/// The namespace (DynamoDB partition) of `function`'s release record: one per function, so a
+/// function's task role can be granted exactly its own (`levee infra render`).
+pub fn releases_ns(function: &str) -> String {
+    format!("_levee_releases/{function}")
+}
 /// Largest module `levee deploy` accepts (a CPython component is about 40 MiB).
 pub const MAX_MODULE_BYTES: usize = 64 << 20;
 /// How often every host reads the release records (the delay before a deploy or rollback made
@@ -112,11 +118,21 @@ pub struct Releases {
     replay_dirs: BTreeMap<String, PathBuf>,
     /// Functions whose workers run here: this host judges their canaries.
     judges: BTreeSet<String>,
+    /// Functions whose records this host reads and writes: all of them, but on a host of a
+    /// fleet that runs some functions' workers only (its task role reaches only theirs).
+    followed: BTreeSet<String>,
     /// Loaded versions by (function, sha256), for the versions records name.
     loaded: Mutex<HashMap<(String, String), Arc<Function>>>,
     /// The record each function runs, and its store version.
     applied: Mutex<HashMap<String, (Record, u64)>>,
     deploying: Semaphore,
+}
+
+fn missing_record(name: &str) -> Error {
+    Error::Backend {
+        service: "releases".into(),
+        message: format!("{name} has no release record"),
+    }
 }
 
 /// A function as the platform loaded it from its manifest `module`.
@@ -126,8 +142,10 @@ pub struct Loaded {
     pub bytes: Vec<u8>,
 }
 
-fn module_key(sha256: &str) -> String {
-    format!("modules/{sha256}.wasm")
+/// Where a version's module is kept in blobs: by function (so a task role is granted its own
+/// prefix) and content hash.
+pub fn module_key(function: &str, sha256: &str) -> String {
+    format!("modules/{function}/{sha256}.wasm")
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -144,6 +162,7 @@ impl Releases {
         blobs: Arc<dyn Blobs>,
         loaded: BTreeMap<String, Loaded>,
         judges: BTreeSet<String>,
+        followed: BTreeSet<String>,
     ) -> Result<Arc<Self>> {
         let mut defs = BTreeMap::new();
         let mut slots = BTreeMap::new();
@@ -173,13 +192,14 @@ impl Releases {
             canaries,
             replay_dirs,
             judges,
+            followed,
             loaded: Mutex::new(cache),
             applied: Mutex::new(HashMap::new()),
             deploying: Semaphore::new(1),
         });
-        for name in manifest.functions.keys() {
-            r.record_manifest_module(name, manifest).await?;
-            r.refresh(name).await?;
+        for name in r.followed.clone() {
+            r.record_manifest_module(&name, manifest).await?;
+            r.refresh(&name).await?;
         }
         Ok(r)
     }
@@ -197,7 +217,7 @@ impl Releases {
             sha256: sha256_hex(&bytes),
             bytes: bytes.len() as u64,
         };
-        self.put_blob(&module.sha256, bytes).await?;
+        self.put_blob(name, &module.sha256, bytes).await?;
         let now = crate::ids::now_ms();
         self.update(name, |r| match r {
             None => Ok(Some(Record::first(name, &module, now))),
@@ -224,8 +244,8 @@ impl Releases {
         .map(|_| ())
     }
 
-    async fn put_blob(&self, sha256: &str, bytes: Vec<u8>) -> Result<()> {
-        let key = module_key(sha256);
+    async fn put_blob(&self, name: &str, sha256: &str, bytes: Vec<u8>) -> Result<()> {
+        let key = module_key(name, sha256);
         if self.blobs.head(&key, 0).await?.is_none() {
             self.blobs.put(&key, Bytes::from(bytes)).await?;
         }
@@ -234,7 +254,10 @@ impl Releases {
 
     /// Reads a record and its store version (0: none yet).
     async fn read(&self, name: &str) -> Result<(Option<Record>, u64)> {
-        let v = self.store.get_versioned(RELEASES_NS, name).await?;
+        let v = self
+            .store
+            .get_versioned(&releases_ns(name), RECORD_KEY)
+            .await?;
         let record = match &v.value {
             None => None,
             Some(b) => Some(serde_json::from_slice(b).map_err(|e| Error::Backend {
@@ -259,9 +282,9 @@ impl Releases {
             };
             let value = serde_json::to_vec(&next).map_err(|e| Error::Invalid(e.to_string()))?;
             let commit = KvCommit {
-                ns: RELEASES_NS.into(),
-                reads: vec![(name.to_string(), version)],
-                writes: vec![(name.to_string(), Some(Bytes::from(value)))],
+                ns: releases_ns(name),
+                reads: vec![(RECORD_KEY.to_string(), version)],
+                writes: vec![(RECORD_KEY.to_string(), Some(Bytes::from(value)))],
                 ..Default::default()
             };
             match self.store.commit(&commit).await? {
@@ -379,7 +402,7 @@ impl Releases {
         }
         let bytes = self
             .blobs
-            .get(&module_key(sha256))
+            .get(&module_key(name, sha256))
             .await?
             .ok_or_else(|| Error::Backend {
                 service: "releases".into(),
@@ -435,6 +458,7 @@ impl Releases {
                 known.join(", ")
             )));
         }
+        self.check_followed(name)?;
         let Ok(_one) = self.deploying.try_acquire() else {
             return Err(Error::Conflict(
                 "another deploy is running on this host; try again when it finishes".into(),
@@ -454,7 +478,7 @@ impl Releases {
         // Compiling and linking checks the world: a missing export or an import Levee cannot
         // satisfy is named by the linker. The artifact is cached, so activation is fast.
         let (candidate, compile) = self.compile(name, &sha256, bytes.clone(), false).await?;
-        self.put_blob(&sha256, bytes.clone()).await?;
+        self.put_blob(name, &sha256, bytes.clone()).await?;
         self.loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -507,7 +531,7 @@ impl Releases {
             tracing::warn!(function = %name, "{what}");
             let w = what.clone();
             self.update(name, move |r| {
-                let mut r = r.cloned().expect("the record exists");
+                let mut r = r.cloned().ok_or_else(|| missing_record(name))?;
                 r.events.push(record::Event {
                     at_ms: now,
                     release: 0,
@@ -524,7 +548,7 @@ impl Releases {
         let first = canary.then(|| spec.steps[0]);
         let updated = self
             .update(name, |r| {
-                let mut r = r.cloned().expect("the record exists");
+                let mut r = r.cloned().ok_or_else(|| missing_record(name))?;
                 r.deploy(&module, first, now)?;
                 Ok(Some(r))
             })
@@ -548,6 +572,7 @@ impl Releases {
         if !self.defs.contains_key(name) {
             return Err(Error::Invalid(format!("unknown function `{name}`")));
         }
+        self.check_followed(name)?;
         let now = crate::ids::now_ms();
         let record = self
             .update(name, |r| {
@@ -570,6 +595,7 @@ impl Releases {
         let Some(slot) = self.slots.get(name) else {
             return Err(Error::Invalid(format!("unknown function `{name}`")));
         };
+        self.check_followed(name)?;
         self.refresh(name).await?;
         let (record, _) = self.read(name).await?;
         let record =
@@ -594,6 +620,16 @@ impl Releases {
         })
     }
 
+    fn check_followed(&self, name: &str) -> Result<()> {
+        if self.followed.contains(name) {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "this host runs only the workers of {}; deploy, list and roll back {name} through the API (the ingress)",
+            self.followed.iter().cloned().collect::<Vec<_>>().join(", ")
+        )))
+    }
+
     /// The record a function runs on this host (for `levee status`), without a store call.
     pub fn applied(&self, name: &str) -> Option<Record> {
         self.applied
@@ -615,7 +651,7 @@ impl Releases {
                     _ = tick.tick() => {}
                     _ = stop.changed() => return,
                 }
-                for name in me.slots.keys() {
+                for name in &me.followed {
                     if let Err(e) = me.refresh(name).await {
                         tracing::warn!(function = %name, "could not read the release record (retrying): {e}");
                         continue;
