@@ -237,8 +237,8 @@ async fn the_replay_gate_refuses_a_candidate_that_fails_a_recorded_event() {
         .unwrap();
     assert_eq!(r.release, None, "{r:?}");
     assert_eq!(r.state, "refused");
-    assert_eq!(r.replay.events, 6);
-    assert_eq!(r.replay.passed, 5);
+    assert_eq!(r.replay.events, 7);
+    assert_eq!(r.replay.passed, 6);
     let names: Vec<&str> = r
         .replay
         .regressions
@@ -265,7 +265,7 @@ async fn the_replay_gate_refuses_a_candidate_that_fails_a_recorded_event() {
         )
         .await
         .unwrap();
-    assert_eq!(ok.replay.passed, 6);
+    assert_eq!(ok.replay.passed, 7);
     assert_eq!(ok.release, Some(2));
     p.shutdown().await;
 }
