@@ -182,7 +182,12 @@ async fn a_slow_destination_is_stopped_at_the_invocations_deadline() {
         let took = started.elapsed();
         assert_eq!(r.outcome, "failed", "{r:?}");
         let reason = r.reason.clone().unwrap_or_default();
-        assert!(reason.contains(says), "{says}: {reason}");
+        // The request's own deadline and the invocation's epoch deadline are the same instant:
+        // on a loaded machine either may be the one that reports it.
+        assert!(
+            reason.contains(says) || reason.contains("ran past its 500 ms deadline"),
+            "{says}: {reason}"
+        );
         assert!(
             took < Duration::from_secs(5),
             "stopped near its 500 ms deadline, took {took:?}"
