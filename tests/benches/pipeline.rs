@@ -20,6 +20,10 @@
 //! the `levee-origin-ms` attribute; the pipeline's figure is that of `notify`, the end of the
 //! longest chain. Pools keep the latency of large bodies (above the 200 KiB offload threshold)
 //! apart, which the flood scenario reads. Progress goes to stderr, the tables to stdout.
+//!
+//! The storage ceiling (`PIPELINE_BENCH_ONLY=ceiling`) runs the no-op at saturation next to a
+//! minimal rusqlite loop doing the same durable cycle outside Levee (`common/sqlite_cycle.rs`),
+//! alternating three rounds, and prints the ratio.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +32,9 @@ use levee::OutgoingMessage;
 use levee::platform::Platform;
 use levee::worker::PoolStats;
 use levee_tests::{Fn, start, write_manifest};
+
+#[path = "common/sqlite_cycle.rs"]
+mod sqlite_cycle;
 
 const SENDERS: u64 = 8;
 const BATCH: u64 = 10;
@@ -193,6 +200,17 @@ async fn processed(p: &Arc<Platform>, name: &str) -> u64 {
     p.queue().stats(name).await.expect("queue stats").processed
 }
 
+/// Messages of `name` completed so far, as cheaply as the backend allows while the run goes on.
+/// On SQLite that is the pool's own count of committed completions: queue statistics count the
+/// backlog's rows, and polling them every 10 ms would cost the run a large share of a core. The
+/// count is checked against the queue's own total at the end of the run.
+async fn completed(backend: Backend, p: &Arc<Platform>, name: &str) -> u64 {
+    match backend {
+        Backend::Embedded => p.pools()[name].emit_counts().completed,
+        Backend::Aws => processed(p, name).await,
+    }
+}
+
 async fn run(backend: Backend, s: &Scenario, rate: Option<f64>) -> Outcome {
     run_scraped(backend, s, rate, false).await
 }
@@ -221,7 +239,7 @@ async fn run_scraped(backend: Backend, s: &Scenario, rate: Option<f64>, scrape: 
         let mut done = true;
         let mut counts = Vec::new();
         for sink in &s.sinks {
-            let n = processed(&p, sink).await;
+            let n = completed(backend, &p, sink).await;
             done &= n >= expected;
             counts.push(format!("{sink} {n}"));
         }
@@ -248,6 +266,14 @@ async fn run_scraped(backend: Backend, s: &Scenario, rate: Option<f64>, scrape: 
     if let Some(t) = scraper {
         t.abort();
     }
+    for sink in &s.sinks {
+        let n = processed(&p, sink).await;
+        assert!(
+            n >= expected,
+            "{}: the queue counted {n} of {expected} for {sink}",
+            s.label
+        );
+    }
     sender.await.expect("senders");
     let latency = p.pools()[s.last].stats();
     let per_fn: Vec<String> = p
@@ -255,9 +281,13 @@ async fn run_scraped(backend: Backend, s: &Scenario, rate: Option<f64>, scrape: 
         .iter()
         .map(|(name, pool)| {
             let st = pool.stats();
+            let per = |micros: u64| micros as f64 / st.invocations.max(1) as f64;
             format!(
-                "{name} {} invocations, {} conflicts",
-                st.invocations, st.conflicts
+                "{name} {} invocations, {} conflicts, {:.0} µs in the handler and {:.0} µs holding a worker per invocation",
+                st.invocations,
+                st.conflicts,
+                per(st.busy_micros),
+                per(st.occupied_micros)
             )
         })
         .collect();
@@ -416,6 +446,46 @@ fn main() {
             paced.latency.latency_p50_ms,
             paced.latency.latency_p99_ms,
         );
+    }
+
+    // The storage engine's ceiling: the no-op end to end next to what SQLite itself does for the
+    // same durable cycle (common/sqlite_cycle.rs), alternating so drift hits both alike.
+    if backend == Backend::Embedded && (only.is_empty() || only.contains("ceiling")) {
+        let s = noop(32, n(40_000.0));
+        let mut pairs = Vec::new();
+        for round in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            eprintln!(
+                "ceiling, round {round}: the SQLite cycle, {} messages",
+                s.messages
+            );
+            let base = sqlite_cycle::rate(dir.path(), s.messages as usize);
+            eprintln!("  {base:.0} msg/s; now Levee's no-op, 32 workers");
+            let levee = rt.block_on(run(backend, &s, None)).rate;
+            eprintln!(
+                "  {levee:.0} msg/s ({:.2} of the SQLite cycle)",
+                levee / base
+            );
+            pairs.push((base, levee));
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let base = median(pairs.iter().map(|p| p.0).collect());
+        let levee = median(pairs.iter().map(|p| p.1).collect());
+        let ratio = median(pairs.iter().map(|p| p.1 / p.0).collect());
+        println!();
+        println!(
+            "Storage ceiling: no-op, 32 workers, {} messages at saturation, next to the SQLite cycle (insert 10, lease 10, delete 10; WAL, synchronous=NORMAL; one transaction each), 3 rounds alternating",
+            s.messages
+        );
+        println!("| round | SQLite cycle msg/s | Levee no-op msg/s | ratio |");
+        println!("|---|---|---|---|");
+        for (i, (b, l)) in pairs.iter().enumerate() {
+            println!("| {i} | {b:.0} | {l:.0} | {:.2} |", l / b);
+        }
+        println!("| median | {base:.0} | {levee:.0} | {ratio:.2} |");
     }
 
     // The cost of metrics on the hot path: the no-op at saturation, unscraped and with /metrics

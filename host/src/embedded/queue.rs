@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::time::Instant;
 
+use super::writer::{Totals, Wakes};
 use super::{EmbeddedDb, duration_ms, now_ms, store};
 use crate::queue::dead;
 use crate::queue::{
@@ -97,10 +98,10 @@ impl Queue for EmbeddedQueue {
         let reply = ids.clone();
         self.db
             .write(move |conn, wakes| {
-                let q = queue_row(conn, &queue)?;
+                let q = queue_id_of(conn, &queue)?;
                 let now = now_ms();
                 for (id, m) in ids.iter().zip(&messages) {
-                    insert_message(conn, q.id, id, m, now)?;
+                    insert_message(conn, q, id, m, now)?;
                 }
                 wakes.add(&queue, messages.len());
                 Ok(())
@@ -136,7 +137,7 @@ impl Queue for EmbeddedQueue {
             let (max, visibility) = (opts.max_messages, duration_ms(opts.visibility));
             let (messages, next_due) = self
                 .db
-                .write(move |conn, _| lease_messages(conn, &name, max, visibility))
+                .write(move |conn, wakes| lease_messages(conn, wakes, &name, max, visibility))
                 .await?;
             let now = Instant::now();
             if !messages.is_empty() || now >= deadline {
@@ -170,16 +171,28 @@ impl Queue for EmbeddedQueue {
         let queue = queue.to_string();
         self.db
             .write(move |conn, wakes| {
-                let q = queue_row(conn, &queue)?;
-                let seq = lease.check(conn, q.id)?;
+                let q = queue_id_of(conn, &queue)?;
+                // Everything that can fail for a reason of its own comes before the first write.
                 let mut targets = Vec::with_capacity(completion.emitted.len());
                 for e in &completion.emitted {
-                    targets.push(queue_row(conn, &e.queue)?.id);
+                    targets.push((
+                        queue_id_of(conn, &e.queue)?,
+                        encode_attrs(&e.message.attributes)?,
+                    ));
                 }
                 let mut outcome = CommitOutcome::Committed {
                     versions: Vec::new(),
                 };
+                // Without kv there is nothing left to check: the delete checks the lease, and a
+                // stale one deletes nothing and writes nothing.
+                let seq = if completion.kv.is_none() {
+                    lease.delete(conn, q)?;
+                    None
+                } else {
+                    Some(lease.check(conn, q)?)
+                };
                 if let Some(kv) = &completion.kv {
+                    let seq = seq.unwrap_or(lease.seq);
                     if let Some(r) = &kv.record
                         && store::record_exists(conn, &r.key)?
                     {
@@ -195,13 +208,15 @@ impl Queue for EmbeddedQueue {
                     }
                 }
                 let now = now_ms();
-                for (e, target) in completion.emitted.iter().zip(targets) {
+                for (e, (target, attrs)) in completion.emitted.iter().zip(targets) {
                     let id = e.message.id.clone().unwrap_or_else(new_id);
-                    insert_message(conn, target, &id, &e.message, now)?;
+                    insert_encoded(conn, target, &id, &e.message, attrs, now)?;
                     wakes.add(&e.queue, 1);
                 }
-                delete_message(conn, seq)?;
-                bump(conn, q.id, Total::Processed)?;
+                if let Some(seq) = seq {
+                    delete_message(conn, seq)?;
+                }
+                wakes.count(q, |t| t.processed += 1);
                 Ok(outcome)
             })
             .await
@@ -267,7 +282,7 @@ impl Queue for EmbeddedQueue {
                     "UPDATE messages SET visible_at = ?2, leased = 0, last_error = ?3 WHERE seq = ?1",
                 )?
                 .execute(params![seq, now_ms().saturating_add(delay), reason])?;
-                bump(conn, q.id, Total::Retried)?;
+                wakes.count(q.id, |t| t.retried += 1);
                 wakes.add(&queue, 1);
                 Ok(())
             })
@@ -300,11 +315,11 @@ impl Queue for EmbeddedQueue {
         let lease = Lease::parse(&message.receipt)?;
         let (queue, reason) = (queue.to_string(), reason.to_string());
         self.db
-            .write(move |conn, _| {
+            .write(move |conn, wakes| {
                 let q = queue_row(conn, &queue)?;
                 let seq = lease.check(conn, q.id)?;
                 move_to_dlq(conn, seq, &reason, now_ms())?;
-                bump(conn, q.id, Total::Failed)?;
+                wakes.count(q.id, |t| t.failed += 1);
                 Ok(())
             })
             .await
@@ -537,6 +552,29 @@ fn queue_row(conn: &Connection, name: &str) -> Result<QueueRow> {
         .ok_or_else(|| Error::QueueNotFound(name.to_string()))
 }
 
+thread_local! {
+    /// Queue row ids by name, on the writer thread (one per database file). A queue's row is
+    /// never deleted, so its id never changes once committed; the cache is cleared when a group
+    /// rolls back, which may undo the creation of a queue.
+    static QUEUE_IDS: std::cell::RefCell<std::collections::HashMap<String, i64>> =
+        Default::default();
+}
+
+/// The row id of queue `name`, from the writer's cache when it has it.
+fn queue_id_of(conn: &Connection, name: &str) -> Result<i64> {
+    if let Some(id) = QUEUE_IDS.with_borrow(|ids| ids.get(name).copied()) {
+        return Ok(id);
+    }
+    let id = queue_row(conn, name)?.id;
+    QUEUE_IDS.with_borrow_mut(|ids| ids.insert(name.to_string(), id));
+    Ok(id)
+}
+
+/// Forgets the cached queue ids of this thread (after a rollback).
+pub(super) fn forget_queue_ids() {
+    QUEUE_IDS.with_borrow_mut(|ids| ids.clear());
+}
+
 /// A parsed receipt handle: the message's row and the token of the receive that leased it.
 #[derive(Debug, Clone, Copy)]
 struct Lease {
@@ -572,6 +610,18 @@ impl Lease {
         .optional()?
         .ok_or(Error::StaleReceipt)
     }
+
+    /// Deletes the message if this is still its current lease in `queue`; a stale lease deletes
+    /// nothing.
+    fn delete(&self, conn: &Connection, queue: i64) -> Result<()> {
+        let deleted = conn
+            .prepare_cached("DELETE FROM messages WHERE seq = ?1 AND queue = ?2 AND token = ?3")?
+            .execute(params![self.seq, queue, self.token])?;
+        if deleted == 0 {
+            return Err(Error::StaleReceipt);
+        }
+        Ok(())
+    }
 }
 
 /// The write half of a receive: leases up to `max` due messages, dead-lettering those that have
@@ -579,6 +629,7 @@ impl Lease {
 /// hidden message becomes due.
 fn lease_messages(
     conn: &Connection,
+    wakes: &mut Wakes,
     queue: &str,
     max: usize,
     visibility: i64,
@@ -641,8 +692,7 @@ fn lease_messages(
         }
     }
     if dead > 0 {
-        conn.prepare_cached("UPDATE queues SET failed = failed + ?2 WHERE id = ?1")?
-            .execute(params![q.id, dead])?;
+        wakes.count(q.id, |t| t.failed += dead);
     }
     let next_due = if out.is_empty() {
         conn.prepare_cached(
@@ -662,6 +712,18 @@ fn insert_message(
     m: &OutgoingMessage,
     now: i64,
 ) -> Result<()> {
+    insert_encoded(conn, queue, id, m, encode_attrs(&m.attributes)?, now)
+}
+
+/// [`insert_message`] with the attributes already encoded.
+fn insert_encoded(
+    conn: &Connection,
+    queue: i64,
+    id: &str,
+    m: &OutgoingMessage,
+    attrs: Option<Vec<u8>>,
+    now: i64,
+) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO messages (queue, id, body, attrs, sent_at, visible_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -670,7 +732,7 @@ fn insert_message(
         queue,
         id,
         m.body,
-        encode_attrs(&m.attributes)?,
+        attrs,
         now,
         now.saturating_add(duration_ms(m.delay))
     ])?;
@@ -694,19 +756,13 @@ fn move_to_dlq(conn: &Connection, seq: i64, reason: &str, now: i64) -> Result<()
     delete_message(conn, seq)
 }
 
-enum Total {
-    Processed,
-    Failed,
-    Retried,
-}
-
-fn bump(conn: &Connection, queue: i64, total: Total) -> Result<()> {
-    let sql = match total {
-        Total::Processed => "UPDATE queues SET processed = processed + 1 WHERE id = ?1",
-        Total::Failed => "UPDATE queues SET failed = failed + 1 WHERE id = ?1",
-        Total::Retried => "UPDATE queues SET retried = retried + 1 WHERE id = ?1",
-    };
-    conn.prepare_cached(sql)?.execute([queue])?;
+/// Adds a group's totals to a queue's running totals (see [`Wakes::count`]).
+pub(super) fn add_totals(conn: &Connection, queue: i64, t: Totals) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE queues SET processed = processed + ?2, failed = failed + ?3,
+         retried = retried + ?4 WHERE id = ?1",
+    )?
+    .execute(params![queue, t.processed, t.failed, t.retried])?;
     Ok(())
 }
 

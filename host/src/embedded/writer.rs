@@ -17,10 +17,22 @@ use crate::{Error, Result};
 /// Most jobs committed in one transaction; bounds the latency a full group adds.
 const MAX_GROUP: usize = 1024;
 
-/// Long-poll wake-ups a committed group asks for: queue name to number of messages that became
-/// receivable.
+/// What a group's jobs leave for the writer to do around its commit: the long-poll wake-ups to
+/// ring after it (queue name to number of messages that became receivable) and the running totals
+/// to add before it, once per queue for the whole group instead of one `UPDATE` per job.
 #[derive(Debug, Default)]
-pub(super) struct Wakes(HashMap<String, usize>);
+pub(super) struct Wakes {
+    wakes: HashMap<String, usize>,
+    totals: HashMap<i64, Totals>,
+}
+
+/// Additions to a queue's running totals (see `queue::add_totals`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Totals {
+    pub processed: i64,
+    pub failed: i64,
+    pub retried: i64,
+}
 
 impl Wakes {
     /// Records that `n` messages of `queue` became receivable.
@@ -28,21 +40,35 @@ impl Wakes {
         if n == 0 {
             return;
         }
-        if let Some(c) = self.0.get_mut(queue) {
+        if let Some(c) = self.wakes.get_mut(queue) {
             *c += n;
         } else {
-            self.0.insert(queue.to_string(), n);
+            self.wakes.insert(queue.to_string(), n);
         }
+    }
+
+    /// Adds to the running totals of the queue with row id `queue`, written with the group.
+    pub(super) fn count(&mut self, queue: i64, f: impl FnOnce(&mut Totals)) {
+        f(self.totals.entry(queue).or_default());
     }
 
     fn clear(&mut self) {
-        self.0.clear();
+        self.wakes.clear();
+        self.totals.clear();
     }
 
     fn absorb(&mut self, other: Wakes) {
-        for (q, n) in other.0 {
+        for (q, n) in other.wakes {
             self.add(&q, n);
         }
+    }
+
+    /// Writes the totals inside the open transaction.
+    fn write_totals(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        for (queue, t) in self.totals.drain() {
+            super::queue::add_totals(conn, queue, t)?;
+        }
+        Ok(())
     }
 }
 
@@ -119,7 +145,7 @@ pub(super) fn run(
         for job in group.drain(..) {
             job.reply();
         }
-        for (queue, n) in wakes.0.drain() {
+        for (queue, n) in wakes.wakes.drain() {
             let waker = shared.waker(&queue);
             // One wake per new message: each woken receiver takes at least one, and a wake that
             // finds no waiter is kept as a permit for the next receiver.
@@ -138,6 +164,7 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>], wakes: &mut Wakes
                 return Ok(false);
             }
         }
+        wakes.write_totals(conn)?;
         conn.execute_batch("COMMIT")?;
         Ok(true)
     })();
@@ -154,6 +181,7 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>], wakes: &mut Wakes
                 // The job's own SQLite error is its outcome; undo what it half did.
                 return Ok(false);
             }
+            own.write_totals(conn)?;
             conn.execute_batch("COMMIT")?;
             Ok(true)
         })();
@@ -169,6 +197,8 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>], wakes: &mut Wakes
 }
 
 fn rollback(conn: &Connection) {
+    // A queue created in the rolled-back transaction may get another row id when its job re-runs.
+    super::queue::forget_queue_ids();
     if !conn.is_autocommit() {
         // A failed ROLLBACK means SQLite already rolled back (e.g. after SQLITE_FULL).
         let _ = conn.execute_batch("ROLLBACK");
