@@ -163,6 +163,14 @@ pub enum Command {
         /// How long the surge lasts, in seconds (1 to 3600: a run is at most an hour).
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
         surge_for: u64,
+        /// How many times the surge comes (1 to 100); each surge prints how soon every pool it
+        /// affected reached its new size, and the summary gives their distribution.
+        #[arg(long, default_value_t = 1, requires = "surge_rate", value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeat: u32,
+        /// Seconds from one surge's start to the next, with --repeat (longer than --surge-for:
+        /// leave the pools time to scale back down, e.g. the manifest's scale_down_window_ms).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+        surge_every: u64,
         /// Seconds to keep watching the platform after sending stops (at most 3600).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
         tail: u64,

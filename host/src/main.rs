@@ -217,6 +217,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             surge_rate,
             surge_at,
             surge_for,
+            repeat,
+            surge_every,
             tail,
             function,
             addr,
@@ -231,6 +233,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     rate,
                     at: Duration::from_secs(at),
                     length: Duration::from_secs(surge_for),
+                    repeat,
+                    every: Duration::from_secs(surge_every),
                 }),
                 tail: Duration::from_secs(tail),
             };

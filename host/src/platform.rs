@@ -166,6 +166,8 @@ pub struct Platform {
     stop: watch::Sender<bool>,
     data_dir: PathBuf,
     scaler: Option<StatusHandle>,
+    /// What `send` accepted per function, for the scaler's surge detection.
+    arrivals: Arc<crate::scaling::surge::ArrivalMeter>,
 }
 
 impl Platform {
@@ -327,8 +329,17 @@ impl Platform {
                 stop_rx.clone(),
             );
         }
+        let arrivals = Arc::new(crate::scaling::surge::ArrivalMeter::new(
+            manifest.functions.keys().cloned(),
+        ));
         let scaler = if opts.run_workers {
-            crate::scaling::spawn_local(&manifest, backends.queue.clone(), &pools, stop_rx)?
+            crate::scaling::spawn_local(
+                &manifest,
+                backends.queue.clone(),
+                &pools,
+                arrivals.clone(),
+                stop_rx,
+            )?
         } else {
             None
         };
@@ -345,6 +356,7 @@ impl Platform {
             stop,
             data_dir,
             scaler,
+            arrivals,
         }))
     }
 
@@ -408,6 +420,7 @@ impl Platform {
             .queue
             .send(function, vec![OutgoingMessage::new(body)])
             .await?;
+        self.arrivals.record(function, 1);
         ids.into_iter().next().ok_or_else(|| Error::Unavailable {
             service: "queue".into(),
             message: "send returned no id".into(),

@@ -1,4 +1,5 @@
-//! The control loop: every tick, read signals, decide, apply. Generic over where signals come from
+//! The control loop: every tick, read signals, decide, apply; a wake-up ([`Controller::with_wake`],
+//! e.g. a surge detected in arrivals) runs a tick at once. Generic over where signals come from
 //! ([`SignalSource`]: queue stats, the simulator) and what carries decisions out ([`Actuator`]: local
 //! worker pools, ECS desired counts, the simulator). Time comes from `tokio::time`, so tests run on paused
 //! time; the policy only ever sees the elapsed [`Duration`].
@@ -7,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::error::Result;
@@ -61,8 +62,13 @@ pub struct Controller<P, S, A> {
     source: S,
     actuator: A,
     interval: Duration,
+    wake: Option<Arc<Notify>>,
     status: watch::Sender<Arc<Status>>,
 }
+
+/// The shortest gap between two ticks run by wake-ups, so a burst of wake-ups costs at most one
+/// signal reading per gap.
+pub const MIN_WAKE_GAP: Duration = Duration::from_millis(20);
 
 impl<P: Policy, S: SignalSource, A: Actuator> Controller<P, S, A> {
     /// A controller ticking at the policy's own interval.
@@ -75,8 +81,16 @@ impl<P: Policy, S: SignalSource, A: Actuator> Controller<P, S, A> {
             source,
             actuator,
             interval,
+            wake: None,
             status,
         }
+    }
+
+    /// Also ticks as soon as `wake` is notified (at most once per [`MIN_WAKE_GAP`]), besides the
+    /// regular interval: whoever sees a change worth reacting to at once (arrivals jumping) says so.
+    pub fn with_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// Overrides the tick interval.
@@ -127,10 +141,25 @@ impl<P: Policy, S: SignalSource, A: Actuator> Controller<P, S, A> {
         let mut interval = tokio::time::interval(self.interval);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        let wake = self.wake.clone();
+        let woken = async || match &wake {
+            Some(w) => w.notified().await,
+            None => std::future::pending().await,
+        };
+        let mut last = None::<Instant>;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return self,
                 t = interval.tick() => {
+                    last = Some(t);
+                    self.tick(t.duration_since(start)).await;
+                }
+                _ = woken() => {
+                    if let Some(l) = last {
+                        tokio::time::sleep_until(l + MIN_WAKE_GAP).await;
+                    }
+                    let t = Instant::now();
+                    last = Some(t);
                     self.tick(t.duration_since(start)).await;
                 }
             }
@@ -320,6 +349,38 @@ mod tests {
                 "{f} changed {changes} times under steady noisy load"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_up_ticks_at_once_between_regular_ticks() {
+        let sc = scenario(vec![model("a", 0.1, (1, 20, 2), &[])], 0.0);
+        let pipeline = Pipeline::new(sc, Trace::parse("0,a,10\n60,a,10").unwrap()).unwrap();
+        let graph = Arc::new(pipeline.graph().clone());
+        let rec = Recorder {
+            sim: SimHandle::new(pipeline),
+            log: Arc::default(),
+        };
+        let wake = Arc::new(Notify::new());
+        let controller = Controller::new(graph, Coordinated::default(), rec.clone(), rec.clone())
+            .with_wake(wake.clone());
+        let poke = async {
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            wake.notify_one();
+            // A burst of wake-ups runs one tick per gap, not one per wake-up.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            for _ in 0..10 {
+                wake.notify_one();
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        };
+        controller.run(poke).await;
+        let at: Vec<Duration> = rec.log.lock().unwrap().iter().map(|d| d.at).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(&at[..3], &[ms(0), ms(1300), ms(2000)], "{at:?}");
+        // Regular ticks go on at the interval.
+        assert!(at.contains(&ms(5000)) && at.contains(&ms(10_000)), "{at:?}");
+        assert!(at.len() <= 6, "{at:?}");
     }
 
     #[tokio::test(start_paused = true)]

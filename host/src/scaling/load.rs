@@ -1,7 +1,9 @@
 //! `levee load`: a load generator against a running `levee up` on a loopback address. It sends
 //! generated inbound customer messages at a steady rate with an optional surge, bounded in count and
 //! time, prints each second what it sent and what the platform's scaler did, and at the end the
-//! peak workers per function and how soon after the surge began each one reached it. Its
+//! peak workers per function and how soon after the surge began each one reached it. A surge can
+//! repeat (`--repeat`, `--surge-every`); while one is on, the status is read every [`FAST_POLL`]
+//! and each affected pool's time to its new size is printed per surge and as a distribution. Its
 //! [`Sender`] (generated messages, bounded requests in flight, counted answers) is shared with the
 //! drills (`levee drill`).
 
@@ -31,7 +33,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often sends are paced.
 const STEP: Duration = Duration::from_millis(20);
 
-/// A surge on top of the steady rate.
+/// How often the platform's status is read while a surge is on (and just before one), to time
+/// how soon each pool reaches its new size.
+pub const FAST_POLL: Duration = Duration::from_millis(100);
+
+/// A surge on top of the steady rate, possibly repeated.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Surge {
     /// Rate during the surge (msg/s), instead of the steady one.
@@ -40,6 +46,26 @@ pub struct Surge {
     pub at: Duration,
     /// How long it lasts.
     pub length: Duration,
+    /// How many times it comes (at least 1).
+    pub repeat: u32,
+    /// Time from one start to the next, when repeated.
+    pub every: Duration,
+}
+
+impl Surge {
+    /// When the `k`-th surge (from 0) starts and ends.
+    pub fn window(&self, k: u32) -> (Duration, Duration) {
+        let start = self.at + self.every * k;
+        (start, start + self.length)
+    }
+
+    /// The surge on at `t`, if any.
+    pub fn on_at(&self, t: Duration) -> Option<u32> {
+        (0..self.repeat).find(|&k| {
+            let (a, b) = self.window(k);
+            t >= a && t < b
+        })
+    }
 }
 
 /// What to send.
@@ -105,6 +131,30 @@ impl LoadOptions {
                     s.length.as_secs()
                 ));
             }
+            if s.repeat == 0 || s.repeat > 100 {
+                return bad(format!("--repeat must be 1 to 100, got {}", s.repeat));
+            }
+            if s.repeat > 1 {
+                if s.every <= s.length || s.every > MAX_DURATION {
+                    return bad(format!(
+                        "--surge-every ({} s) must be longer than --surge-for ({} s) and at most {} s",
+                        s.every.as_secs(),
+                        s.length.as_secs(),
+                        MAX_DURATION.as_secs()
+                    ));
+                }
+                let (_, last_end) = s.window(s.repeat - 1);
+                if last_end > self.duration {
+                    return bad(format!(
+                        "{} surges every {} s from {} s end at {} s, after --duration ({} s)",
+                        s.repeat,
+                        s.every.as_secs(),
+                        s.at.as_secs(),
+                        last_end.as_secs(),
+                        self.duration.as_secs()
+                    ));
+                }
+            }
         }
         let addr = self
             .addr
@@ -124,7 +174,7 @@ impl LoadOptions {
     /// The sending rate at `t` from the start.
     pub fn rate_at(&self, t: Duration) -> f64 {
         match &self.surge {
-            Some(s) if t >= s.at && t < s.at + s.length => s.rate,
+            Some(s) if s.on_at(t).is_some() => s.rate,
             _ => self.rate,
         }
     }
@@ -134,10 +184,13 @@ impl LoadOptions {
         let t = t.min(self.duration).as_secs_f64();
         let steady = self.rate * t;
         let extra = self.surge.map_or(0.0, |s| {
-            let from = s.at.as_secs_f64();
-            let to = (s.at + s.length).as_secs_f64();
-            let overlap = (t.min(to) - from).max(0.0);
-            (s.rate - self.rate) * overlap
+            (0..s.repeat)
+                .map(|k| {
+                    let (from, to) = s.window(k);
+                    let overlap = (t.min(to.as_secs_f64()) - from.as_secs_f64()).max(0.0);
+                    (s.rate - self.rate) * overlap
+                })
+                .sum::<f64>()
         });
         (steady + extra).max(0.0).floor() as u64
     }
@@ -194,6 +247,50 @@ pub struct Peak {
     pub at: Duration,
 }
 
+/// How one function's pool met one surge.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepResult {
+    /// Workers when the surge began.
+    pub before: u64,
+    /// Workers at its end: the size the scaler chose for the new load.
+    pub after: u64,
+    /// From the surge's start to the first reading at that size.
+    pub time_to_size: Duration,
+}
+
+/// Per function, how its pool met a surge, from `readings` (time since the surge began, status)
+/// taken during it, `before` being the workers when it began. Pools that did not grow are left
+/// out: the surge did not affect them.
+pub fn time_to_size(
+    before: &BTreeMap<String, u64>,
+    readings: &[(Duration, BTreeMap<String, Observed>)],
+) -> BTreeMap<String, StepResult> {
+    let Some((_, last)) = readings.last() else {
+        return BTreeMap::new();
+    };
+    last.iter()
+        .filter_map(|(name, o)| {
+            let before = before.get(name).copied().unwrap_or(0);
+            let after = o.workers;
+            if after <= before {
+                return None;
+            }
+            let reached = readings
+                .iter()
+                .find(|(_, st)| st.get(name).is_some_and(|x| x.workers >= after))
+                .map(|(t, _)| *t)?;
+            Some((
+                name.clone(),
+                StepResult {
+                    before,
+                    after,
+                    time_to_size: reached,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// What a run did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadSummary {
@@ -203,6 +300,8 @@ pub struct LoadSummary {
     /// Workers per function at the first reading.
     pub initial: BTreeMap<String, u64>,
     pub peaks: BTreeMap<String, Peak>,
+    /// Per surge, how each affected pool met it.
+    pub steps: Vec<BTreeMap<String, StepResult>>,
 }
 
 impl LoadSummary {
@@ -257,8 +356,62 @@ impl LoadSummary {
                 when
             );
         }
+        if !self.steps.is_empty() {
+            let _ = writeln!(
+                s,
+                "time to size after each surge began (s), {} surge(s), readings every {} ms:",
+                self.steps.len(),
+                FAST_POLL.as_millis()
+            );
+            let mut per_function: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+            for step in &self.steps {
+                for (name, r) in step {
+                    per_function
+                        .entry(name)
+                        .or_default()
+                        .push(r.time_to_size.as_secs_f64());
+                }
+            }
+            let _ = writeln!(
+                s,
+                "{:<16} {:>6} {:>7} {:>7} {:>7}  EACH",
+                "FUNCTION", "SURGES", "MIN", "MEDIAN", "MAX"
+            );
+            for (name, mut v) in per_function {
+                v.sort_by(f64::total_cmp);
+                let each: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+                let _ = writeln!(
+                    s,
+                    "{:<16} {:>6} {:>7.2} {:>7.2} {:>7.2}  {}",
+                    name,
+                    v.len(),
+                    v[0],
+                    v[v.len() / 2],
+                    v[v.len() - 1],
+                    each.join(" ")
+                );
+            }
+        }
         s
     }
+}
+
+/// One line per surge: each affected pool's sizes and time to size.
+pub fn render_step(k: u32, step: &BTreeMap<String, StepResult>) -> String {
+    let mut line = format!("surge {}:", k + 1);
+    if step.is_empty() {
+        line.push_str(" no pool grew");
+    }
+    for (name, r) in step {
+        let _ = write!(
+            line,
+            " {name} {}->{} in {:.2} s;",
+            r.before,
+            r.after,
+            r.time_to_size.as_secs_f64()
+        );
+    }
+    line.trim_end_matches(';').to_string()
 }
 
 /// Parses `/v1/status` into per function workers, desired and backlog.
@@ -398,6 +551,13 @@ impl Sender {
     }
 }
 
+/// A surge being timed: its number, the workers when it began, the readings since.
+struct Timing {
+    surge: u32,
+    before: BTreeMap<String, u64>,
+    readings: Vec<(Duration, BTreeMap<String, Observed>)>,
+}
+
 /// Runs the load; `print` gets one line per second and the summary.
 pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Result<LoadSummary> {
     let addr = opts.validate()?.to_string();
@@ -413,19 +573,75 @@ pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Re
         skipped: 0,
         initial: BTreeMap::new(),
         peaks: BTreeMap::new(),
+        steps: Vec::new(),
     };
     let start = Instant::now();
     let end = opts.duration + opts.tail;
     let mut next_report = Duration::from_secs(1);
+    let mut next_poll = Duration::ZERO;
     let mut last = SendCounts::default();
-    if let Ok(v) = status(&addr, key).await {
-        summary.observe(Duration::ZERO, &parse_status(&v));
-    }
+    let mut latest: Option<BTreeMap<String, Observed>> = None;
+    // The surge being timed.
+    let mut step: Option<Timing> = None;
     let mut tick = tokio::time::interval(STEP);
     loop {
         tick.tick().await;
         let t = start.elapsed();
         sender.send_up_to(opts.due_by(t));
+        if t >= next_poll {
+            let reading = status(&addr, key).await.map(|v| parse_status(&v));
+            let read_at = start.elapsed();
+            let on = opts.surge.as_ref().and_then(|s| s.on_at(read_at));
+            if let Some(timing) = step.take_if(|s| on != Some(s.surge)) {
+                let result = time_to_size(&timing.before, &timing.readings);
+                print(&render_step(timing.surge, &result));
+                summary.steps.push(result);
+            }
+            if let Ok(st) = &reading {
+                summary.observe(read_at, st);
+                if let (Some(k), None) = (on, &step) {
+                    let before = latest
+                        .as_ref()
+                        .unwrap_or(st)
+                        .iter()
+                        .map(|(n, o)| (n.clone(), o.workers))
+                        .collect();
+                    step = Some(Timing {
+                        surge: k,
+                        before,
+                        readings: Vec::new(),
+                    });
+                }
+                if let Some(timing) = &mut step {
+                    let (began, _) = opts.surge.as_ref().expect("a surge").window(timing.surge);
+                    timing
+                        .readings
+                        .push((read_at.saturating_sub(began), st.clone()));
+                }
+                latest = Some(st.clone());
+            }
+            let soon = opts.surge.as_ref().is_some_and(|s| {
+                (0..s.repeat).any(|k| {
+                    let (a, b) = s.window(k);
+                    read_at + Duration::from_secs(1) >= a && read_at < b
+                })
+            });
+            next_poll = read_at
+                + if soon {
+                    FAST_POLL
+                } else {
+                    Duration::from_secs(1)
+                };
+            if let Err(e) = &reading
+                && t >= next_report
+            {
+                print(&format!(
+                    "t={:>4}s status unavailable: {e}",
+                    next_report.as_secs()
+                ));
+                next_report += Duration::from_secs(1);
+            }
+        }
         if t >= next_report {
             let secs = next_report.as_secs();
             next_report += Duration::from_secs(1);
@@ -441,24 +657,20 @@ pub async fn run(opts: &LoadOptions, print: &mut (dyn FnMut(&str) + Send)) -> Re
                 now.errors - last.errors
             );
             last = now;
-            match status(&addr, key).await {
-                Ok(v) => {
-                    let st = parse_status(&v);
-                    summary.observe(t, &st);
-                    for (name, o) in &st {
-                        let desired = o.desired.map_or("-".to_string(), |d| d.to_string());
-                        let _ = write!(line, " | {name} {}/{desired} q{}", o.workers, o.backlog);
-                    }
-                }
-                Err(e) => {
-                    let _ = write!(line, " | status unavailable: {e}");
-                }
+            for (name, o) in latest.iter().flatten() {
+                let desired = o.desired.map_or("-".to_string(), |d| d.to_string());
+                let _ = write!(line, " | {name} {}/{desired} q{}", o.workers, o.backlog);
             }
             print(&line);
         }
         if t >= end {
             break;
         }
+    }
+    if let Some(timing) = step.take() {
+        let result = time_to_size(&timing.before, &timing.readings);
+        print(&render_step(timing.surge, &result));
+        summary.steps.push(result);
     }
     let counts = sender.finish().await;
     summary.sent = counts.accepted;
@@ -488,6 +700,8 @@ mod tests {
                 rate: 400.0,
                 at: Duration::from_secs(10),
                 length: Duration::from_secs(20),
+                repeat: 1,
+                every: Duration::ZERO,
             }),
             tail: Duration::ZERO,
             key: None,
@@ -507,6 +721,76 @@ mod tests {
         );
         assert_eq!(o.rate_at(Duration::from_secs(29)), 400.0);
         assert_eq!(o.rate_at(Duration::from_secs(30)), 100.0);
+    }
+
+    #[test]
+    fn repeated_surges_pace_and_validate() {
+        let mut o = opts();
+        let s = o.surge.as_mut().unwrap();
+        (s.repeat, s.every, s.length) = (3, Duration::from_secs(15), Duration::from_secs(5));
+        assert!(o.validate().is_ok());
+        assert_eq!(o.rate_at(Duration::from_secs(26)), 400.0);
+        assert_eq!(o.rate_at(Duration::from_secs(30)), 100.0);
+        assert_eq!(o.due_by(Duration::from_secs(60)), 100 * 60 + 300 * 5 * 3);
+        o.surge.as_mut().unwrap().repeat = 4; // the 4th would end at 55 s: still fits
+        assert!(o.validate().is_ok());
+        o.surge.as_mut().unwrap().repeat = 5;
+        assert!(o.validate().unwrap_err().to_string().contains("--duration"));
+        o.surge.as_mut().unwrap().repeat = 2;
+        o.surge.as_mut().unwrap().every = Duration::from_secs(5);
+        assert!(
+            o.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--surge-every")
+        );
+    }
+
+    #[test]
+    fn time_to_size_is_the_first_reading_at_the_final_size() {
+        let st = |a, b| {
+            BTreeMap::from([
+                (
+                    "inbound".to_string(),
+                    Observed {
+                        workers: a,
+                        desired: None,
+                        backlog: 0,
+                    },
+                ),
+                (
+                    "notify".to_string(),
+                    Observed {
+                        workers: b,
+                        desired: None,
+                        backlog: 0,
+                    },
+                ),
+            ])
+        };
+        let ms = Duration::from_millis;
+        let before = BTreeMap::from([("inbound".to_string(), 2), ("notify".to_string(), 3)]);
+        let readings = vec![
+            (ms(40), st(2, 3)),
+            (ms(90), st(5, 3)),
+            (ms(140), st(8, 3)),
+            (ms(190), st(7, 3)),
+            (ms(240), st(8, 3)),
+        ];
+        let r = time_to_size(&before, &readings);
+        assert_eq!(
+            r["inbound"],
+            StepResult {
+                before: 2,
+                after: 8,
+                time_to_size: ms(140)
+            }
+        );
+        assert!(
+            !r.contains_key("notify"),
+            "a pool that did not grow was not affected"
+        );
+        assert!(render_step(0, &r).contains("inbound 2->8 in 0.14 s"));
     }
 
     #[test]
@@ -549,6 +833,7 @@ mod tests {
             skipped: 0,
             initial: BTreeMap::new(),
             peaks: BTreeMap::new(),
+            steps: Vec::new(),
         };
         let at = |w| {
             BTreeMap::from([(

@@ -13,6 +13,7 @@ mod local;
 pub mod published;
 pub mod sim;
 mod source;
+pub mod surge;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -76,10 +77,15 @@ pub fn policy_for(manifest: &Manifest) -> Option<AnyPolicy> {
 
 /// Starts the controller over the platform's pools when the manifest asks for a scaler; it stops when
 /// `stop` turns true. Returns the handle on its last decision, or `None` when the scaler is off.
+///
+/// Under the coordinated policy, a surge in what the ingress accepts (`arrivals`, see
+/// [`surge`]) wakes the controller at once, so a step in load is met within a fraction of a
+/// second instead of at the next tick.
 pub fn spawn_local(
     manifest: &Manifest,
     queue: Arc<dyn Queue>,
     pools: &BTreeMap<String, Arc<WorkerPool>>,
+    arrivals: Arc<surge::ArrivalMeter>,
     stop: watch::Receiver<bool>,
 ) -> Result<Option<StatusHandle>> {
     let Some(policy) = policy_for(manifest) else {
@@ -93,12 +99,21 @@ pub fn spawn_local(
         return Ok(None);
     }
     let graph = Arc::new(graph_from_manifest(manifest)?);
-    let controller = levee_scaler::Controller::new(
-        graph,
-        policy,
-        QueueSignals::new(queue, pools.clone()).with_edges(edges(manifest)),
-        PoolActuator::new(pools.clone()),
-    );
+    let mut source = QueueSignals::new(queue, pools.clone()).with_edges(edges(manifest));
+    // The baselines keep their own reaction times (KEDA polls, Lambda ramps per minute).
+    let mut wake = None;
+    if policy.name() == "coordinated" {
+        let surges = Arc::new(surge::Surges::default());
+        let notify = Arc::new(tokio::sync::Notify::new());
+        source = source.with_surges(surges.clone());
+        tokio::spawn(surge::watch(arrivals, surges, notify.clone(), stop.clone()));
+        wake = Some(notify);
+    }
+    let mut controller =
+        levee_scaler::Controller::new(graph, policy, source, PoolActuator::new(pools.clone()));
+    if let Some(wake) = wake {
+        controller = controller.with_wake(wake);
+    }
     let status = controller.status();
     tokio::spawn(async move {
         controller.run(stopped(stop)).await;

@@ -8,8 +8,14 @@ use std::time::Duration;
 
 use levee_scaler::{FunctionSignals, SignalSource, Signals};
 
+use super::surge::Surges;
 use crate::queue::{Queue, QueueStats};
 use crate::worker::{EmitCounts, PoolStats, WorkerPool};
+
+/// Fewest visible messages at both readings for a pool to count as saturated.
+const SATURATED_BACKLOG: f64 = 50.0;
+/// ...and at least this long a stretch of the pool's throughput.
+const SATURATION_SPAN: f64 = 0.1;
 
 /// What one function looked like at one reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +81,13 @@ pub fn function_signals(prev: Option<&Sample>, cur: &Sample, dt: Duration) -> Fu
         // Under a backlog that persisted through the interval every worker was wanted all along, so
         // the pool's real throughput per worker is measured directly; it is lower than the occupancy
         // figure when something besides the workers (the fetchers, the queue's writes) is the limit.
-        let saturated = prev.queue.visible > 0 && cur.queue.visible > 0 && cur.pool.workers > 0;
+        // A few messages visible at both readings is not a backlog: a pool that keeps up leaves
+        // what arrived during one receive there. Counting it as one would measure the demand per
+        // worker, not the capacity, and every worker added would lower it further (a ratchet).
+        let backlog = (handled as f64 / secs * SATURATION_SPAN).max(SATURATED_BACKLOG);
+        let saturated = prev.queue.visible as f64 >= backlog
+            && cur.queue.visible as f64 >= backlog
+            && cur.pool.workers > 0;
         let per_worker = handled as f64 / secs / f64::from(cur.pool.workers.max(prev.pool.workers));
         s.service_rate_per_worker = Some(if saturated {
             per_occupied_second.min(per_worker)
@@ -96,6 +108,10 @@ pub struct QueueSignals {
     edges: BTreeMap<String, Vec<String>>,
     /// Where the fleet's hosts publish their counters (`levee scale`).
     published: Option<Arc<dyn crate::store::Store>>,
+    /// Arrival surges seen between readings ([`super::surge`]).
+    surges: Option<Arc<Surges>>,
+    /// The surge generation the last reading saw.
+    surges_seen: u64,
     prev: Option<(Duration, BTreeMap<String, Sample>)>,
 }
 
@@ -108,8 +124,18 @@ impl QueueSignals {
             pools,
             edges: BTreeMap::new(),
             published: None,
+            surges: None,
+            surges_seen: 0,
             prev: None,
         }
+    }
+
+    /// Takes a fresh surge's rate as a floor on the function's arrival rate. A reading prompted by
+    /// a surge (one recorded since the previous reading) keeps the previous sample as the base of
+    /// the next regular reading, so rates are never measured over the few ms between the two.
+    pub fn with_surges(mut self, surges: Arc<Surges>) -> Self {
+        self.surges = Some(surges);
+        self
     }
 
     /// Reads the counters the fleet's hosts publish into `store` ([`super::published`]) for the
@@ -178,14 +204,24 @@ impl SignalSource for QueueSignals {
             Some((at, prev)) => (now.saturating_sub(*at), Some(prev)),
             None => (Duration::ZERO, None),
         };
+        let clock = tokio::time::Instant::now();
         let functions = samples
             .iter()
             .map(|(name, cur)| {
                 let before = prev.and_then(|p| p.get(name));
-                (name.clone(), function_signals(before, cur, dt))
+                let mut s = function_signals(before, cur, dt);
+                if let Some(rate) = self.surges.as_ref().and_then(|g| g.rate(name, clock)) {
+                    s.arrival_rate = s.arrival_rate.max(rate);
+                }
+                (name.clone(), s)
             })
             .collect();
-        self.prev = Some((now, samples));
+        let generation = self.surges.as_ref().map_or(0, |g| g.generation());
+        let surge_reading = generation != self.surges_seen && self.prev.is_some();
+        self.surges_seen = generation;
+        if !surge_reading {
+            self.prev = Some((now, samples));
+        }
         Ok(Signals { functions })
     }
 }
@@ -269,6 +305,16 @@ mod tests {
         assert!((mu - 610.0 / 5.0 / 6.0).abs() < 1e-9, "{mu}");
         assert_eq!((s.backlog, s.in_flight, s.workers), (296, 8, 6));
         assert_eq!(s.oldest_age, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn a_short_steady_queue_is_not_saturation() {
+        // 20 visible at both readings while 250 were handled in 0.25 s by 2 workers: the pool
+        // keeps up; the service rate is the occupancy figure, not 500 per worker per second.
+        let before = sample((20, 4, 0), (1000, 0), (1000, 100), 2);
+        let after = sample((20, 4, 0), (1250, 0), (1250, 300), 2);
+        let s = function_signals(Some(&before), &after, Duration::from_millis(250));
+        assert_eq!(s.service_rate_per_worker, Some(1250.0));
     }
 
     #[test]
