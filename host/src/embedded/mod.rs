@@ -6,8 +6,9 @@
 //! it receives only after the commit, so an `Ok` means "durably committed" (it survives SIGKILL of
 //! the process; WAL with `synchronous=NORMAL` does not promise survival of a power loss). Reads
 //! (stats, kv get, scans) use a small pool of separate read connections that never block on the
-//! writer.
+//! writer, and a checkpoint thread copies the WAL into the file beside the writer.
 
+mod checkpoint;
 mod queue;
 mod store;
 mod writer;
@@ -112,6 +113,7 @@ CREATE INDEX dead_letters_id ON dead_letters (queue, id);
 pub struct EmbeddedDb {
     jobs: Option<mpsc::UnboundedSender<Box<dyn Job>>>,
     writer: Option<JoinHandle<()>>,
+    checkpointer: Option<checkpoint::Checkpointer>,
     shared: Arc<Shared>,
 }
 
@@ -141,6 +143,9 @@ impl EmbeddedDb {
         }
         let conn = open_connection(&path, false)?;
         init_schema(&conn, &path)?;
+        // WAL pages are copied into the file by a thread of their own, not inside a commit.
+        conn.pragma_update(None, "wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)?;
+        let checkpointer = Some(checkpoint::Checkpointer::start(&path)?);
         let shared = Arc::new(Shared {
             path,
             readers: Mutex::new(Vec::new()),
@@ -157,6 +162,7 @@ impl EmbeddedDb {
         Ok(Arc::new(Self {
             jobs: Some(tx),
             writer: Some(writer),
+            checkpointer,
             shared,
         }))
     }
@@ -292,6 +298,7 @@ impl Drop for EmbeddedDb {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        self.checkpointer.take();
     }
 }
 

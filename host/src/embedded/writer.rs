@@ -158,14 +158,14 @@ pub(super) fn run(
 
 fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>], wakes: &mut Wakes) {
     let together = (|| -> rusqlite::Result<bool> {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        begin(conn)?;
         for job in group.iter_mut() {
             if job.apply(conn, wakes) {
                 return Ok(false);
             }
         }
         wakes.write_totals(conn)?;
-        conn.execute_batch("COMMIT")?;
+        commit(conn)?;
         Ok(true)
     })();
     if matches!(together, Ok(true)) {
@@ -176,13 +176,13 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>], wakes: &mut Wakes
     for job in group.iter_mut() {
         let mut own = Wakes::default();
         let result = (|| -> rusqlite::Result<bool> {
-            conn.execute_batch("BEGIN IMMEDIATE")?;
+            begin(conn)?;
             if job.apply(conn, &mut own) {
                 // The job's own SQLite error is its outcome; undo what it half did.
                 return Ok(false);
             }
             own.write_totals(conn)?;
-            conn.execute_batch("COMMIT")?;
+            commit(conn)?;
             Ok(true)
         })();
         match result {
@@ -194,6 +194,17 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>], wakes: &mut Wakes
             }
         }
     }
+}
+
+// Prepared once: `execute_batch` would parse them again for every group.
+fn begin(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?
+        .execute([])
+        .map(drop)
+}
+
+fn commit(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("COMMIT")?.execute([]).map(drop)
 }
 
 fn rollback(conn: &Connection) {
