@@ -238,38 +238,23 @@ impl EmbeddedDb {
             .map_err(|_| writer_stopped())
     }
 
-    /// Runs `f` on a pooled read connection on tokio's blocking pool.
+    /// Runs `f` on a pooled read connection on tokio's blocking pool, or right here on a thread
+    /// that may block in store calls (a guest's, see [`crate::store::in_place`]).
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        if crate::store::in_place::allowed() {
+            return read_pooled(&self.shared, f);
+        }
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = shared
-                .readers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop();
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => open_connection(&shared.path, true)?,
-            };
-            let result = f(&conn);
-            // A read that failed half-way may leave a transaction open; never pool such a connection.
-            if conn.is_autocommit() {
-                let mut pool = shared.readers.lock().unwrap_or_else(|e| e.into_inner());
-                if pool.len() < READ_POOL {
-                    pool.push(conn);
-                }
-            }
-            result
-        })
-        .await
-        .map_err(|e| Error::Backend {
-            service: "sqlite".into(),
-            message: format!("read task failed: {e}"),
-        })?
+        tokio::task::spawn_blocking(move || read_pooled(&shared, f))
+            .await
+            .map_err(|e| Error::Backend {
+                service: "sqlite".into(),
+                message: format!("read task failed: {e}"),
+            })?
     }
 
     /// The long-poll waker of `queue`, created on first use.
@@ -300,6 +285,28 @@ impl Drop for EmbeddedDb {
         }
         self.checkpointer.take();
     }
+}
+
+/// Runs `f` on a pooled read connection, on the calling thread.
+fn read_pooled<T>(shared: &Shared, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    let pooled = shared
+        .readers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop();
+    let conn = match pooled {
+        Some(conn) => conn,
+        None => open_connection(&shared.path, true)?,
+    };
+    let result = f(&conn);
+    // A read that failed half-way may leave a transaction open; never pool such a connection.
+    if conn.is_autocommit() {
+        let mut pool = shared.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < READ_POOL {
+            pool.push(conn);
+        }
+    }
+    result
 }
 
 fn writer_stopped() -> Error {

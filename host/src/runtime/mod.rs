@@ -327,6 +327,8 @@ impl Function {
     /// thread. `rt` serves the async kv calls the guest makes.
     pub fn invoke(&self, msg: &ReceivedMessage, rt: &tokio::runtime::Handle) -> Invocation {
         let start = Instant::now();
+        // This is a blocking-pool thread that waits for each kv call anyway.
+        let _in_place = crate::store::in_place::allow();
         let deadline = start + self.limits.timeout;
         let calls = self.outbound.calls(&msg.id, deadline);
         let unavailable = calls.unavailable.clone();

@@ -14,6 +14,7 @@ use crate::Result;
 mod breaker;
 mod cached;
 mod faulty;
+pub mod in_place;
 mod memory;
 
 pub use breaker::{
