@@ -48,14 +48,19 @@ impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            // Woken at once: closing a database (every CLI command) does not wait out a period.
+            t.thread().unpark();
             let _ = t.join();
         }
     }
 }
 
 fn run(conn: &rusqlite::Connection, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(EVERY);
+    loop {
+        std::thread::park_timeout(EVERY);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         // Nothing new in the WAL costs a lock and a header read; new frames are copied and the
         // two files synced, here rather than inside a commit.
         if let Err(e) = checkpoint(conn) {
