@@ -17,6 +17,7 @@ pub mod dead;
 pub mod ledger;
 pub mod offload;
 pub mod sqs;
+mod sqs_batch;
 
 pub use dead::{DeadLetterSummary, DlqPage, MAX_DLQ_PAGE, MAX_HISTORY, PREVIEW_BYTES, PastDeath};
 

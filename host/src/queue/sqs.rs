@@ -14,8 +14,8 @@
 //! - delays, visibility timeouts and long polls are whole seconds in SQS: sub-second durations
 //!   round up. On AWS a receive with `wait = 0` is a short poll that samples a subset of servers
 //!   and may come back empty while messages exist; workers should long-poll.
-//! - `retry_later` and `extend_lease` are `ChangeMessageVisibility`; SQS keeps no failure reason,
-//!   so [`ReceivedMessage::last_error`] is always `None` here.
+//! - `retry_later`, `extend_lease` and `release` change the message's visibility; SQS keeps no
+//!   failure reason, so [`ReceivedMessage::last_error`] is always `None` here.
 //! - `dead_letter` sends a copy carrying `levee-dead-reason` (and `levee-dead-meta`: receive count
 //!   and time) to the DLQ, then deletes the original. Messages SQS moved by the redrive policy have
 //!   no reason attribute; [`Queue::dlq_list`] reports them as exceeding the receive limit, with
@@ -51,6 +51,9 @@
 //! - `complete` sends the emitted messages (`SendMessageBatch`, grouped per target queue) and only
 //!   after every send succeeded deletes the source message: delivery is at least once, a crash in
 //!   between re-delivers the source and sends its emitted messages again.
+//! - the deletes of `commit` and the visibility changes of concurrent callers on one queue are
+//!   coalesced into `DeleteMessageBatch` / `ChangeMessageVisibilityBatch` calls of up to 10
+//!   entries, each caller getting its own entry's outcome (see [`super::sqs_batch`]).
 //!
 //! The SDK retries throttling, 5xx answers and connection failures with backoff; batch entries that
 //! fail for a transient reason are retried here a few times. What still fails is a retryable
@@ -63,7 +66,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
@@ -71,6 +73,7 @@ use aws_sdk_sqs::types::{
 };
 use base64::Engine as _;
 
+use super::sqs_batch::{Batcher, Kind, is_stale_receipt};
 use crate::aws::errors::{ErrorContext, Resource};
 use crate::ids::now_ms;
 use crate::limits::SQS_MAX_MESSAGE_BYTES;
@@ -141,6 +144,8 @@ pub struct SqsQueue {
     urls: RwLock<HashMap<String, String>>,
     totals: Mutex<HashMap<String, Totals>>,
     leases: Mutex<Leases>,
+    /// Coalesces commits' deletes and visibility changes into batch calls.
+    batch: std::sync::Arc<Batcher>,
 }
 
 /// Receipts this process was handed, so an old receipt is refused as stale even where SQS (or an
@@ -207,9 +212,12 @@ impl SqsQueue {
     /// An SQS queue service whose queue names start with `prefix` (e.g. `levee-`; tests use a
     /// unique prefix each so they can share one emulator).
     pub fn new(sdk: &SdkConfig, prefix: impl Into<String>) -> Self {
+        let client = Client::new(sdk);
+        let ctx = ErrorContext::new("sqs", sdk);
         Self {
-            client: Client::new(sdk),
-            ctx: ErrorContext::new("sqs", sdk),
+            batch: Batcher::new(client.clone(), ctx.clone()),
+            client,
+            ctx,
             prefix: prefix.into(),
             urls: RwLock::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
@@ -568,31 +576,15 @@ impl SqsQueue {
         Ok(())
     }
 
-    async fn change_visibility(
-        &self,
-        queue: &str,
-        op: &str,
-        receipt: &str,
-        secs: i32,
-    ) -> Result<()> {
+    /// Changes a message's visibility (in a `ChangeMessageVisibilityBatch` with concurrent ones).
+    async fn change_visibility(&self, queue: &str, receipt: &str, secs: i32) -> Result<()> {
         let (name, _) = self.names(queue)?;
         self.check_fresh(receipt)?;
         let url = self.url(&name).await?;
-        self.client
-            .change_message_visibility()
-            .queue_url(&url)
-            .receipt_handle(receipt)
-            .visibility_timeout(secs)
-            .send()
+        self.batch
+            .submit(&name, &url, Kind::Visibility, receipt, secs)
             .await
-            .map_err(|e| {
-                if e.code().is_some_and(is_stale_receipt) {
-                    Error::StaleReceipt
-                } else {
-                    self.forget_if_gone(&name, self.ctx.map(op, Resource::Queue(&name), e))
-                }
-            })?;
-        Ok(())
+            .map_err(|e| self.forget_if_gone(&name, e))
     }
 
     async fn receive_raw(
@@ -753,22 +745,10 @@ impl Queue for SqsQueue {
             self.send_wires(&target_name, &target_url, wires).await?;
         }
         let url = self.url(&name).await?;
-        self.client
-            .delete_message()
-            .queue_url(&url)
-            .receipt_handle(receipt)
-            .send()
+        self.batch
+            .submit(&name, &url, Kind::Delete, receipt, 0)
             .await
-            .map_err(|e| {
-                if e.code().is_some_and(is_stale_receipt) {
-                    Error::StaleReceipt
-                } else {
-                    self.forget_if_gone(
-                        &name,
-                        self.ctx.map("DeleteMessage", Resource::Queue(&name), e),
-                    )
-                }
-            })?;
+            .map_err(|e| self.forget_if_gone(&name, e))?;
         self.leases.lock().expect("leases poisoned").done(receipt);
         self.count(queue, |t| t.processed += 1);
         Ok(CommitOutcome::Committed {
@@ -784,7 +764,7 @@ impl Queue for SqsQueue {
         }
         // SQS cannot take a receive back: the receive count stays raised. The pool's pause
         // after an infrastructure failure is what keeps such messages from the redrive DLQ.
-        self.change_visibility(queue, "ChangeMessageVisibility", receipt, ceil_secs(delay))
+        self.change_visibility(queue, receipt, ceil_secs(delay))
             .await
     }
 
@@ -815,7 +795,7 @@ impl Queue for SqsQueue {
                 "retry delay must be at most {MAX_VISIBILITY:?} (SQS visibility limit), got {delay:?}"
             )));
         }
-        self.change_visibility(queue, "ChangeMessageVisibility", receipt, ceil_secs(delay))
+        self.change_visibility(queue, receipt, ceil_secs(delay))
             .await?;
         self.count(queue, |t| t.retried += 1);
         Ok(())
@@ -827,13 +807,8 @@ impl Queue for SqsQueue {
                 "visibility timeout must be at most {MAX_VISIBILITY:?} (SQS), got {visibility:?}"
             )));
         }
-        self.change_visibility(
-            queue,
-            "ChangeMessageVisibility",
-            receipt,
-            ceil_secs(visibility),
-        )
-        .await
+        self.change_visibility(queue, receipt, ceil_secs(visibility))
+            .await
     }
 
     async fn dead_letter(
@@ -1122,17 +1097,6 @@ impl Queue for SqsQueue {
         }
         Ok(moved)
     }
-}
-
-fn is_stale_receipt(code: &str) -> bool {
-    matches!(
-        code,
-        "ReceiptHandleIsInvalid"
-            | "AWS.SimpleQueueService.ReceiptHandleIsInvalid"
-            | "InvalidReceiptHandle"
-            | "MessageNotInflight"
-            | "AWS.SimpleQueueService.MessageNotInflight"
-    )
 }
 
 fn entry_backoff(attempt: u32) -> Duration {
