@@ -446,7 +446,7 @@ impl Platform {
         let inv = loop {
             let (f, msg) = (f.clone(), msg.clone());
             let rt = tokio::runtime::Handle::current();
-            let inv = tokio::task::spawn_blocking(move || f.invoke(&msg, &rt))
+            let inv = crate::runtime::threads::run(move || f.invoke(&msg, &rt))
                 .await
                 .map_err(|e| Error::Runtime(format!("invocation panicked: {e}")))?;
             let Ok(out) = &inv.outcome else { break inv };

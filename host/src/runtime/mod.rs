@@ -7,6 +7,7 @@ mod engine;
 mod guest_log;
 mod host;
 mod slot;
+pub(crate) mod threads;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -323,11 +324,11 @@ impl Function {
         &self.outbound
     }
 
-    /// Instantiates the component and runs `handle` once. Blocking: run it on a blocking
-    /// thread. `rt` serves the async kv calls the guest makes.
+    /// Instantiates the component and runs `handle` once. Blocking: run it on a guest thread
+    /// ([`threads::run`]). `rt` serves the async kv calls the guest makes.
     pub fn invoke(&self, msg: &ReceivedMessage, rt: &tokio::runtime::Handle) -> Invocation {
         let start = Instant::now();
-        // This is a blocking-pool thread that waits for each kv call anyway.
+        // This is a guest thread that waits for each kv call anyway.
         let _in_place = crate::store::in_place::allow();
         let deadline = start + self.limits.timeout;
         let calls = self.outbound.calls(&msg.id, deadline);

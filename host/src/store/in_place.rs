@@ -1,5 +1,5 @@
-//! Whether a store call may block the thread it is made on. A guest runs on a thread of tokio's
-//! blocking pool and waits for each of its kv calls anyway; a backend whose reads are
+//! Whether a store call may block the thread it is made on. A guest runs on a guest thread of
+//! its own ([`crate::runtime::threads`]) and waits for each of its kv calls anyway; a backend whose reads are
 //! synchronous (SQLite) can do them right there instead of crossing to another blocking thread
 //! and back (two context switches per read on a 2-core machine).
 
@@ -14,7 +14,7 @@ thread_local! {
 pub struct InPlace(bool);
 
 /// Declares that the current thread may block in store calls until the guard is dropped. Only for
-/// threads that run no async tasks (tokio's blocking pool), never a runtime worker.
+/// threads that run no async tasks (guest threads, tokio's blocking pool), never a runtime worker.
 pub fn allow() -> InPlace {
     InPlace(ALLOWED.replace(true))
 }

@@ -538,7 +538,7 @@ async fn settle_failure(s: &Shared, msg: &ReceivedMessage, failure: Failure) -> 
         .await
 }
 
-/// Runs the invocation on a blocking thread, renewing the message's lease while it runs.
+/// Runs the invocation on a guest thread, renewing the message's lease while it runs.
 async fn run_keeping_lease(
     s: &Arc<Shared>,
     function: &Arc<Function>,
@@ -547,7 +547,9 @@ async fn run_keeping_lease(
     let function = function.clone();
     let rt = s.rt.clone();
     let m = msg.clone();
-    let mut job = tokio::task::spawn_blocking(move || function.invoke(&m, &rt));
+    let mut job = std::pin::pin!(crate::runtime::threads::run(
+        move || function.invoke(&m, &rt)
+    ));
     let renew_every = s.cfg.lease / 2;
     loop {
         tokio::select! {
