@@ -5,7 +5,8 @@
 //! (offloaded to blobs) goes through the same function.
 //!
 //! Run: `cargo bench -p levee-tests --bench pipeline` (`PIPELINE_BENCH_SCALE=0.2` for a quick
-//! run) on the embedded backend; `PIPELINE_BENCH_BACKEND=aws` runs the same scenarios on the AWS
+//! run, `PIPELINE_BENCH_WORKERS=16,32` for other worker counts per function of the pipeline than
+//! 4, 8 and 16) on the embedded backend; `PIPELINE_BENCH_BACKEND=aws` runs the same scenarios on the AWS
 //! backends of the emulator (moto or LocalStack, started as the tests start it; default scale 0.1
 //! there, fewer scenarios and lower flood rates: a local reference, not a claim about AWS). Each scenario runs on a fresh in-process
 //! platform in a temp dir (on the emulator: freshly provisioned queues, table and bucket), twice:
@@ -397,14 +398,27 @@ fn main() {
     let n = |base: f64| ((base * k) as u64).max(SENDERS * BATCH);
     // The emulator slows down with the length of its queues (every call walks them), so it gets
     // one configuration of each and small counts.
+    // PIPELINE_BENCH_WORKERS=16,32 replaces the pipeline's worker counts (per function).
+    let pipeline_workers: Vec<u32> = match std::env::var("PIPELINE_BENCH_WORKERS") {
+        Ok(v) => v
+            .split(',')
+            .map(|w| {
+                w.trim()
+                    .parse()
+                    .expect("PIPELINE_BENCH_WORKERS: comma-separated counts")
+            })
+            .collect(),
+        Err(_) => vec![4, 8, 16],
+    };
     let scenarios = match backend {
-        Backend::Embedded => vec![
+        Backend::Embedded => [
             noop(8, n(40_000.0)),
             noop(16, n(40_000.0)),
             noop(32, n(40_000.0)),
-            pipeline(4, n(8_000.0)),
-            pipeline(8, n(8_000.0)),
-        ],
+        ]
+        .into_iter()
+        .chain(pipeline_workers.iter().map(|&w| pipeline(w, n(8_000.0))))
+        .collect(),
         Backend::Aws => vec![noop(8, n(40_000.0)), pipeline(4, n(8_000.0))],
     };
     // PIPELINE_BENCH_ONLY=pipeline runs only the scenarios whose label contains the text.

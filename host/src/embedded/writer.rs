@@ -141,7 +141,7 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        commit_group(&conn, &mut group, &mut wakes);
+        commit_group(&conn, &mut group, &mut jobs, &mut wakes);
         for job in group.drain(..) {
             job.reply();
         }
@@ -156,12 +156,34 @@ pub(super) fn run(
     }
 }
 
-fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>], wakes: &mut Wakes) {
+/// Applies `group` in one transaction and commits it. Jobs that arrive while the group is being
+/// applied join it before the commit (up to [`MAX_GROUP`]): they would otherwise wait for this
+/// commit and then pay for one of their own, and most pages a group writes (the queues' tails,
+/// their index, the totals) are shared, so a larger group writes fewer WAL frames per job.
+fn commit_group(
+    conn: &Connection,
+    group: &mut Vec<Box<dyn Job>>,
+    jobs: &mut mpsc::UnboundedReceiver<Box<dyn Job>>,
+    wakes: &mut Wakes,
+) {
     let together = (|| -> rusqlite::Result<bool> {
         begin(conn)?;
-        for job in group.iter_mut() {
-            if job.apply(conn, wakes) {
-                return Ok(false);
+        let mut applied = 0;
+        loop {
+            for job in group[applied..].iter_mut() {
+                if job.apply(conn, wakes) {
+                    return Ok(false);
+                }
+            }
+            applied = group.len();
+            while group.len() < MAX_GROUP {
+                match jobs.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            if group.len() == applied {
+                break;
             }
         }
         wakes.write_totals(conn)?;
