@@ -76,6 +76,39 @@ impl Error {
         }
     }
 
+    /// A copy of this error for one more caller (`Error` is not `Clone`: it wraps SQLite's and
+    /// I/O errors), as when several callers share one store read or one batch call. Errors that
+    /// cannot be copied keep their text and their retryability, attributed to `service`.
+    pub fn copied(&self, service: &str) -> Error {
+        match self {
+            Error::QueueNotFound(q) => Error::QueueNotFound(q.clone()),
+            Error::StaleReceipt => Error::StaleReceipt,
+            Error::Timeout { what, after } => Error::Timeout {
+                what: what.clone(),
+                after: *after,
+            },
+            Error::Overloaded(s) => Error::Overloaded(s.clone()),
+            Error::CircuitOpen(s) => Error::CircuitOpen(s.clone()),
+            Error::Unavailable { service, message } => Error::Unavailable {
+                service: service.clone(),
+                message: message.clone(),
+            },
+            Error::Backend { service, message } => Error::Backend {
+                service: service.clone(),
+                message: message.clone(),
+            },
+            Error::Invalid(s) => Error::Invalid(s.clone()),
+            other if other.is_retryable() => Error::Unavailable {
+                service: service.to_owned(),
+                message: other.to_string(),
+            },
+            other => Error::Backend {
+                service: service.to_owned(),
+                message: other.to_string(),
+            },
+        }
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

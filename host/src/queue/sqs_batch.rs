@@ -166,7 +166,7 @@ impl Batcher {
                 Ok(failed) => failed,
                 Err(e) => {
                     for entry in batch {
-                        let _ = entry.reply.send(Err(copy_error(&e)));
+                        let _ = entry.reply.send(Err(e.copied("sqs")));
                     }
                     return;
                 }
@@ -290,46 +290,21 @@ pub(crate) fn is_stale_receipt(code: &str) -> bool {
     )
 }
 
-/// The error of a whole batch call, once per caller (`Error` is not `Clone`): the variants the
-/// SDK error mapping produces are copied; anything else keeps its text and retryability.
-fn copy_error(e: &Error) -> Error {
-    match e {
-        Error::QueueNotFound(q) => Error::QueueNotFound(q.clone()),
-        Error::StaleReceipt => Error::StaleReceipt,
-        Error::Unavailable { service, message } => Error::Unavailable {
-            service: service.clone(),
-            message: message.clone(),
-        },
-        Error::Backend { service, message } => Error::Backend {
-            service: service.clone(),
-            message: message.clone(),
-        },
-        Error::Invalid(m) => Error::Invalid(m.clone()),
-        other if other.is_retryable() => Error::Unavailable {
-            service: "sqs".into(),
-            message: other.to_string(),
-        },
-        other => Error::Backend {
-            service: "sqs".into(),
-            message: other.to_string(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn whole_call_errors_are_copied_with_their_kind() {
-        let e = copy_error(&Error::QueueNotFound("q".into()));
+        let e = Error::QueueNotFound("q".into()).copied("sqs");
         assert!(matches!(e, Error::QueueNotFound(q) if q == "q"));
-        let e = copy_error(&Error::Timeout {
+        let e = Error::Timeout {
             what: "x".into(),
             after: Duration::from_secs(1),
-        });
-        assert!(matches!(e, Error::Unavailable { .. }));
-        let e = copy_error(&Error::Manifest("m".into()));
+        }
+        .copied("sqs");
+        assert!(matches!(e, Error::Timeout { .. }) && e.is_retryable());
+        let e = Error::Manifest("m".into()).copied("sqs");
         assert!(matches!(e, Error::Backend { .. }) && !e.is_retryable());
     }
 

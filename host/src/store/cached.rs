@@ -284,36 +284,6 @@ fn cache_key(ns: &str, key: &str) -> String {
     k
 }
 
-/// A copy of `e` for one of the callers that shared a store read.
-fn duplicate(e: &Error, store: &str) -> Error {
-    match e {
-        Error::Timeout { what, after } => Error::Timeout {
-            what: what.clone(),
-            after: *after,
-        },
-        Error::Overloaded(s) => Error::Overloaded(s.clone()),
-        Error::CircuitOpen(s) => Error::CircuitOpen(s.clone()),
-        Error::Unavailable { service, message } => Error::Unavailable {
-            service: service.clone(),
-            message: message.clone(),
-        },
-        Error::Backend { service, message } => Error::Backend {
-            service: service.clone(),
-            message: message.clone(),
-        },
-        Error::Invalid(s) => Error::Invalid(s.clone()),
-        // Errors that cannot be cloned keep their message and their retryability.
-        other if other.is_retryable() => Error::Unavailable {
-            service: store.to_owned(),
-            message: other.to_string(),
-        },
-        other => Error::Backend {
-            service: store.to_owned(),
-            message: other.to_string(),
-        },
-    }
-}
-
 impl<S: ?Sized + Store> CachedStore<S> {
     /// Caches `store` (called `name` in errors and metrics) with `config`, on the system clock.
     pub fn new(name: impl Into<String>, store: Arc<S>, config: &CacheConfig) -> Result<Self> {
@@ -418,7 +388,7 @@ impl<S: ?Sized + Store> CachedStore<S> {
                 }
                 Ok(value)
             }
-            Err(e) => Err(duplicate(&e, &inner.store_label())),
+            Err(e) => Err(e.copied(&inner.store_label())),
         }
     }
 }
