@@ -282,11 +282,16 @@ pub(super) fn apply_commit(conn: &Connection, commit: &KvCommit) -> Result<Commi
     for (key, value) in &commit.writes {
         match value {
             Some(v) => {
+                // A write of the bytes already there keeps the version, so the row comes out
+                // byte for byte the same and SQLite leaves its page clean (no WAL frame). Readers
+                // of the old version lose nothing: what they read is still what is stored.
                 let version: i64 = conn
                     .prepare_cached(
                         "INSERT INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, NULL)
                          ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value,
-                             expires_at = NULL, version = kv.version + 1
+                             expires_at = NULL,
+                             version = kv.version
+                                 + (kv.value IS NOT excluded.value OR kv.expires_at IS NOT NULL)
                          RETURNING version",
                     )?
                     .query_row(params![commit.ns, key, v.as_ref()], |r| r.get(0))?;
@@ -358,6 +363,65 @@ mod tests {
             "the expired row is gone, `later` was added"
         );
         assert_eq!(s.scan("fn", "", None, 10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_of_the_same_bytes_keeps_the_version_and_dirties_no_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path().join(FILE_NAME)).unwrap();
+        let s = db.store();
+        let write = |value: &'static [u8]| KvCommit {
+            ns: "fn".into(),
+            writes: vec![("k".into(), Some(Bytes::from_static(value)))],
+            ..KvCommit::default()
+        };
+        let version = |o: CommitOutcome| match o {
+            CommitOutcome::Committed { versions } => versions[0],
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(version(s.commit(&write(b"a")).await.unwrap()), Some(1));
+        // Same bytes: same version, and SQLite writes nothing for it.
+        let wal = || {
+            std::fs::metadata(dir.path().join(format!("{FILE_NAME}-wal")))
+                .unwrap()
+                .len()
+        };
+        let before = wal();
+        assert_eq!(version(s.commit(&write(b"a")).await.unwrap()), Some(1));
+        assert_eq!(wal(), before, "a same-bytes write appended WAL frames");
+        assert_eq!(s.get_versioned("fn", "k").await.unwrap().version, 1);
+        // Other bytes: a new version.
+        assert_eq!(version(s.commit(&write(b"b")).await.unwrap()), Some(2));
+        // A reader of version 1 conflicts with the change, a reader of version 2 does not.
+        let check = |seen: u64| KvCommit {
+            ns: "fn".into(),
+            reads: vec![("k".into(), seen)],
+            writes: vec![("k".into(), Some(Bytes::from_static(b"b")))],
+            ..KvCommit::default()
+        };
+        assert!(matches!(
+            s.commit(&check(1)).await.unwrap(),
+            CommitOutcome::Conflict { .. }
+        ));
+        assert_eq!(version(s.commit(&check(2)).await.unwrap()), Some(2));
+        // An item with an expiry gets a new version even for the same bytes (the expiry goes).
+        s.put(
+            "fn",
+            "t",
+            Bytes::from_static(b"x"),
+            PutOptions {
+                if_absent: false,
+                ttl: Some(Duration::from_secs(60)),
+            },
+        )
+        .await
+        .unwrap();
+        let ttl_write = KvCommit {
+            ns: "fn".into(),
+            writes: vec![("t".into(), Some(Bytes::from_static(b"x")))],
+            ..KvCommit::default()
+        };
+        assert_eq!(version(s.commit(&ttl_write).await.unwrap()), Some(2));
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Key-value stores namespaced per function: the [`Store`] trait every backend implements.
 //!
-//! Every item carries a version (1 on first write, raised by every write; 0 means absent), so an
+//! Every item carries a version (1 on first write, raised by every write that changes it; 0 means
+//! absent; a backend may also raise it on a write of the same bytes), so an
 //! invocation's writes can be committed with optimistic concurrency: [`KvCommit`] lists the
 //! versions the invocation read, and a commit applies nothing if any of them changed.
 
