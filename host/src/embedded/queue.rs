@@ -183,28 +183,28 @@ impl Queue for EmbeddedQueue {
                 let mut outcome = CommitOutcome::Committed {
                     versions: Vec::new(),
                 };
-                // Without kv there is nothing left to check: the delete checks the lease, and a
-                // stale one deletes nothing and writes nothing.
-                let seq = if completion.kv.is_none() {
-                    lease.delete(conn, q)?;
-                    None
-                } else {
-                    Some(lease.check(conn, q)?)
-                };
-                if let Some(kv) = &completion.kv {
-                    let seq = seq.unwrap_or(lease.seq);
-                    if let Some(r) = &kv.record
-                        && store::record_exists(conn, &r.key)?
-                    {
-                        delete_message(conn, seq)?;
-                        return Ok(CommitOutcome::Duplicate);
-                    }
-                    outcome = store::apply_commit(conn, kv)?;
-                    if matches!(outcome, CommitOutcome::Conflict { .. }) {
-                        return Ok(outcome);
-                    }
-                    if let Some(r) = &kv.record {
-                        store::insert_record(conn, r)?;
+                // The delete checks the lease: a stale one deletes nothing and fails the job
+                // before its first write. With kv, the reads' checks come first: they write
+                // nothing either (a stale lease whose reads also changed reports the conflict;
+                // the run that follows finds the lease gone).
+                match &completion.kv {
+                    None => lease.delete(conn, q)?,
+                    Some(kv) => {
+                        if let Some(r) = &kv.record
+                            && store::record_exists(conn, &r.key)?
+                        {
+                            lease.delete(conn, q)?;
+                            return Ok(CommitOutcome::Duplicate);
+                        }
+                        let sums = match store::check_commit(conn, kv)? {
+                            store::Checked::Conflict(conflict) => return Ok(conflict),
+                            store::Checked::Ready(sums) => sums,
+                        };
+                        lease.delete(conn, q)?;
+                        outcome = store::write_commit(conn, kv, sums)?;
+                        if let Some(r) = &kv.record {
+                            store::insert_record(conn, r)?;
+                        }
                     }
                 }
                 let now = now_ms();
@@ -212,9 +212,6 @@ impl Queue for EmbeddedQueue {
                     let id = e.message.id.clone().unwrap_or_else(new_id);
                     insert_encoded(conn, target, &id, &e.message, attrs, now)?;
                     wakes.add(&e.queue, 1);
-                }
-                if let Some(seq) = seq {
-                    delete_message(conn, seq)?;
                 }
                 wakes.count(q, |t| t.processed += 1);
                 Ok(outcome)

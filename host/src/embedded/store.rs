@@ -239,6 +239,24 @@ pub(super) fn insert_record(conn: &Connection, r: &Record) -> Result<()> {
 /// Inside the writer's transaction: checks the versions `commit` read and, if all are current,
 /// applies its writes (not its record). Writes nothing on a conflict.
 pub(super) fn apply_commit(conn: &Connection, commit: &KvCommit) -> Result<CommitOutcome> {
+    match check_commit(conn, commit)? {
+        Checked::Conflict(outcome) => Ok(outcome),
+        Checked::Ready(sums) => write_commit(conn, commit, sums),
+    }
+}
+
+/// What [`check_commit`] found.
+pub(super) enum Checked<'a> {
+    /// A key read has changed: the outcome to report, nothing to write.
+    Conflict(CommitOutcome),
+    /// Every read is current; the new values of the counters added to, for [`write_commit`].
+    Ready(Vec<(&'a String, Bytes)>),
+}
+
+/// The half of [`apply_commit`] that writes nothing: the version checks, and the counters' new
+/// values (an add to a value that is not an integer refuses the commit here, before any write,
+/// since only SQLite errors roll the group transaction back).
+pub(super) fn check_commit<'a>(conn: &Connection, commit: &'a KvCommit) -> Result<Checked<'a>> {
     let mut changed = Vec::new();
     {
         let mut stmt = conn.prepare_cached("SELECT version FROM kv WHERE ns = ?1 AND key = ?2")?;
@@ -253,10 +271,8 @@ pub(super) fn apply_commit(conn: &Connection, commit: &KvCommit) -> Result<Commi
         }
     }
     if !changed.is_empty() {
-        return Ok(CommitOutcome::Conflict { keys: changed });
+        return Ok(Checked::Conflict(CommitOutcome::Conflict { keys: changed }));
     }
-    // Adds are computed before anything is written: a refused one must leave nothing in the
-    // group transaction (only SQLite errors roll it back).
     let mut sums = Vec::with_capacity(commit.adds.len());
     if !commit.adds.is_empty() {
         let mut stmt = conn.prepare_cached(
@@ -270,6 +286,15 @@ pub(super) fn apply_commit(conn: &Connection, commit: &KvCommit) -> Result<Commi
             sums.push((key, crate::store::added(key, current.as_deref(), *delta)?));
         }
     }
+    Ok(Checked::Ready(sums))
+}
+
+/// The writing half of [`apply_commit`], after [`check_commit`] found every read current.
+pub(super) fn write_commit(
+    conn: &Connection,
+    commit: &KvCommit,
+    sums: Vec<(&String, Bytes)>,
+) -> Result<CommitOutcome> {
     for (key, value) in &sums {
         conn.prepare_cached(
             "INSERT INTO kv (ns, key, value, expires_at) VALUES (?1, ?2, ?3, NULL)
