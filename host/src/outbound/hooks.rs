@@ -67,6 +67,11 @@ impl Outbound {
     }
 
     /// A function granted nothing.
+    /// Whether the function may call out at all (it has at least one destination).
+    pub fn grants_any(&self) -> bool {
+        !self.destinations.is_empty()
+    }
+
     pub fn none(function: &str) -> Self {
         Outbound {
             function: function.to_string(),

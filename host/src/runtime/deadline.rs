@@ -341,6 +341,7 @@ mod tests {
             calls: Arc::new(crate::outbound::Outbound::none("f")).calls("m", deadline),
             config: Arc::default(),
             redactor: Arc::default(),
+            speculate: false,
         });
         let limits = Limits {
             memory_bytes: 1 << 20,

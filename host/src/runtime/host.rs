@@ -58,6 +58,8 @@ pub(super) struct HostState {
     pub(super) infra: Option<String>,
     /// A kv call was cut off at the deadline: the invocation timed out.
     pub(super) timed_out: bool,
+    /// See [`Wiring::speculate`].
+    speculate: bool,
 }
 
 /// What one invocation's host state is made from.
@@ -72,6 +74,8 @@ pub(super) struct Wiring<'a> {
     pub calls: Calls,
     pub config: Arc<Vec<(String, String)>>,
     pub redactor: Arc<Redactor>,
+    /// Whether `put-if-absent` may assume a key absent that the cache knows nothing of.
+    pub speculate: bool,
 }
 
 impl HostState {
@@ -109,6 +113,7 @@ impl HostState {
             written_bytes: 0,
             infra: None,
             timed_out: false,
+            speculate: w.speculate,
         }
     }
 
@@ -396,6 +401,25 @@ impl kv::Host for HostState {
 
     fn put_if_absent(&mut self, key: String, value: Vec<u8>) -> Result<bool, types::Error> {
         store::validate(&key, Some(&value)).map_err(to_guest_error)?;
+        // Keys put if absent are nearly always new (idempotency records, one per message), so
+        // reading one is a store read that finds nothing. When allowed, a key this invocation
+        // has not touched and the cache knows nothing of is taken as absent at version 0, as a
+        // read that found nothing would record it; the commit checks it like any read. If the
+        // key did exist, the commit conflicts, applies nothing, and the message runs again
+        // without speculating (it reads the key).
+        let untouched = !self.reads.contains_key(&key)
+            && !self.writes.contains_key(&key)
+            && !self.adds.contains_key(&key);
+        if untouched && self.speculate && self.store.cached(&self.ns, &key).is_none() {
+            if self.reads.len() >= MAX_TXN_READS {
+                return Err(types::Error::Permanent(format!(
+                    "an invocation may read at most {MAX_TXN_READS} distinct keys"
+                )));
+            }
+            self.write(key.clone(), Some(Bytes::from(value)))?;
+            self.reads.insert(key, 0);
+            return Ok(true);
+        }
         // The read records the key's version: a concurrent insert makes the commit conflict.
         if self.read(&key)?.is_some() {
             return Ok(false);
@@ -453,10 +477,14 @@ impl emit::Host for HostState {
 mod tests {
     use super::*;
     use crate::outbound::Outbound;
-    use crate::store::MemoryStore;
+    use crate::store::{CommitOutcome, MemoryStore};
     use kv::Host as _;
 
     fn state(store: Arc<dyn Store>, rt: &tokio::runtime::Runtime) -> HostState {
+        wired(store, rt, false)
+    }
+
+    fn wired(store: Arc<dyn Store>, rt: &tokio::runtime::Runtime, speculate: bool) -> HostState {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         HostState::new(Wiring {
             name: "f",
@@ -469,7 +497,54 @@ mod tests {
             calls: Arc::new(Outbound::none("f")).calls("m", deadline),
             config: Arc::default(),
             redactor: Arc::new(Redactor::new([])),
+            speculate,
         })
+    }
+
+    #[test]
+    fn a_speculated_put_if_absent_is_checked_by_the_commit_and_not_taken_on_the_rerun() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        rt.block_on(store.put("f", "seen", Bytes::from("old"), Default::default()))
+            .unwrap();
+
+        // Speculating: the key is taken as absent (version 0) without a read, and the commit
+        // conflicts on it because it exists.
+        let mut s = wired(store.clone(), &rt, true);
+        assert!(s.put_if_absent("seen".into(), b"new".to_vec()).unwrap());
+        assert_eq!(s.get("seen".into()).unwrap(), Some(b"new".to_vec()));
+        let c = s.take_commit();
+        assert_eq!(c.reads, vec![("seen".to_string(), 0)]);
+        assert_eq!(
+            rt.block_on(store.commit(&c)).unwrap(),
+            CommitOutcome::Conflict {
+                keys: vec!["seen".into()]
+            }
+        );
+        assert_eq!(
+            rt.block_on(store.get("f", "seen")).unwrap(),
+            Some(Bytes::from("old"))
+        );
+
+        // The run after the conflict reads the key and finds it.
+        let mut s = wired(store.clone(), &rt, false);
+        assert!(!s.put_if_absent("seen".into(), b"new".to_vec()).unwrap());
+        let c = s.take_commit();
+        assert_eq!(c.reads, vec![("seen".to_string(), 1)]);
+        assert!(c.writes.is_empty());
+
+        // A new key speculated absent commits.
+        let mut s = wired(store.clone(), &rt, true);
+        assert!(s.put_if_absent("new".into(), b"1".to_vec()).unwrap());
+        let c = s.take_commit();
+        assert!(matches!(
+            rt.block_on(store.commit(&c)).unwrap(),
+            CommitOutcome::Committed { .. }
+        ));
+        assert_eq!(
+            rt.block_on(store.get("f", "new")).unwrap(),
+            Some(Bytes::from("1"))
+        );
     }
 
     #[test]

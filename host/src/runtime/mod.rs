@@ -327,6 +327,20 @@ impl Function {
     /// Instantiates the component and runs `handle` once. Blocking: run it on a guest thread
     /// ([`threads::run`]). `rt` serves the async kv calls the guest makes.
     pub fn invoke(&self, msg: &ReceivedMessage, rt: &tokio::runtime::Handle) -> Invocation {
+        self.invoke_speculating(msg, rt, false)
+    }
+
+    /// [`Function::invoke`], where `speculate` lets a `put-if-absent` of a key the cache knows
+    /// nothing of assume the key absent instead of reading it (see `HostState::put_if_absent`).
+    /// Only for a caller that runs the message again when the commit conflicts, and only
+    /// honoured for a function without outbound grants: nothing else it does is visible before
+    /// its commit.
+    pub fn invoke_speculating(
+        &self,
+        msg: &ReceivedMessage,
+        rt: &tokio::runtime::Handle,
+        speculate: bool,
+    ) -> Invocation {
         let start = Instant::now();
         // This is a guest thread that waits for each kv call anyway.
         let _in_place = crate::store::in_place::allow();
@@ -344,6 +358,7 @@ impl Function {
             calls,
             config: self.config.clone(),
             redactor: self.redactor.clone(),
+            speculate: speculate && !self.outbound.grants_any(),
         });
         let mut store = WasmStore::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

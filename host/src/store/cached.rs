@@ -756,6 +756,18 @@ impl<S: ?Sized + Store> Store for CachedStore<S> {
         self.lookup(ns, key, true).await
     }
 
+    fn cached(&self, ns: &str, key: &str) -> Option<Versioned> {
+        let inner = &self.inner;
+        let found = inner.cache.get(&cache_key(ns, key))?.fresh(
+            inner.clock.now(),
+            inner.ttl,
+            inner.negative_ttl,
+            true,
+        )?;
+        bump(&inner.counters.hits);
+        Some(found)
+    }
+
     async fn commit(&self, commit: &KvCommit) -> Result<CommitOutcome> {
         validate_namespace(&commit.ns)?;
         let inner = &self.inner;

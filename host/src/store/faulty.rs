@@ -245,6 +245,11 @@ impl<S: ?Sized + Store> Store for FaultyStore<S> {
         self.inner.forget(ns, keys).await
     }
 
+    /// A look into a cache below, not a store call: no fault applies.
+    fn cached(&self, ns: &str, key: &str) -> Option<Versioned> {
+        self.inner.cached(ns, key)
+    }
+
     async fn put(&self, ns: &str, key: &str, value: Bytes, opts: PutOptions) -> Result<bool> {
         self.run(Op::Put, self.inner.put(ns, key, value, opts))
             .await

@@ -184,6 +184,12 @@ pub trait Store: Send + Sync + 'static {
     /// The value under `key` with its version.
     async fn get_versioned(&self, ns: &str, key: &str) -> Result<Versioned>;
 
+    /// What a cache in front of the store knows of `key` with its version, without asking the
+    /// store; `None` when it knows nothing (and always, for a store without a cache).
+    fn cached(&self, _ns: &str, _key: &str) -> Option<Versioned> {
+        None
+    }
+
     /// Applies `commit` atomically if every version it read is still current (and its record,
     /// if any, is new).
     async fn commit(&self, commit: &KvCommit) -> Result<CommitOutcome>;

@@ -359,7 +359,8 @@ async fn handle(s: &Arc<Shared>, msg: ReceivedMessage, mut pick: Pick) {
     let name = s.slot.name();
     let mut conflicts = 0;
     loop {
-        let invocation = run_keeping_lease(s, &pick.function, &msg).await;
+        // A run after a conflict reads every key it uses: the conflict may be a speculation's.
+        let invocation = run_keeping_lease(s, &pick.function, &msg, conflicts == 0).await;
         s.counters.record(&invocation);
         let output = match invocation.outcome {
             Ok(output) => {
@@ -543,12 +544,13 @@ async fn run_keeping_lease(
     s: &Arc<Shared>,
     function: &Arc<Function>,
     msg: &ReceivedMessage,
+    speculate: bool,
 ) -> Invocation {
     let function = function.clone();
     let rt = s.rt.clone();
     let m = msg.clone();
     let mut job = std::pin::pin!(crate::runtime::threads::run(
-        move || function.invoke(&m, &rt)
+        move || function.invoke_speculating(&m, &rt, speculate)
     ));
     let renew_every = s.cfg.lease / 2;
     loop {
