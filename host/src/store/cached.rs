@@ -756,16 +756,15 @@ impl<S: ?Sized + Store> Store for CachedStore<S> {
         self.lookup(ns, key, true).await
     }
 
+    /// Counts neither a hit nor a miss: a caller that uses what it finds reads it again.
     fn cached(&self, ns: &str, key: &str) -> Option<Versioned> {
         let inner = &self.inner;
-        let found = inner.cache.get(&cache_key(ns, key))?.fresh(
+        inner.cache.get(&cache_key(ns, key))?.fresh(
             inner.clock.now(),
             inner.ttl,
             inner.negative_ttl,
             true,
-        )?;
-        bump(&inner.counters.hits);
-        Some(found)
+        )
     }
 
     async fn commit(&self, commit: &KvCommit) -> Result<CommitOutcome> {
@@ -1099,6 +1098,36 @@ mod tests {
         let err = r.cached.get("fn", "k").await.unwrap_err();
         assert!(err.is_retryable(), "{err}");
         assert_eq!(r.cached.metrics().stale_serves, 4);
+    }
+
+    #[tokio::test]
+    async fn cached_tells_what_the_cache_knows_without_a_store_call_or_a_count() {
+        let cfg = config();
+        let r = rig(cfg.clone());
+        r.store().put("fn", "k", b("v1"), PLAIN).await.unwrap();
+        assert_eq!(r.cached.cached("fn", "k"), None, "never read: unknown");
+        let read = r.cached.get_versioned("fn", "k").await.unwrap();
+        assert_eq!(
+            r.cached.get_versioned("fn", "gone").await.unwrap().value,
+            None
+        );
+        let (calls, hits, misses) = (
+            r.faulty.stats().calls,
+            r.cached.metrics().hits,
+            r.cached.metrics().misses,
+        );
+        assert_eq!(r.cached.cached("fn", "k"), Some(read));
+        assert_eq!(
+            r.cached.cached("fn", "gone").map(|v| v.value),
+            Some(None),
+            "a known absence is knowledge too"
+        );
+        assert_eq!(r.faulty.stats().calls, calls);
+        assert_eq!(r.cached.metrics().hits, hits);
+        assert_eq!(r.cached.metrics().misses, misses);
+        // Past its freshness an entry is not offered.
+        r.clock.advance(cfg.ttl() + Duration::from_millis(1));
+        assert_eq!(r.cached.cached("fn", "k"), None);
     }
 
     #[tokio::test]
