@@ -4,6 +4,7 @@
 //! ([`policy_for`], [`spawn_local`] for `levee up`), the `levee sim` runner ([`sim`]) and the
 //! `levee load` generator ([`load`]).
 
+mod contention;
 mod ecs;
 pub mod fleet;
 mod graph;
@@ -105,7 +106,7 @@ pub fn spawn_local(
     if policy.name() == "coordinated" {
         let surges = Arc::new(surge::Surges::default());
         let notify = Arc::new(tokio::sync::Notify::new());
-        source = source.with_surges(surges.clone());
+        source = source.with_surges(surges.clone()).with_host_cpu();
         tokio::spawn(surge::watch(arrivals, surges, notify.clone(), stop.clone()));
         wake = Some(notify);
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use levee_scaler::{FunctionSignals, SignalSource, Signals};
 
+use super::contention;
 use super::surge::Surges;
 use crate::queue::{Queue, QueueStats};
 use crate::worker::{EmitCounts, PoolStats, WorkerPool};
@@ -112,7 +113,11 @@ pub struct QueueSignals {
     surges: Option<Arc<Surges>>,
     /// The surge generation the last reading saw.
     surges_seen: u64,
+    /// The cores the pools share, when they share this host's ([`QueueSignals::with_host_cpu`]).
+    host_cores: Option<f64>,
+    /// The previous base sample: when, per function, and the process CPU time then.
     prev: Option<(Duration, BTreeMap<String, Sample>)>,
+    prev_cpu: Option<(Option<Duration>, Option<(u64, u64)>)>,
 }
 
 impl QueueSignals {
@@ -126,7 +131,9 @@ impl QueueSignals {
             published: None,
             surges: None,
             surges_seen: 0,
+            host_cores: None,
             prev: None,
+            prev_cpu: None,
         }
     }
 
@@ -135,6 +142,14 @@ impl QueueSignals {
     /// the next regular reading, so rates are never measured over the few ms between the two.
     pub fn with_surges(mut self, surges: Arc<Surges>) -> Self {
         self.surges = Some(surges);
+        self
+    }
+
+    /// The pools run on this host and share its cores: while a surge is fresh, every measured
+    /// service rate is scaled to what the host will give a worker at the surge's load
+    /// ([`contention`]), so one decision sizes the pools for it.
+    pub fn with_host_cpu(mut self) -> Self {
+        self.host_cores = Some(contention::cores());
         self
     }
 
@@ -205,7 +220,10 @@ impl SignalSource for QueueSignals {
             None => (Duration::ZERO, None),
         };
         let clock = tokio::time::Instant::now();
-        let functions = samples
+        let cpu = self
+            .host_cores
+            .map(|_| (contention::process_cpu(), contention::host_cpu_ticks()));
+        let mut functions: BTreeMap<String, levee_scaler::FunctionSignals> = samples
             .iter()
             .map(|(name, cur)| {
                 let before = prev.and_then(|p| p.get(name));
@@ -216,11 +234,55 @@ impl SignalSource for QueueSignals {
                 (name.clone(), s)
             })
             .collect();
+        if let (Some(cores), Some(before), Some(cpu), Some(surges)) =
+            (self.host_cores, self.prev_cpu, cpu, &self.surges)
+        {
+            // The surging functions' planned throughput over what they did in the same interval
+            // the CPU was measured over: the host's load grows by about that ratio.
+            let (planned, done) = functions
+                .iter()
+                .filter_map(|(name, s)| {
+                    let rate = surges.rising(name, clock, contention::REACTING)?;
+                    Some((rate, s.processed_rate))
+                })
+                .fold((0.0, 0.0), |(p, d), (rate, done)| (p + rate, d + done));
+            let own = before
+                .0
+                .zip(cpu.0)
+                .map(|(b, c)| contention::utilization(b, c, dt, cores));
+            let host = before
+                .1
+                .zip(cpu.1)
+                .and_then(|(b, c)| contention::host_utilization(b, c));
+            if planned > 0.0
+                && !dt.is_zero()
+                && let Some(rho) = own.into_iter().chain(host).reduce(f64::max)
+            {
+                let ratio = planned / done.max(1.0);
+                let k = contention::service_rate_factor(rho, ratio);
+                if k < 1.0 {
+                    tracing::debug!(
+                        utilization = rho,
+                        planned,
+                        done,
+                        load_ratio = ratio,
+                        factor = k,
+                        "surge: planning for the service rates of a busier host"
+                    );
+                    for s in functions.values_mut() {
+                        if let Some(mu) = &mut s.service_rate_per_worker {
+                            *mu *= k;
+                        }
+                    }
+                }
+            }
+        }
         let generation = self.surges.as_ref().map_or(0, |g| g.generation());
         let surge_reading = generation != self.surges_seen && self.prev.is_some();
         self.surges_seen = generation;
         if !surge_reading {
             self.prev = Some((now, samples));
+            self.prev_cpu = cpu;
         }
         Ok(Signals { functions })
     }

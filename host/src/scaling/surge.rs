@@ -68,11 +68,13 @@ impl ArrivalMeter {
     }
 }
 
-/// A surge the watcher saw: the short-window arrival rate and when.
+/// A surge the watcher saw: the short-window arrival rate and when, and when this surge was
+/// first seen (a ramp records a growing rate several times).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Surge {
     pub rate: f64,
     pub at: Instant,
+    pub since: Instant,
 }
 
 /// The surges seen, per function, for the signal source.
@@ -98,6 +100,17 @@ impl Surges {
             .map(|s| s.rate)
     }
 
+    /// The surge rate of `function` while the surge is new: within `reacting` of when it was
+    /// first seen.
+    pub fn rising(&self, function: &str, now: Instant, reacting: Duration) -> Option<f64> {
+        let st = self.inner.lock().expect("surge state");
+        st.by_function
+            .get(function)
+            .filter(|s| now.saturating_duration_since(s.since) <= reacting)
+            .filter(|s| now.saturating_duration_since(s.at) <= SURGE_HOLD)
+            .map(|s| s.rate)
+    }
+
     /// How many surges were recorded so far.
     pub fn generation(&self) -> u64 {
         self.inner.lock().expect("surge state").generation
@@ -114,8 +127,15 @@ impl Surges {
         if fresh.is_some_and(|s| rate < s.rate * REFIRE_GROWTH) {
             return false;
         }
-        st.by_function
-            .insert(function.to_string(), Surge { rate, at: now });
+        let since = fresh.map_or(now, |s| s.since);
+        st.by_function.insert(
+            function.to_string(),
+            Surge {
+                rate,
+                at: now,
+                since,
+            },
+        );
         st.generation += 1;
         true
     }
