@@ -117,8 +117,11 @@ pub struct QueueSignals {
     host_cores: Option<f64>,
     /// The previous base sample: when, per function, and the process CPU time then.
     prev: Option<(Duration, BTreeMap<String, Sample>)>,
-    prev_cpu: Option<(Option<Duration>, Option<(u64, u64)>)>,
+    prev_cpu: Option<CpuReading>,
 }
+
+/// This process's CPU time and the host's `/proc/stat` ticks (busy, total) at one reading.
+type CpuReading = (Option<Duration>, Option<(u64, u64)>);
 
 impl QueueSignals {
     /// Signals of every function with a pool in `pools`.
