@@ -115,7 +115,7 @@ pub struct QueueSignals {
     surges_seen: u64,
     /// The cores the pools share, when they share this host's ([`QueueSignals::with_host_cpu`]).
     host_cores: Option<f64>,
-    /// The previous base sample: when, per function, and the process CPU time then.
+    /// The previous base sample: when, per function, and the CPU readings then.
     prev: Option<(Duration, BTreeMap<String, Sample>)>,
     prev_cpu: Option<CpuReading>,
 }
@@ -148,9 +148,9 @@ impl QueueSignals {
         self
     }
 
-    /// The pools run on this host and share its cores: while a surge is fresh, every measured
-    /// service rate is scaled to what the host will give a worker at the surge's load
-    /// ([`contention`]), so one decision sizes the pools for it.
+    /// The pools run on this host and share its cores: in a surge's first second
+    /// ([`contention::REACTING`]), every measured service rate is scaled to what the host will
+    /// give a worker at the surge's load ([`contention`]), so one decision sizes the pools for it.
     pub fn with_host_cpu(mut self) -> Self {
         self.host_cores = Some(contention::cores());
         self
