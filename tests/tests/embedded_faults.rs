@@ -111,6 +111,15 @@ async fn invoke_reports_each_failure_kind() {
         .await
         .unwrap();
     assert_eq!(r.outcome, "ok", "{r:?}");
+    // Every message gets a fresh instance: static memory an earlier one wrote is zero again
+    // (the pool reuses the same slot and resets only the pages that were dirtied).
+    for i in 0..20 {
+        let r = p
+            .invoke("faulty", br#"{"action":"fresh"}"#.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(r.outcome, "ok", "invocation {i}: {r:?}");
+    }
     p.shutdown().await;
 }
 

@@ -10,9 +10,13 @@
 //!   at its deadline.
 //! - `hog`: allocates and touches `mb` MiB, then succeeds; beyond the memory cap the
 //!   allocation fails and the guest traps.
+//! - `fresh`: checks that its zero-initialised static memory is still zero (a fresh instance per
+//!   message: nothing an earlier message wrote is visible), then dirties it for the next one;
+//!   fails permanently naming how many pages were dirty.
 //! - `retryable` / `permanent`: returns that error.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use levee_sdk::{Context, Error, Fields, Message, quote};
@@ -23,6 +27,12 @@ pub const MAX_HOG_MB: u64 = 4096;
 pub const MAX_SLEEP_MS: u64 = 3_600_000;
 /// Bytes between touched bytes: one per Wasm page would do, one per OS page is sure to commit.
 const TOUCH_STRIDE: usize = 4096;
+/// OS pages of static memory `fresh` checks and dirties.
+pub const FRESH_PAGES: usize = 64;
+
+/// Zero-initialised static memory (`.bss`): zero in every fresh instance.
+static STATIC_PAGES: [AtomicU8; FRESH_PAGES * TOUCH_STRIDE] =
+    [const { AtomicU8::new(0) }; FRESH_PAGES * TOUCH_STRIDE];
 
 /// What the message asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,13 +53,15 @@ pub enum Action {
         /// MiB to allocate.
         mb: u64,
     },
+    /// Check that static memory is fresh, then dirty it.
+    Fresh,
     /// Fail with a retryable error.
     Retryable,
     /// Fail with a permanent error.
     Permanent,
 }
 
-const ACTIONS: &str = "one of ok, trap, spin, sleep, hog, retryable, permanent";
+const ACTIONS: &str = "one of ok, trap, spin, sleep, hog, fresh, retryable, permanent";
 
 /// Reads the action from a message body.
 pub fn parse(msg: &Message) -> Result<Action, Error> {
@@ -75,6 +87,7 @@ pub fn parse(msg: &Message) -> Result<Action, Error> {
         },
         "retryable" => Action::Retryable,
         "permanent" => Action::Permanent,
+        "fresh" => Action::Fresh,
         "hog" => match mb {
             Some(mb) if mb <= MAX_HOG_MB => Action::Hog { mb },
             Some(mb) => return Err(f.invalid("mb", &format!("at most {MAX_HOG_MB}"), mb)),
@@ -123,6 +136,12 @@ pub fn handle(msg: &Message, _ctx: &mut dyn Context) -> Result<(), Error> {
             );
             Ok(())
         }
+        Action::Fresh => match dirty_pages() {
+            0 => Ok(()),
+            n => Err(Error::permanent(format!(
+                "faulty: {n} of {FRESH_PAGES} static pages hold an earlier message's writes"
+            ))),
+        },
         Action::Retryable => Err(Error::retryable(format!(
             "faulty: retryable failure requested (delivery {})",
             msg.receive_count
@@ -139,6 +158,17 @@ fn spin() -> ! {
     loop {
         n = black_box(n.wrapping_add(1));
     }
+}
+
+/// How many of the [`FRESH_PAGES`] static pages were already written, then writes them all.
+pub fn dirty_pages() -> usize {
+    let mut dirty = 0;
+    for i in (0..STATIC_PAGES.len()).step_by(TOUCH_STRIDE) {
+        if STATIC_PAGES[i].swap(1, Ordering::Relaxed) != 0 {
+            dirty += 1;
+        }
+    }
+    dirty
 }
 
 /// Allocates `mb` MiB and writes one byte per page so the memory is really committed; returns
@@ -173,6 +203,21 @@ mod tests {
     }
 
     #[test]
+    fn fresh_finds_what_an_earlier_call_in_the_same_instance_wrote() {
+        // Natively the process is one long-lived instance: the second call sees the first's
+        // writes, which is what a reused Wasm instance would show.
+        let _ = dirty_pages();
+        assert_eq!(dirty_pages(), FRESH_PAGES);
+        let e = run(json!({"action": "fresh"})).unwrap_err();
+        assert!(!e.is_retryable());
+        assert!(
+            e.message().contains("64 of 64 static pages"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
     fn parses_every_action() {
         let action = |body| parse(&Message::from_json("m", &body)).unwrap();
         assert_eq!(action(json!({"action": "ok"})), Action::Ok);
@@ -191,6 +236,7 @@ mod tests {
             Action::Hog { mb: 64 }
         );
         assert_eq!(action(json!({"action": "retryable"})), Action::Retryable);
+        assert_eq!(action(json!({"action": "fresh"})), Action::Fresh);
         assert_eq!(
             action(json!({"action": "permanent", "mb": 1})),
             Action::Permanent
@@ -234,7 +280,7 @@ mod tests {
         let cases = [
             (
                 json!({"action": "explode"}),
-                r#"field "action": expected one of ok, trap, spin, sleep, hog, retryable, permanent, got "explode""#,
+                r#"field "action": expected one of ok, trap, spin, sleep, hog, fresh, retryable, permanent, got "explode""#,
             ),
             (
                 json!({"action": "hog"}),
