@@ -84,6 +84,51 @@ impl Store for EmbeddedStore {
         })
     }
 
+    /// One read on one connection for every key (one hand-off to the blocking pool, not one per
+    /// key).
+    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        validate_ns(ns)?;
+        for key in keys {
+            validate(key, None)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ns_owned, keys_owned) = (ns.to_string(), keys.to_vec());
+        let found: Vec<Option<(Vec<u8>, Option<i64>)>> = self
+            .db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT value, expires_at FROM kv WHERE ns = ?1 AND key = ?2",
+                )?;
+                keys_owned
+                    .iter()
+                    .map(|key| {
+                        Ok(stmt
+                            .query_row([&ns_owned, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()?)
+                    })
+                    .collect()
+            })
+            .await?;
+        let now = now_ms();
+        let mut expired = Vec::new();
+        let values = found
+            .into_iter()
+            .zip(keys)
+            .map(|(row, key)| match row {
+                Some((_, Some(at))) if at <= now => {
+                    expired.push(key.clone());
+                    None
+                }
+                Some((value, _)) => Some(Bytes::from(value)),
+                None => None,
+            })
+            .collect();
+        self.purge(ns, expired);
+        Ok(values)
+    }
+
     async fn commit(&self, commit: &KvCommit) -> Result<CommitOutcome> {
         validate_commit(commit)?;
         let commit = commit.clone();

@@ -191,20 +191,29 @@ impl<Q: Queue> Queue for LedgerQueue<Q> {
     /// here and never reach a handler.
     async fn receive(&self, queue: &str, opts: ReceiveOptions) -> Result<Vec<ReceivedMessage>> {
         let received = self.inner.receive(queue, opts).await?;
+        if received.is_empty() {
+            return Ok(received);
+        }
         let keys: Vec<String> = received.iter().map(|m| record_key(queue, &m.id)).collect();
-        let found =
-            futures::future::join_all(keys.iter().map(|k| self.store.get(RECORDS_NS, k))).await;
+        // One batch read for the whole receive. If it fails the records are unknown: the
+        // commit's own record check still stops a second effect.
+        let found = match self.store.get_many(RECORDS_NS, &keys).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(queue, error = %e, "could not check completion records at receive");
+                vec![None; keys.len()]
+            }
+        };
         let mut out = Vec::with_capacity(received.len());
         for (m, record) in received.into_iter().zip(found) {
             match record {
-                Ok(Some(_)) => {
+                Some(_) => {
                     if let Err(e) = self.replay(queue, &m.receipt, &m.id).await {
                         tracing::warn!(queue, message_id = %m.id, error = %e,
                             "could not settle an already committed message; it comes back later");
                     }
                 }
-                // Unknown: the commit's own record check still stops a second effect.
-                Ok(None) | Err(_) => out.push(m),
+                None => out.push(m),
             }
         }
         Ok(out)

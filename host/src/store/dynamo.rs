@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
+    AttributeValue, ConditionCheck, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
 };
 use bytes::Bytes;
 
@@ -38,6 +38,12 @@ pub const MAX_TRANSACTION_ITEMS: usize = 100;
 
 /// Largest `TransactWriteItems` request (DynamoDB's limit), counted over keys and values.
 pub const MAX_TRANSACTION_BYTES: usize = 4 << 20;
+
+/// Most keys in one `BatchGetItem` call (DynamoDB's limit).
+const MAX_BATCH_GET: usize = 100;
+
+/// Calls one batch read makes for keys DynamoDB left unprocessed before asking them one by one.
+const BATCH_GET_ROUNDS: usize = 4;
 
 /// Transactions one commit with adds is rebuilt into when only its counters' checks fail;
 /// after that the conflict goes to the worker, which runs the handler again.
@@ -398,6 +404,79 @@ impl Store for DynamoStore {
             }),
             None => Ok(Versioned::default()),
         }
+    }
+
+    /// `BatchGetItem`, strongly consistent, 100 keys per call (DynamoDB's limit). Keys it leaves
+    /// unprocessed (throttling) are asked again up to [`BATCH_GET_ROUNDS`] times with a short
+    /// pause, then one by one.
+    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        check_ns(ns)?;
+        for key in keys {
+            validate(key, None)?;
+        }
+        let mut found: HashMap<(String, String), Bytes> = HashMap::new();
+        let mut left: Vec<String> = Vec::new();
+        for chunk in keys.chunks(MAX_BATCH_GET) {
+            // DynamoDB refuses a request that names a key twice.
+            let mut unique: Vec<&String> = chunk.iter().collect();
+            unique.sort();
+            unique.dedup();
+            let mut ask: Vec<_> = unique.iter().map(|k| Self::key(ns, k)).collect();
+            for round in 0..BATCH_GET_ROUNDS {
+                if ask.is_empty() {
+                    break;
+                }
+                if round > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << round)).await;
+                }
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut ask)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| Error::Invalid(format!("BatchGetItem request: {e}")))?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| self.map("BatchGetItem", e))?;
+                let now = now_ms();
+                for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                    if let (Some(AttributeValue::S(n)), Some(AttributeValue::S(k))) =
+                        (item.get("ns"), item.get("k"))
+                        && !expired(item, now)
+                    {
+                        found.insert((n.clone(), k.clone()), value(item)?);
+                    }
+                }
+                ask = out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .map(|k| k.keys().to_vec())
+                    .unwrap_or_default();
+            }
+            left.extend(ask.iter().filter_map(|k| match k.get("k") {
+                Some(AttributeValue::S(_)) => chunk
+                    .iter()
+                    .find(|c| Self::key(ns, c) == *k)
+                    .cloned(),
+                _ => None,
+            }));
+        }
+        for key in left {
+            if let Some(v) = self.get(ns, &key).await? {
+                let (n, k) = item_key(ns, &key);
+                found.insert((n, k.to_string()), v);
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let (n, k) = item_key(ns, key);
+                found.get(&(n, k.to_string())).cloned()
+            })
+            .collect())
     }
 
     /// One `TransactWriteItems` (see [`DynamoStore::transact`]). DynamoDB cannot add to the

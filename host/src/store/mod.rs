@@ -184,6 +184,13 @@ pub trait Store: Send + Sync + 'static {
     /// The value under `key` with its version.
     async fn get_versioned(&self, ns: &str, key: &str) -> Result<Versioned>;
 
+    /// The values under `keys` in namespace `ns`, in their order (`None` where absent or
+    /// expired). Backends with a batch read answer in one round trip (the ledger checks a
+    /// received batch's completion records this way); the default asks key by key, concurrently.
+    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        futures::future::try_join_all(keys.iter().map(|k| self.get(ns, k))).await
+    }
+
     /// What a cache in front of the store knows of `key` with its version, without asking the
     /// store; `None` when it knows nothing (and always, for a store without a cache).
     fn cached(&self, _ns: &str, _key: &str) -> Option<Versioned> {

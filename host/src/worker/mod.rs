@@ -1,7 +1,7 @@
 //! Worker pools: per function, fetchers lease messages from the queue and run each in a fresh
-//! Wasm instance, at most `workers` at a time. A fetcher leases once a worker is free, up to a
-//! batch; messages of the batch that wait for a worker have their leases renewed meanwhile and go
-//! back at once on shutdown.
+//! Wasm instance, at most `workers` at a time. A fetcher leases whole batches: the first once a
+//! worker is free, the next while the last still waits for workers (at most [`PREFETCH`] waiting
+//! per fetcher); waiting messages have their leases renewed and go back at once on shutdown.
 //!
 //! Every invocation is a transaction: on success its kv writes, emitted messages (with ids
 //! derived from the source's) and the source's deletion are committed together. A commit whose
@@ -41,6 +41,10 @@ pub const MAX_CONFLICTS: u32 = 8;
 pub const MAX_CONFLICTS_HELD: u32 = 64;
 /// The first back-off after [`MAX_CONFLICTS`] conflicts in a row.
 pub const CONFLICT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Leased messages a fetcher holds for workers at most: two batches, so while one batch waits for
+/// workers the next can be leased whole.
+pub const PREFETCH: usize = 2 * MAX_BATCH;
 
 /// Attribute carried by emitted messages: the send time (ms since the Unix epoch) of the message
 /// that started the chain, so the last function of a pipeline measures end-to-end latency.
@@ -201,9 +205,9 @@ async fn fetch_loop(shared: Arc<Shared>) {
     let mut handlers = JoinSet::new();
     let mut errors = 0u32;
     let name = shared.slot.name().to_string();
-    // Leased messages waiting for a worker: at most one batch per fetcher, their leases renewed
+    // Leased messages waiting for a worker: at most [`PREFETCH`] per fetcher, their leases renewed
     // while they wait (see `wait_for_worker`).
-    let prefetch = Arc::new(Semaphore::new(MAX_BATCH));
+    let prefetch = Arc::new(Semaphore::new(PREFETCH));
     loop {
         if *stop.borrow() {
             break;
@@ -213,29 +217,36 @@ async fn fetch_loop(shared: Arc<Shared>) {
             a = shared.gate.admit() => a,
             _ = stop.changed() => break,
         };
-        // A free worker first, so an idle pool holds no leases; the first message takes it.
-        let first = tokio::select! {
-            p = acquire_worker(&shared) => p,
+        // Whole batches while the gate is open: a receive costs the same for 1 message or 10
+        // (one SQS call, one SQLite transaction), so the fetcher waits until a batch's room is
+        // free rather than leasing the one or two slots its last batch has freed so far.
+        let want = if admit == Admit::Open { MAX_BATCH } else { 1 };
+        let slots = tokio::select! {
+            s = prefetch.clone().acquire_many_owned(want as u32) => s,
             _ = stop.changed() => break,
         };
-        let Ok(slot) = prefetch.clone().acquire_owned().await else {
+        let Ok(mut slots) = slots else {
             break;
         };
-        let mut slots = vec![slot];
-        while admit == Admit::Open && slots.len() < MAX_BATCH {
-            match prefetch.clone().try_acquire_owned() {
-                Ok(p) => slots.push(p),
-                Err(_) => break,
+        // With nothing waiting, a free worker first, so an idle pool holds no leases (the first
+        // message takes it); with messages waiting the pool is busy, and the next batch is leased
+        // ahead so workers do not idle for a receive's round trip.
+        let waiting = (PREFETCH - want).saturating_sub(prefetch.available_permits());
+        let mut first = if waiting == 0 {
+            tokio::select! {
+                p = acquire_worker(&shared) => Some(p),
+                _ = stop.changed() => break,
             }
-        }
+        } else {
+            None
+        };
         let opts = ReceiveOptions {
-            max_messages: slots.len(),
+            max_messages: want,
             visibility: shared.cfg.lease,
             wait: shared.cfg.poll_wait,
         };
         // Not cancelled by `stop`: a receive that leased messages must get to hand them back.
         let received = shared.queue.receive(&name, opts).await;
-        let mut first = Some(first);
         match received {
             Ok(msgs) => {
                 errors = 0;
@@ -245,7 +256,9 @@ async fn fetch_loop(shared: Arc<Shared>) {
                     if admit == Admit::Probe && msgs.is_empty() {
                         shared.gate.probe_found_nothing();
                     }
-                    for (msg, slot) in msgs.into_iter().zip(slots.drain(..)) {
+                    for msg in msgs {
+                        // One slot per message; those a short receive leaves free go back below.
+                        let slot = slots.split(1);
                         let worker = first.take();
                         let s = shared.clone();
                         handlers.spawn(async move {
