@@ -436,6 +436,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn get_many_answers_in_order_and_drops_the_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path().join(FILE_NAME)).unwrap();
+        let s = db.store();
+        let expiring = PutOptions {
+            if_absent: false,
+            ttl: Some(Duration::ZERO),
+        };
+        s.put("fn", "a", Bytes::from_static(b"1"), PutOptions::default())
+            .await
+            .unwrap();
+        s.put("fn", "b", Bytes::from_static(b"2"), PutOptions::default())
+            .await
+            .unwrap();
+        s.put("fn", "gone", Bytes::from_static(b"x"), expiring)
+            .await
+            .unwrap();
+        s.put(
+            "other",
+            "a",
+            Bytes::from_static(b"9"),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+        let keys: Vec<String> = ["b", "missing", "a", "gone", "b"]
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        let found = s.get_many("fn", &keys).await.unwrap();
+        let b = |v: &'static [u8]| Some(Bytes::from_static(v));
+        assert_eq!(found, [b(b"2"), None, b(b"1"), None, b(b"2")]);
+        assert!(s.get_many("fn", &[]).await.unwrap().is_empty());
+        assert!(
+            s.get_many("fn", &["".to_string()]).await.is_err(),
+            "an empty key is refused"
+        );
+    }
+
+    #[tokio::test]
     async fn a_write_of_the_same_bytes_keeps_the_version_and_dirties_no_page() {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(dir.path().join(FILE_NAME)).unwrap();

@@ -7,7 +7,8 @@
 //! between the steps leaves the record behind, so a redelivered message whose record exists is
 //! not run again: its recorded emits are re-sent and it is deleted. A re-sent emit carries the
 //! same stable id, so the function it reaches recognises it by its own record. kv effects are
-//! exactly once; emits are at least once with stable ids.
+//! exactly once; emits are at least once with stable ids. A commit that writes and emits nothing
+//! is only the deletion: a second run of its message has nothing to be kept from repeating.
 //!
 //! Records live in [`RECORDS_NS`] for [`RECORD_TTL`], longer than a message can stay in a
 //! queue. A record's emits are stored inline when small and in blobs otherwise (DynamoDB items
@@ -228,6 +229,23 @@ impl<Q: Queue> Queue for LedgerQueue<Q> {
         let Some(id) = completion.id.clone() else {
             return self.inner.commit(queue, receipt, completion).await;
         };
+        // Nothing written and nothing emitted: running the message again could only do what this
+        // run did not, so there is nothing a record would guard. Skip the store's transaction.
+        let writes_nothing = completion
+            .kv
+            .as_ref()
+            .is_none_or(|kv| kv.writes.is_empty() && kv.adds.is_empty());
+        if writes_nothing && completion.emitted.is_empty() {
+            let delete = Completion {
+                id: Some(id),
+                emitted: Vec::new(),
+                kv: None,
+            };
+            self.inner.commit(queue, receipt, delete).await?;
+            return Ok(CommitOutcome::Committed {
+                versions: Vec::new(),
+            });
+        }
         let key = record_key(queue, &id);
         let mut kv = completion.kv.unwrap_or_else(|| KvCommit {
             ns: queue.to_string(),
@@ -416,5 +434,40 @@ mod tests {
         let second = ledger.commit("f", "r2", c()).await.unwrap();
         assert_eq!(second, CommitOutcome::Duplicate);
         assert_eq!(store.get_versioned("f", "n").await.unwrap().version, 1);
+    }
+    #[tokio::test]
+    async fn only_a_commit_with_effects_leaves_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let ledger = LedgerQueue::new(NoQueue, store.clone(), Arc::new(DiskBlobs::new(dir.path())));
+        let read_only = KvCommit {
+            ns: "f".into(),
+            reads: vec![("n".into(), 0)],
+            ..KvCommit::default()
+        };
+        for (id, kv) in [("quiet", None), ("reader", Some(read_only))] {
+            let c = Completion {
+                id: Some(id.into()),
+                emitted: Vec::new(),
+                kv,
+            };
+            let out = ledger.commit("f", "r", c).await.unwrap();
+            assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
+        }
+        let emitting = Completion {
+            id: Some("loud".into()),
+            emitted: vec![emit("next", b"x".to_vec())],
+            kv: None,
+        };
+        ledger.commit("f", "r", emitting).await.unwrap();
+        let keys: Vec<String> = ["quiet", "reader", "loud"]
+            .iter()
+            .map(|id| record_key("f", id))
+            .collect();
+        let found = store.get_many(RECORDS_NS, &keys).await.unwrap();
+        assert_eq!(
+            found.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [false, false, true]
+        );
     }
 }

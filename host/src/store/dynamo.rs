@@ -442,7 +442,12 @@ impl Store for DynamoStore {
                     .await
                     .map_err(|e| self.map("BatchGetItem", e))?;
                 let now = now_ms();
-                for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
                     if let (Some(AttributeValue::S(n)), Some(AttributeValue::S(k))) =
                         (item.get("ns"), item.get("k"))
                         && !expired(item, now)
@@ -457,10 +462,9 @@ impl Store for DynamoStore {
                     .unwrap_or_default();
             }
             left.extend(ask.iter().filter_map(|k| match k.get("k") {
-                Some(AttributeValue::S(_)) => chunk
-                    .iter()
-                    .find(|c| Self::key(ns, c) == *k)
-                    .cloned(),
+                Some(AttributeValue::S(_)) => {
+                    chunk.iter().find(|c| Self::key(ns, c) == *k).cloned()
+                }
                 _ => None,
             }));
         }

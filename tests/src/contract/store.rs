@@ -19,6 +19,7 @@ macro_rules! store_contract_tests {
             namespaces_are_separate,
             if_absent_writes_once,
             ttl_expires_items,
+            get_many_reads_in_order,
             scan_prefix_order_and_limit,
             scan_continues_after_a_cursor,
             versions_rise_with_every_write,
@@ -133,11 +134,48 @@ pub async fn ttl_expires_items(s: Arc<dyn Store>, ns: &str) {
         s.scan(ns, "", None, 10).await.unwrap(),
         vec![("stays".to_string(), b("here"))]
     );
+    assert_eq!(
+        s.get_many(ns, &["short".into(), "stays".into()])
+            .await
+            .unwrap(),
+        vec![None, Some(b("here"))],
+        "a batch read does not see expired items either"
+    );
     assert!(
         s.put(ns, "short", b("again"), IF_ABSENT).await.unwrap(),
         "an expired key counts as absent"
     );
     assert_eq!(s.get(ns, "short").await.unwrap(), Some(b("again")));
+}
+
+/// A batch read answers key by key in the order asked, `None` for absent keys, also for more
+/// keys than one backend call takes (DynamoDB's `BatchGetItem` takes 100) and with repeats.
+pub async fn get_many_reads_in_order(s: Arc<dyn Store>, ns: &str) {
+    let written: Vec<String> = (0..120).map(|i| format!("k{i:03}")).collect();
+    let writes = written.chunks(40).map(|chunk| KvCommit {
+        ns: ns.to_string(),
+        writes: chunk.iter().map(|k| (k.clone(), Some(b(k)))).collect(),
+        ..KvCommit::default()
+    });
+    for commit in writes {
+        let out = s.commit(&commit).await.unwrap();
+        assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
+    }
+    let mut keys: Vec<String> = written.iter().rev().cloned().collect();
+    keys.insert(7, "absent".into());
+    keys.push("k005".into());
+    let found = s.get_many(ns, &keys).await.unwrap();
+    let expected: Vec<Option<Bytes>> = keys.iter().map(|k| (k != "absent").then(|| b(k))).collect();
+    assert_eq!(found, expected);
+    assert!(s.get_many(ns, &[]).await.unwrap().is_empty());
+    assert!(
+        s.get_many("other-namespace", &keys[..3])
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_none),
+        "another namespace holds none of them"
+    );
 }
 
 /// Scans return the keys with the prefix, in key order, at most `limit` of them.
