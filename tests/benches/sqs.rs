@@ -11,8 +11,9 @@
 //! - Levee, SQLite ledger: the same N pre-filled messages drained by one host's worker pool
 //!   (`WorkerPool`, the wasmtime runtime and the `noop` guest, exactly as `Platform` builds them)
 //!   over `OffloadQueue<LedgerQueue<SqsQueue>>` as `AwsBackends` assembles it, with SQS on fauxqs
-//!   and the ledger's completion records (one store transaction per message, and one record read
-//!   per received message) on the embedded SQLite store instead of DynamoDB, blobs on disk. All
+//!   and the ledger's completion records (one batch read per receive; no record transaction, as
+//!   the no-op writes and emits nothing) on the embedded SQLite store instead of DynamoDB, blobs
+//!   on disk. All
 //!   real code paths; what is left out is the platform's kv cache (the no-op does no kv) and its
 //!   release controller.
 //! - Levee platform, DynamoDB on moto (`SQS_BENCH_MOTO=1`, the default): a whole `Platform` on the
