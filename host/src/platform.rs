@@ -444,11 +444,7 @@ impl Platform {
         };
         let mut conflicts = 0;
         let inv = loop {
-            let (f, msg) = (f.clone(), msg.clone());
-            let rt = tokio::runtime::Handle::current();
-            let inv = crate::runtime::threads::run(move || f.invoke(&msg, &rt))
-                .await
-                .map_err(|e| Error::Runtime(format!("invocation panicked: {e}")))?;
+            let inv = f.invoke(&msg).await;
             let Ok(out) = &inv.outcome else { break inv };
             if out.kv.writes.is_empty() && out.kv.adds.is_empty() {
                 break inv;

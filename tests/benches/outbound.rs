@@ -99,7 +99,7 @@ fn main() {
             .into_bytes();
 
     let wasm = measure("relay: wasm, outbound POST", &mut || {
-        let inv = relay.invoke(&received(relay_body.clone()), &handle);
+        let inv = handle.block_on(relay.invoke(&received(relay_body.clone())));
         if let Err(e) = &inv.outcome {
             panic!("relay failed: {e}");
         }
@@ -123,7 +123,7 @@ fn main() {
         black_box(body);
     });
     let floor = measure("noop: wasm", &mut || {
-        let inv = noop.invoke(&received(br#"{"n": 1}"#.to_vec()), &handle);
+        let inv = handle.block_on(noop.invoke(&received(br#"{"n": 1}"#.to_vec())));
         black_box(inv);
     });
     println!();

@@ -112,7 +112,7 @@ fn wasm_op<'a>(
 ) -> impl FnMut() + 'a {
     move || {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let inv = f.invoke(&received(n, body(n)), rt);
+        let inv = rt.block_on(f.invoke(&received(n, body(n))));
         if let Err(e) = &inv.outcome {
             panic!("{} failed: {e}", f.name());
         }

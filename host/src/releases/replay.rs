@@ -141,12 +141,7 @@ pub async fn run(
 }
 
 async fn dry_run(f: &Arc<Function>, msg: &ReceivedMessage) -> std::result::Result<(), String> {
-    let (f, m) = (f.clone(), msg.clone());
-    let rt = tokio::runtime::Handle::current();
-    match crate::runtime::threads::run(move || f.invoke(&m, &rt)).await {
-        Ok(inv) => inv.outcome.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(format!("the dry run panicked: {e}")),
-    }
+    f.invoke(msg).await.outcome.map(|_| ()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Engine configuration: pooling allocator tuned for a fresh instance per message, and the epoch
-//! ticker that turns per-invocation deadlines into traps.
+//! ticker at whose ticks a running guest yields to the async runtime.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +10,8 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::{Error, Result};
 
-/// How often the epoch advances; deadlines are rounded up to this.
+/// How often the epoch advances: the longest a guest computes before it yields, so also how
+/// late past its deadline a computing guest can be stopped.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Memory kept mapped in a pool slot between instances: re-zeroing beats re-faulting pages.
@@ -57,18 +58,15 @@ pub(super) fn build(cfg: &RuntimeConfig) -> Result<Engine> {
         // Reset only the pages an instance dirtied (Linux 6.7+ `PAGEMAP_SCAN`; elsewhere the
         // memset as before) instead of every accessible byte below KEEP_RESIDENT: the memset
         // was 10% of the runtime bench's CPU; the scan costs about 8% in the kernel.
-        .pagemap_scan(Enabled::Auto);
+        .pagemap_scan(Enabled::Auto)
+        // One fiber stack per running invocation (guests run on fibers, see `runtime`).
+        .total_stacks(n);
     let mut config = Config::new();
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config).map_err(|e| Error::Runtime(format!("creating the wasmtime engine: {e:#}")))
-}
-
-/// Epoch ticks for a deadline (at least one full tick).
-pub(super) fn deadline_ticks(timeout: Duration) -> u64 {
-    (timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
 }
 
 /// A thread advancing the engine's epoch every [`EPOCH_TICK`]; stops when dropped.

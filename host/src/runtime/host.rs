@@ -36,14 +36,11 @@ pub(super) struct HostState {
     calls: Calls,
     config: Arc<Vec<(String, String)>>,
     pub(super) limiter: MemoryLimiter,
-    /// When the invocation must end; blocking WASI calls stop there (see `deadline.rs`).
-    pub(super) deadline: std::time::Instant,
     pub(super) emitted: Vec<Emitted>,
     emitted_bytes: usize,
     emits_to: Arc<HashSet<String>>,
     ns: Arc<str>,
     store: Arc<dyn Store>,
-    rt: tokio::runtime::Handle,
     stdout: GuestLog,
     stderr: GuestLog,
     /// The version of every key read, as first seen.
@@ -56,8 +53,6 @@ pub(super) struct HostState {
     written_bytes: usize,
     /// The first store failure that was not the message's fault.
     pub(super) infra: Option<String>,
-    /// A kv call was cut off at the deadline: the invocation timed out.
-    pub(super) timed_out: bool,
     /// See [`Wiring::speculate`].
     speculate: bool,
 }
@@ -68,9 +63,7 @@ pub(super) struct Wiring<'a> {
     pub ns: Arc<str>,
     pub store: Arc<dyn Store>,
     pub emits_to: Arc<HashSet<String>>,
-    pub rt: tokio::runtime::Handle,
     pub memory_cap: usize,
-    pub deadline: std::time::Instant,
     pub calls: Calls,
     pub config: Arc<Vec<(String, String)>>,
     pub redactor: Arc<Redactor>,
@@ -98,13 +91,11 @@ impl HostState {
                 cap: w.memory_cap,
                 memory_denied: false,
             },
-            deadline: w.deadline,
             emitted: Vec::new(),
             emitted_bytes: 0,
             emits_to: w.emits_to,
             ns: w.ns,
             store: w.store,
-            rt: w.rt,
             stdout,
             stderr,
             reads: HashMap::new(),
@@ -112,40 +103,16 @@ impl HostState {
             adds: BTreeMap::new(),
             written_bytes: 0,
             infra: None,
-            timed_out: false,
             speculate: w.speculate,
         }
     }
 
-    /// Runs a store call, cut off at the invocation's deadline like every blocking host call.
-    fn store_call<T>(
+    /// Awaits a store call (the invocation's deadline cuts it off with the rest of the guest).
+    async fn store_call<T>(
         &mut self,
         call: impl Future<Output = crate::Result<T>>,
     ) -> Result<T, types::Error> {
-        let deadline = tokio::time::Instant::from_std(self.deadline);
-        let mut call = std::pin::pin!(call);
-        // Most calls (cache hits, reads done in place) are ready at once: they need no timer.
-        let first = {
-            let _rt = self.rt.enter();
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            call.as_mut().poll(&mut cx)
-        };
-        let outcome = match first {
-            std::task::Poll::Ready(v) => Ok(v),
-            std::task::Poll::Pending => self
-                .rt
-                .block_on(async { tokio::time::timeout_at(deadline, call).await }),
-        };
-        match outcome {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.store_error(e)),
-            Err(_) => {
-                self.timed_out = true;
-                Err(types::Error::Retryable(
-                    "the handler's deadline passed during a kv call".into(),
-                ))
-            }
-        }
+        call.await.map_err(|e| self.store_error(e))
     }
 
     /// The transaction to commit: versions read and buffered writes.
@@ -170,30 +137,32 @@ impl HostState {
 
     /// Reads `key`: the invocation's own write if it made one, else the store's value, whose
     /// version is recorded for the commit's check.
-    fn read(&mut self, key: &str) -> Result<Option<Bytes>, types::Error> {
+    async fn read(&mut self, key: &str) -> Result<Option<Bytes>, types::Error> {
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone());
         }
         if let Some(delta) = self.adds.remove(key) {
             // Reading a counter with a pending add: from here on it is an ordinary,
             // version-checked read-modify-write.
-            let base = self.read_store(key)?;
+            let base = self.read_store(key).await?;
             let sum = store::added(key, base.as_deref(), delta).map_err(to_guest_error)?;
             self.write(key.to_string(), Some(sum.clone()))?;
             return Ok(Some(sum));
         }
-        self.read_store(key)
+        self.read_store(key).await
     }
 
     /// Reads `key` from the store, recording the version first seen for the commit's check.
-    fn read_store(&mut self, key: &str) -> Result<Option<Bytes>, types::Error> {
+    async fn read_store(&mut self, key: &str) -> Result<Option<Bytes>, types::Error> {
         if !self.reads.contains_key(key) && self.reads.len() >= MAX_TXN_READS {
             return Err(types::Error::Permanent(format!(
                 "an invocation may read at most {MAX_TXN_READS} distinct keys"
             )));
         }
         let (store, ns) = (self.store.clone(), self.ns.clone());
-        let got = self.store_call(async move { store.get_versioned(&ns, key).await })?;
+        let got = self
+            .store_call(async move { store.get_versioned(&ns, key).await })
+            .await?;
         self.reads.entry(key.to_string()).or_insert(got.version);
         Ok(got.value)
     }
@@ -228,9 +197,9 @@ impl HostState {
 
     /// `kv.add`: folded into the buffered value when the key was read or written, else kept
     /// as a blind increment that the commit applies without a version check.
-    fn add(&mut self, key: String, delta: i64) -> Result<(), types::Error> {
+    async fn add(&mut self, key: String, delta: i64) -> Result<(), types::Error> {
         if self.writes.contains_key(&key) || self.reads.contains_key(&key) {
-            let base = self.read(&key)?;
+            let base = self.read(&key).await?;
             let sum = store::added(&key, base.as_deref(), delta).map_err(to_guest_error)?;
             return self.write(key, Some(sum));
         }
@@ -250,7 +219,7 @@ impl HostState {
     }
 
     /// A page of the store's scan with the invocation's own writes laid over it.
-    fn scan_page(
+    async fn scan_page(
         &mut self,
         prefix: &str,
         cursor: Option<&str>,
@@ -266,10 +235,12 @@ impl HostState {
             .map(|(k, _)| k.clone())
             .collect();
         for key in pending {
-            self.read(&key)?;
+            self.read(&key).await?;
         }
         let (store, ns) = (self.store.clone(), self.ns.clone());
-        let items = self.store_call(async move { store.scan(&ns, prefix, cursor, limit).await })?;
+        let items = self
+            .store_call(async move { store.scan(&ns, prefix, cursor, limit).await })
+            .await?;
         // The store may hold more past its last key: own writes beyond it belong to later pages.
         let full = items.len() == limit;
         let upper = if full {
@@ -373,7 +344,7 @@ impl WasiHttpView for HostState {
 }
 
 impl config::Host for HostState {
-    fn get(&mut self, key: String) -> Result<Option<String>, config::Error> {
+    async fn get(&mut self, key: String) -> Result<Option<String>, config::Error> {
         Ok(self
             .config
             .iter()
@@ -381,7 +352,7 @@ impl config::Host for HostState {
             .map(|(_, v)| v.clone()))
     }
 
-    fn get_all(&mut self) -> Result<Vec<(String, String)>, config::Error> {
+    async fn get_all(&mut self) -> Result<Vec<(String, String)>, config::Error> {
         Ok(self.config.as_ref().clone())
     }
 }
@@ -389,17 +360,17 @@ impl config::Host for HostState {
 impl types::Host for HostState {}
 
 impl kv::Host for HostState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::Error> {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::Error> {
         store::validate(&key, None).map_err(to_guest_error)?;
-        Ok(self.read(&key)?.map(|b| b.to_vec()))
+        Ok(self.read(&key).await?.map(|b| b.to_vec()))
     }
 
-    fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), types::Error> {
+    async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), types::Error> {
         store::validate(&key, Some(&value)).map_err(to_guest_error)?;
         self.write(key, Some(Bytes::from(value)))
     }
 
-    fn put_if_absent(&mut self, key: String, value: Vec<u8>) -> Result<bool, types::Error> {
+    async fn put_if_absent(&mut self, key: String, value: Vec<u8>) -> Result<bool, types::Error> {
         store::validate(&key, Some(&value)).map_err(to_guest_error)?;
         // Keys put if absent are nearly always new (idempotency records, one per message), so
         // reading one is a store read that finds nothing. When allowed, a key this invocation
@@ -421,35 +392,35 @@ impl kv::Host for HostState {
             return Ok(true);
         }
         // The read records the key's version: a concurrent insert makes the commit conflict.
-        if self.read(&key)?.is_some() {
+        if self.read(&key).await?.is_some() {
             return Ok(false);
         }
         self.write(key, Some(Bytes::from(value)))?;
         Ok(true)
     }
 
-    fn delete(&mut self, key: String) -> Result<(), types::Error> {
+    async fn delete(&mut self, key: String) -> Result<(), types::Error> {
         store::validate(&key, None).map_err(to_guest_error)?;
         self.write(key, None)
     }
 
-    fn add(&mut self, key: String, delta: i64) -> Result<(), types::Error> {
+    async fn add(&mut self, key: String, delta: i64) -> Result<(), types::Error> {
         store::validate(&key, None).map_err(to_guest_error)?;
-        HostState::add(self, key, delta)
+        HostState::add(self, key, delta).await
     }
 
-    fn scan(
+    async fn scan(
         &mut self,
         prefix: String,
         cursor: Option<String>,
         limit: u32,
     ) -> Result<kv::Page, types::Error> {
-        self.scan_page(&prefix, cursor.as_deref(), limit)
+        self.scan_page(&prefix, cursor.as_deref(), limit).await
     }
 }
 
 impl emit::Host for HostState {
-    fn send(&mut self, function: String, body: Vec<u8>) -> Result<(), types::Error> {
+    async fn send(&mut self, function: String, body: Vec<u8>) -> Result<(), types::Error> {
         if !self.emits_to.contains(&function) {
             let mut allowed: Vec<_> = self.emits_to.iter().map(String::as_str).collect();
             allowed.sort_unstable();
@@ -480,20 +451,18 @@ mod tests {
     use crate::store::{CommitOutcome, MemoryStore};
     use kv::Host as _;
 
-    fn state(store: Arc<dyn Store>, rt: &tokio::runtime::Runtime) -> HostState {
-        wired(store, rt, false)
+    fn state(store: Arc<dyn Store>) -> HostState {
+        wired(store, false)
     }
 
-    fn wired(store: Arc<dyn Store>, rt: &tokio::runtime::Runtime, speculate: bool) -> HostState {
+    fn wired(store: Arc<dyn Store>, speculate: bool) -> HostState {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         HostState::new(Wiring {
             name: "f",
             ns: "f".into(),
             store,
             emits_to: Arc::default(),
-            rt: rt.handle().clone(),
             memory_cap: 1 << 20,
-            deadline,
             calls: Arc::new(Outbound::none("f")).calls("m", deadline),
             config: Arc::default(),
             redactor: Arc::new(Redactor::new([])),
@@ -501,95 +470,93 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_speculated_put_if_absent_is_checked_by_the_commit_and_not_taken_on_the_rerun() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
+    #[tokio::test]
+    async fn a_speculated_put_if_absent_is_checked_by_the_commit_and_not_taken_on_the_rerun() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        rt.block_on(store.put("f", "seen", Bytes::from("old"), Default::default()))
+        store.put("f", "seen", Bytes::from("old"), Default::default()).await
             .unwrap();
 
         // Speculating: the key is taken as absent (version 0) without a read, and the commit
         // conflicts on it because it exists.
-        let mut s = wired(store.clone(), &rt, true);
-        assert!(s.put_if_absent("seen".into(), b"new".to_vec()).unwrap());
-        assert_eq!(s.get("seen".into()).unwrap(), Some(b"new".to_vec()));
+        let mut s = wired(store.clone(), true);
+        assert!(s.put_if_absent("seen".into(), b"new".to_vec()).await.unwrap());
+        assert_eq!(s.get("seen".into()).await.unwrap(), Some(b"new".to_vec()));
         let c = s.take_commit();
         assert_eq!(c.reads, vec![("seen".to_string(), 0)]);
         assert_eq!(
-            rt.block_on(store.commit(&c)).unwrap(),
+            store.commit(&c).await.unwrap(),
             CommitOutcome::Conflict {
                 keys: vec!["seen".into()]
             }
         );
         assert_eq!(
-            rt.block_on(store.get("f", "seen")).unwrap(),
+            store.get("f", "seen").await.unwrap(),
             Some(Bytes::from("old"))
         );
 
         // The run after the conflict reads the key and finds it.
-        let mut s = wired(store.clone(), &rt, false);
-        assert!(!s.put_if_absent("seen".into(), b"new".to_vec()).unwrap());
+        let mut s = wired(store.clone(), false);
+        assert!(!s.put_if_absent("seen".into(), b"new".to_vec()).await.unwrap());
         let c = s.take_commit();
         assert_eq!(c.reads, vec![("seen".to_string(), 1)]);
         assert!(c.writes.is_empty());
 
         // A new key speculated absent commits.
-        let mut s = wired(store.clone(), &rt, true);
-        assert!(s.put_if_absent("new".into(), b"1".to_vec()).unwrap());
+        let mut s = wired(store.clone(), true);
+        assert!(s.put_if_absent("new".into(), b"1".to_vec()).await.unwrap());
         let c = s.take_commit();
         assert!(matches!(
-            rt.block_on(store.commit(&c)).unwrap(),
+            store.commit(&c).await.unwrap(),
             CommitOutcome::Committed { .. }
         ));
         assert_eq!(
-            rt.block_on(store.get("f", "new")).unwrap(),
+            store.get("f", "new").await.unwrap(),
             Some(Bytes::from("1"))
         );
     }
 
-    #[test]
-    fn adds_are_blind_until_the_key_is_read_or_written() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
+    #[tokio::test]
+    async fn adds_are_blind_until_the_key_is_read_or_written() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        rt.block_on(store.put("f", "n", Bytes::from("10"), Default::default()))
+        store.put("f", "n", Bytes::from("10"), Default::default()).await
             .unwrap();
 
         // Blind: nothing read, the commit carries the summed delta.
-        let mut s = state(store.clone(), &rt);
-        s.add("n".into(), 2).unwrap();
-        s.add("n".into(), 3).unwrap();
+        let mut s = state(store.clone());
+        s.add("n".into(), 2).await.unwrap();
+        s.add("n".into(), 3).await.unwrap();
         let c = s.take_commit();
         assert_eq!(c.adds, vec![("n".to_string(), 5)]);
         assert!(c.reads.is_empty() && c.writes.is_empty());
 
         // Read after an add: a version-checked read-modify-write of the sum.
-        let mut s = state(store.clone(), &rt);
-        s.add("n".into(), 2).unwrap();
-        assert_eq!(s.get("n".into()).unwrap(), Some(b"12".to_vec()));
-        s.add("n".into(), 1).unwrap();
+        let mut s = state(store.clone());
+        s.add("n".into(), 2).await.unwrap();
+        assert_eq!(s.get("n".into()).await.unwrap(), Some(b"12".to_vec()));
+        s.add("n".into(), 1).await.unwrap();
         let c = s.take_commit();
         assert!(c.adds.is_empty());
         assert_eq!(c.reads, vec![("n".to_string(), 1)]);
         assert_eq!(c.writes, vec![("n".to_string(), Some(Bytes::from("13")))]);
 
         // A put replaces a pending add; an add after a put adds to the buffered value.
-        let mut s = state(store.clone(), &rt);
-        s.add("n".into(), 7).unwrap();
-        s.put("n".into(), b"1".to_vec()).unwrap();
-        s.add("n".into(), 1).unwrap();
+        let mut s = state(store.clone());
+        s.add("n".into(), 7).await.unwrap();
+        s.put("n".into(), b"1".to_vec()).await.unwrap();
+        s.add("n".into(), 1).await.unwrap();
         let c = s.take_commit();
         assert!(c.adds.is_empty());
         assert_eq!(c.writes, vec![("n".to_string(), Some(Bytes::from("2")))]);
 
         // A scan shows pending adds under its prefix; a non-integer value refuses the add.
-        let mut s = state(store.clone(), &rt);
-        s.add("n".into(), 5).unwrap();
-        s.add("fresh".into(), 1).unwrap();
-        let page = s.scan("n".into(), None, 10).unwrap();
+        let mut s = state(store.clone());
+        s.add("n".into(), 5).await.unwrap();
+        s.add("fresh".into(), 1).await.unwrap();
+        let page = s.scan("n".into(), None, 10).await.unwrap();
         assert_eq!(page.entries[0].value, b"15".to_vec());
-        s.put("text".into(), b"\"hi\"".to_vec()).unwrap();
+        s.put("text".into(), b"\"hi\"".to_vec()).await.unwrap();
         assert!(matches!(
-            s.add("text".into(), 1),
+            s.add("text".into(), 1).await,
             Err(types::Error::Permanent(m)) if m.contains("not an integer")
         ));
         assert_eq!(s.take_commit().adds, vec![("fresh".to_string(), 1)]);

@@ -1,21 +1,28 @@
 //! The Wasm runtime: one wasmtime engine with a tuned pooling allocator, one `InstancePre` per
-//! function, a fresh instance per message, with a memory cap and an epoch deadline per invocation.
+//! function, a fresh instance per message, with a memory cap and a deadline per invocation.
+//!
+//! Invocations are futures run on the caller's tokio task: each guest runs on a fiber of its
+//! own (wasmtime's async support), yields back to the runtime at every epoch tick, and awaits
+//! its kv, WASI and HTTP calls like any task. The deadline is a timeout around the whole
+//! invocation, so a guest that spins or waits in a host call (a sleep, a stream, a store call)
+//! is stopped there and holds no thread while it waits.
 
 mod artifact;
-mod deadline;
 mod engine;
 mod guest_log;
 mod host;
 mod slot;
-pub(crate) mod threads;
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Store as WasmStore, Trap};
+use futures::FutureExt;
+use wasmtime::Store as WasmStore;
 
 use crate::outbound::Outbound;
 use crate::queue::{Emitted, ReceivedMessage};
@@ -33,6 +40,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../functions/wit",
         world: "capability",
+        imports: { default: async },
+        exports: { default: async },
     });
 }
 
@@ -148,9 +157,8 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self> {
         let engine = engine::build(&config)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(rt_err)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(rt_err)?;
-        deadline::add_to_linker(&mut linker).map_err(rt_err)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(rt_err)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(rt_err)?;
         Capability::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(rt_err)?;
         let ticker = engine::EpochTicker::start(engine.clone());
@@ -324,10 +332,10 @@ impl Function {
         &self.outbound
     }
 
-    /// Instantiates the component and runs `handle` once. Blocking: run it on a guest thread
-    /// ([`threads::run`]). `rt` serves the async kv calls the guest makes.
-    pub fn invoke(&self, msg: &ReceivedMessage, rt: &tokio::runtime::Handle) -> Invocation {
-        self.invoke_speculating(msg, rt, false)
+    /// Instantiates the component and runs `handle` once, on a fiber polled by the caller's
+    /// task, stopped at the function's deadline.
+    pub async fn invoke(&self, msg: &ReceivedMessage) -> Invocation {
+        self.invoke_speculating(msg, false).await
     }
 
     /// [`Function::invoke`], where `speculate` lets a `put-if-absent` of a key the cache knows
@@ -335,15 +343,23 @@ impl Function {
     /// Only for a caller that runs the message again when the commit conflicts, and only
     /// honoured for a function without outbound grants: nothing else it does is visible before
     /// its commit.
-    pub fn invoke_speculating(
-        &self,
-        msg: &ReceivedMessage,
-        rt: &tokio::runtime::Handle,
-        speculate: bool,
-    ) -> Invocation {
+    pub async fn invoke_speculating(&self, msg: &ReceivedMessage, speculate: bool) -> Invocation {
         let start = Instant::now();
-        // This is a guest thread that waits for each kv call anyway.
-        let _in_place = crate::store::in_place::allow();
+        let run = AssertUnwindSafe(self.run(msg, speculate, start)).catch_unwind();
+        match InPlace(std::pin::pin!(run)).await {
+            Ok(inv) => inv,
+            Err(panic) => Invocation {
+                outcome: Err(Failure::Trap(format!(
+                    "the host panicked during the invocation: {}",
+                    panic_message(&*panic)
+                ))),
+                elapsed: start.elapsed(),
+                retry_after: None,
+            },
+        }
+    }
+
+    async fn run(&self, msg: &ReceivedMessage, speculate: bool, start: Instant) -> Invocation {
         let deadline = start + self.limits.timeout;
         let calls = self.outbound.calls(&msg.id, deadline);
         let unavailable = calls.unavailable.clone();
@@ -352,9 +368,7 @@ impl Function {
             ns: self.ns.clone(),
             store: self.store.clone(),
             emits_to: self.emits_to.clone(),
-            rt: rt.clone(),
             memory_cap: self.limits.memory_bytes,
-            deadline,
             calls,
             config: self.config.clone(),
             redactor: self.redactor.clone(),
@@ -362,33 +376,38 @@ impl Function {
         });
         let mut store = WasmStore::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(engine::deadline_ticks(self.limits.timeout));
+        // Back to the runtime at every tick: the deadline below is checked there, and other
+        // tasks on this thread get their turn while a guest computes.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
         let message = types::Message {
             id: msg.id.clone(),
             body: msg.body.clone(),
             attributes: msg.attributes.clone(),
             receive_count: msg.receive_count,
         };
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|inst| inst.call_handle(&mut store, &message));
+        let call = async {
+            let inst = self.pre.instantiate_async(&mut store).await?;
+            inst.call_handle(&mut store, &message).await
+        };
+        let result = tokio::time::timeout_at(deadline.into(), call).await;
         store.data_mut().flush_logs();
         let mut state = store.into_data();
         let outcome = match result {
-            // A kv call cut off at the deadline, or a store failure, decides, whatever the
-            // guest made of the error it got.
-            _ if state.timed_out => Err(Failure::Timeout(self.limits.timeout)),
+            // Cut off at the deadline, wherever the guest was: computing, or waiting in a host
+            // call (whatever the guest would have made of that call's error).
+            Err(_elapsed) => Err(Failure::Timeout(self.limits.timeout)),
+            // A store failure decides, whatever the guest made of the error it got.
             _ if state.infra.is_some() => Err(Failure::Infrastructure(
                 state.infra.take().unwrap_or_default(),
             )),
-            Ok(Ok(())) => Ok(Output {
+            Ok(Ok(Ok(()))) => Ok(Output {
                 kv: state.take_commit(),
                 emitted: std::mem::take(&mut state.emitted),
             }),
-            Ok(Err(types::Error::Retryable(m))) => Err(Failure::Retryable(m)),
-            Ok(Err(types::Error::Permanent(m))) => Err(Failure::Permanent(m)),
-            Err(e) => Err(classify_trap(e, &state, &self.limits)),
+            Ok(Ok(Err(types::Error::Retryable(m)))) => Err(Failure::Retryable(m)),
+            Ok(Ok(Err(types::Error::Permanent(m)))) => Err(Failure::Permanent(m)),
+            Ok(Err(e)) => Err(classify_trap(e, &state, &self.limits)),
         };
         // A failure after a destination was unavailable is the destination's, not the message's.
         let signal = unavailable.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -410,17 +429,36 @@ impl Function {
     }
 }
 
+/// Polls an invocation with store reads allowed in place ([`crate::store::in_place`]): a
+/// SQLite read of a few microseconds is cheaper done during the poll than handed to the
+/// blocking pool and back (two context switches), and the guest would wait for it anyway.
+/// Scoped to each poll, so it never outlives the invocation on a thread.
+struct InPlace<F>(F);
+
+impl<F: Future + Unpin> Future for InPlace<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let _in_place = crate::store::in_place::allow();
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 fn classify_trap(e: wasmtime::Error, state: &HostState, limits: &Limits) -> Failure {
     if state.limiter.memory_denied {
         return Failure::MemoryCap {
             cap_bytes: limits.memory_bytes,
         };
-    }
-    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
-        return Failure::Timeout(limits.timeout);
-    }
-    if deadline::exceeded(&e) {
-        return Failure::Timeout(limits.timeout);
     }
     if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
         return Failure::Infrastructure(format!("instance pool exhausted: {full}"));

@@ -1,7 +1,7 @@
-//! Whether a store call may block the thread it is made on. A guest runs on a guest thread of
-//! its own ([`crate::runtime::threads`]) and waits for each of its kv calls anyway; a backend whose reads are
-//! synchronous (SQLite) can do them right there instead of crossing to another blocking thread
-//! and back (two context switches per read on a 2-core machine).
+//! Whether a store call may block the thread it is made on. A guest waits for each of its kv
+//! calls anyway, and a backend whose reads are synchronous and short (SQLite, a few
+//! microseconds) can do them right there, during the poll of the invocation, instead of
+//! crossing to the blocking pool and back (two context switches per read on a 2-core machine).
 
 use std::cell::Cell;
 
@@ -13,8 +13,9 @@ thread_local! {
 #[derive(Debug)]
 pub struct InPlace(bool);
 
-/// Declares that the current thread may block in store calls until the guard is dropped. Only for
-/// threads that run no async tasks (guest threads, tokio's blocking pool), never a runtime worker.
+/// Declares that the current thread may block in store calls until the guard is dropped. Only
+/// for tokio's blocking pool, or for the duration of one poll of an invocation (see
+/// `runtime::Function::invoke`): never held across an await.
 pub fn allow() -> InPlace {
     InPlace(ALLOWED.replace(true))
 }

@@ -78,7 +78,6 @@ struct Shared {
     slot: Arc<FunctionSlot>,
     queue: Arc<dyn Queue>,
     cfg: PoolConfig,
-    rt: tokio::runtime::Handle,
     /// Execution slots: one permit per worker.
     workers: Arc<Semaphore>,
     /// Permits to retire as handlers finish, when the pool shrinks while busy.
@@ -103,7 +102,6 @@ impl WorkerPool {
         let shared = Arc::new(Shared {
             slot,
             queue,
-            rt: tokio::runtime::Handle::current(),
             workers: Arc::new(Semaphore::new(workers as usize)),
             retire: AtomicUsize::new(0),
             target: AtomicU32::new(workers),
@@ -552,29 +550,18 @@ async fn settle_failure(s: &Shared, msg: &ReceivedMessage, failure: Failure) -> 
         .await
 }
 
-/// Runs the invocation on a guest thread, renewing the message's lease while it runs.
+/// Runs the invocation, renewing the message's lease while it runs.
 async fn run_keeping_lease(
     s: &Arc<Shared>,
     function: &Arc<Function>,
     msg: &ReceivedMessage,
     speculate: bool,
 ) -> Invocation {
-    let function = function.clone();
-    let rt = s.rt.clone();
-    let m = msg.clone();
-    let mut job = std::pin::pin!(crate::runtime::threads::run(
-        move || function.invoke_speculating(&m, &rt, speculate)
-    ));
+    let mut job = std::pin::pin!(function.invoke_speculating(msg, speculate));
     let renew_every = s.cfg.lease / 2;
     loop {
         tokio::select! {
-            r = &mut job => {
-                return r.unwrap_or_else(|e| Invocation {
-                    outcome: Err(Failure::Trap(format!("host worker panicked: {e}"))),
-                    elapsed: Duration::ZERO,
-                    retry_after: None,
-                });
-            }
+            inv = &mut job => return inv,
             _ = tokio::time::sleep(renew_every) => {
                 if let Err(e) = s.queue.extend_lease(s.slot.name(), &msg.receipt, s.cfg.lease).await {
                     tracing::warn!(function = %s.slot.name(), id = %msg.id, "could not renew lease: {e}");
