@@ -141,7 +141,11 @@ pub async fn run(
 }
 
 async fn dry_run(f: &Arc<Function>, msg: &ReceivedMessage) -> std::result::Result<(), String> {
-    f.invoke(msg).await.outcome.map(|_| ()).map_err(|e| e.to_string())
+    f.invoke(msg)
+        .await
+        .outcome
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -473,13 +473,19 @@ mod tests {
     #[tokio::test]
     async fn a_speculated_put_if_absent_is_checked_by_the_commit_and_not_taken_on_the_rerun() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        store.put("f", "seen", Bytes::from("old"), Default::default()).await
+        store
+            .put("f", "seen", Bytes::from("old"), Default::default())
+            .await
             .unwrap();
 
         // Speculating: the key is taken as absent (version 0) without a read, and the commit
         // conflicts on it because it exists.
         let mut s = wired(store.clone(), true);
-        assert!(s.put_if_absent("seen".into(), b"new".to_vec()).await.unwrap());
+        assert!(
+            s.put_if_absent("seen".into(), b"new".to_vec())
+                .await
+                .unwrap()
+        );
         assert_eq!(s.get("seen".into()).await.unwrap(), Some(b"new".to_vec()));
         let c = s.take_commit();
         assert_eq!(c.reads, vec![("seen".to_string(), 0)]);
@@ -496,7 +502,11 @@ mod tests {
 
         // The run after the conflict reads the key and finds it.
         let mut s = wired(store.clone(), false);
-        assert!(!s.put_if_absent("seen".into(), b"new".to_vec()).await.unwrap());
+        assert!(
+            !s.put_if_absent("seen".into(), b"new".to_vec())
+                .await
+                .unwrap()
+        );
         let c = s.take_commit();
         assert_eq!(c.reads, vec![("seen".to_string(), 1)]);
         assert!(c.writes.is_empty());
@@ -509,16 +519,15 @@ mod tests {
             store.commit(&c).await.unwrap(),
             CommitOutcome::Committed { .. }
         ));
-        assert_eq!(
-            store.get("f", "new").await.unwrap(),
-            Some(Bytes::from("1"))
-        );
+        assert_eq!(store.get("f", "new").await.unwrap(), Some(Bytes::from("1")));
     }
 
     #[tokio::test]
     async fn adds_are_blind_until_the_key_is_read_or_written() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        store.put("f", "n", Bytes::from("10"), Default::default()).await
+        store
+            .put("f", "n", Bytes::from("10"), Default::default())
+            .await
             .unwrap();
 
         // Blind: nothing read, the commit carries the summed delta.

@@ -20,9 +20,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{HasSelf, Linker};
 use futures::FutureExt;
 use wasmtime::Store as WasmStore;
+use wasmtime::component::{HasSelf, Linker};
 
 use crate::outbound::Outbound;
 use crate::queue::{Emitted, ReceivedMessage};
