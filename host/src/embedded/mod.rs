@@ -43,7 +43,7 @@ const SCHEMA_VERSION: i64 = 3;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read connections kept open for reuse; more are opened on demand under load and closed after.
-/// Guest threads read in place, and on 2 cores more than 4 of them were often mid-read at once
+/// Invocations read in place, and on 2 cores more than 4 of them were often mid-read at once
 /// (preempted), so with 4 the pipeline bench opened and closed a connection 100-200 times a
 /// second (0.7% of its CPU). Memory stays bounded by [`READER_CACHE_KIB`] per connection.
 const READ_POOL: usize = 16;

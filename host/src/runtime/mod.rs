@@ -53,7 +53,8 @@ use bindings::{Capability, CapabilityPre};
 pub struct Limits {
     /// Linear memory cap in bytes.
     pub memory_bytes: usize,
-    /// Wall-clock deadline, enforced by epoch interruption.
+    /// Wall-clock deadline: a timeout around the invocation (a computing guest yields to it at
+    /// every epoch tick).
     pub timeout: Duration,
 }
 
@@ -66,7 +67,7 @@ pub enum Failure {
     Permanent(String),
     /// The guest trapped (panic, unreachable, stack overflow, ...).
     Trap(String),
-    /// The guest ran past its deadline and was interrupted.
+    /// The guest ran past its deadline and was stopped.
     Timeout(Duration),
     /// The guest tried to grow its memory past the cap.
     MemoryCap { cap_bytes: usize },

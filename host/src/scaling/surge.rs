@@ -34,6 +34,10 @@ pub const SURGE_TICK: Duration = Duration::from_millis(250);
 /// A surge already recorded fires again only when the short-window rate grew by this factor, so
 /// a ramp wakes the controller a bounded number of times.
 const REFIRE_GROWTH: f64 = 1.25;
+/// A surge recorded this long after the previous record of the same function is a new step, not
+/// more of the same ramp (a ramp refires within a window or two), so it is planned for afresh
+/// (see [`Surges::rising`]).
+const RAMP_GAP: Duration = Duration::from_secs(1);
 /// Fewest arrivals in the short window above expectation that count as a surge.
 const MIN_EXCESS: f64 = 10.0;
 
@@ -127,7 +131,11 @@ impl Surges {
         if fresh.is_some_and(|s| rate < s.rate * REFIRE_GROWTH) {
             return false;
         }
-        let since = fresh.map_or(now, |s| s.since);
+        // Within SURGE_HOLD a step from 250 to 2,500 msg/s ten seconds after one from 0 to 250
+        // would otherwise count as the old surge, long past its `rising` second.
+        let since = fresh
+            .filter(|s| now.saturating_duration_since(s.at) <= RAMP_GAP)
+            .map_or(now, |s| s.since);
         st.by_function.insert(
             function.to_string(),
             Surge {
@@ -232,6 +240,30 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ramp_is_one_surge_and_a_later_step_a_new_one() {
+        let surges = Surges::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let reacting = Duration::from_secs(1);
+        // A ramp: each record 25-50 ms after the last, each 1.25x or more above it.
+        for (ms, rate) in [(0, 100.0), (25, 130.0), (75, 170.0), (100, 250.0)] {
+            assert!(surges.record("f", rate, at(ms)));
+        }
+        assert_eq!(surges.rising("f", at(900), reacting), Some(250.0));
+        assert_eq!(
+            surges.rising("f", at(1_100), reacting),
+            None,
+            "since the ramp began"
+        );
+        // Growth below the refire factor is the same surge.
+        assert!(!surges.record("f", 300.0, at(2_000)));
+        // A step 9.8 s later, within SURGE_HOLD of the ramp: a new surge, rising again.
+        assert!(surges.record("f", 2_500.0, at(9_900)));
+        assert_eq!(surges.rising("f", at(10_500), reacting), Some(2_500.0));
+        assert_eq!(surges.rate("f", at(10_500)), Some(2_500.0));
+    }
 
     #[test]
     fn steady_poisson_noise_is_not_a_surge() {
