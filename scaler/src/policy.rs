@@ -237,6 +237,16 @@ impl Policy for Coordinated {
                 .or(f.service_rate_hint)
                 .unwrap_or(cfg.default_service_rate);
         }
+        // What sizing divides by: each worker's rate under the host's forecast contention.
+        let mu_size: Vec<f64> = (0..n)
+            .map(|i| {
+                mu[i]
+                    * sig[i]
+                        .contention
+                        .filter(|k| *k > EPS && *k <= 1.0)
+                        .unwrap_or(1.0)
+            })
+            .collect();
         let fan_out = |u: usize, e: usize| -> f64 {
             let edge = &fns[u].emits_to[e];
             sig[u]
@@ -374,10 +384,10 @@ impl Policy for Coordinated {
                 st.last_active = Some(now);
             }
             let idle_for = now.saturating_sub(st.last_active.unwrap_or(now));
-            let needed = out[i] / (mu[i] * cfg.target_utilization);
+            let needed = out[i] / (mu_size[i] * cfg.target_utilization);
             let held = cause[i].is_some() && out[i] < (inflow[i] + drain[i]).min(max_cap[i]) - EPS;
             let concurrency_cap = if held {
-                ceil_u32(out[i] / mu[i]).max(1)
+                ceil_u32(out[i] / mu_size[i]).max(1)
             } else {
                 f.max_workers
             };
@@ -443,8 +453,16 @@ impl Policy for Coordinated {
             let _ = write!(
                 reason,
                 "; plan {:.1} msg/s at {:.1} msg/s/worker",
-                out[i], mu[i]
+                out[i], mu_size[i]
             );
+            if mu_size[i] < mu[i] - EPS {
+                let _ = write!(
+                    reason,
+                    " ({:.1} measured, x{:.2} for a busier host)",
+                    mu[i],
+                    mu_size[i] / mu[i]
+                );
+            }
             if desired == 0 {
                 let _ = write!(
                     reason,
@@ -878,6 +896,70 @@ mod tests {
             "{}",
             d.functions["b"].reason
         );
+    }
+
+    #[test]
+    fn a_contention_forecast_sizes_pools_without_holding_the_upstream_back() {
+        let g = Graph::new(
+            vec![
+                FunctionSpec::new("a", 1, 50).emits("b", 1.0),
+                FunctionSpec::new("b", 1, 8),
+            ],
+            vec![],
+        )
+        .unwrap();
+        let slowed = |s: FunctionSignals| FunctionSignals {
+            contention: Some(0.2),
+            ..s
+        };
+        // Without a forecast: a needs 600 / (100 * 0.9) -> 7 workers, and b (8 x 100 msg/s) has room.
+        let plain = signals(&[
+            ("a", sig(600.0, 60.0, 0, 2, 100.0)),
+            ("b", sig(60.0, 60.0, 0, 1, 100.0)),
+        ]);
+        let d = Coordinated::default().decide(&g, &plain, Duration::from_secs(5));
+        assert_eq!((d.desired("a"), d.desired("b")), (7, 7));
+        // Each worker forecast 5x slower: a is sized for 20 msg/s per worker (34 workers), b up to
+        // its maximum. b's capacity for backpressure stays 8 x 100 msg/s measured, so a is not held
+        // back to what 8 slowed workers of b would take (which would give it 8).
+        let forecast = signals(&[
+            ("a", slowed(sig(600.0, 60.0, 0, 2, 100.0))),
+            ("b", slowed(sig(60.0, 60.0, 0, 1, 100.0))),
+        ]);
+        let mut p = Coordinated::default();
+        let d = p.decide(&g, &forecast, Duration::from_secs(5));
+        assert_eq!((d.desired("a"), d.desired("b")), (34, 8));
+        let reason = &d.functions["a"].reason;
+        assert!(!reason.contains("held back"), "{reason}");
+        assert!(reason.contains("x0.20 for a busier host"), "{reason}");
+        // The remembered rate is the measured one: a later reading without a rate sizes on it.
+        let later = signals(&[(
+            "a",
+            FunctionSignals {
+                arrival_rate: 600.0,
+                processed_rate: 600.0,
+                workers: 34,
+                ..FunctionSignals::default()
+            },
+        )]);
+        let d = p.decide(&g, &later, Duration::from_secs(6));
+        assert!(
+            d.functions["a"].reason.contains("at 100.0 msg/s/worker"),
+            "{}",
+            d.functions["a"].reason
+        );
+    }
+
+    #[test]
+    fn a_contention_factor_outside_0_1_is_refused() {
+        let g = chain();
+        let mut s = signals(&[("a", sig(1.0, 1.0, 0, 1, 1.0))]);
+        s.functions.get_mut("a").unwrap().contention = Some(1.5);
+        assert!(s.check(&g).is_err());
+        s.functions.get_mut("a").unwrap().contention = Some(f64::NAN);
+        assert!(s.check(&g).is_err());
+        s.functions.get_mut("a").unwrap().contention = Some(0.5);
+        assert!(s.check(&g).is_ok());
     }
 
     #[test]

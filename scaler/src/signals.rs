@@ -33,6 +33,13 @@ pub struct FunctionSignals {
     pub starting: u32,
     /// Measured messages emitted per processed message, per downstream function.
     pub fan_out: BTreeMap<String, f64>,
+    /// A forecast, in (0, 1]: how much slower each worker will get because the host its pool
+    /// shares is getting busier (a surge on one host; see the host's contention model). Sizing
+    /// divides the service rate by it; the capacities that backpressure plans with do not, since
+    /// on one host a downstream slowed by the same shared CPU is no reason to hold its upstream
+    /// back. `None`: no forecast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contention: Option<f64>,
 }
 
 /// Signals for every function, keyed by function name.
@@ -67,6 +74,13 @@ impl Signals {
             {
                 return Err(Error::Signals(format!(
                     "{name}: service rate {mu} is not a rate"
+                )));
+            }
+            if let Some(k) = s.contention
+                && !(k.is_finite() && k > 0.0 && k <= 1.0)
+            {
+                return Err(Error::Signals(format!(
+                    "{name}: contention factor {k} is not in (0, 1]"
                 )));
             }
             for (target, k) in &s.fan_out {

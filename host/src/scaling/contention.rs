@@ -7,8 +7,10 @@
 //! `1 − ρ`, ρ being the share of the host's cores in use (the larger of this process's share of
 //! the cores it may use and the whole host's busy share, since other processes slow it too). When a surge is fresh the host's
 //! CPU use is expected to grow with the throughput the surge asks for, up to
-//! [`PLANNED_UTILIZATION`], and every measured service rate is scaled by `(1 − ρ') / (1 − ρ)`.
-//! Only the host scaler (`levee up`) applies it, only in the first [`REACTING`] of a surge, and
+//! [`PLANNED_UTILIZATION`], and the pools are sized for service rates `(1 − ρ') / (1 − ρ)` times
+//! the measured ones (the signals' `contention` factor; the capacities the policy's backpressure
+//! plans with stay measured, since on one host a downstream slowed by the same cores is no reason
+//! to hold its upstream back). Only the host scaler (`levee up`) applies it, only in the first [`REACTING`] of a surge, and
 //! never to raise a rate: after that, readings under the new load measure the rate themselves,
 //! and the scale-down window keeps the pools the correction sized.
 

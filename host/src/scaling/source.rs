@@ -149,8 +149,9 @@ impl QueueSignals {
     }
 
     /// The pools run on this host and share its cores: in a surge's first second
-    /// ([`contention::REACTING`]), every measured service rate is scaled to what the host will
-    /// give a worker at the surge's load ([`contention`]), so one decision sizes the pools for it.
+    /// ([`contention::REACTING`]), every function's signals carry the factor by which the host
+    /// will slow a worker at the surge's load ([`contention`], `FunctionSignals::contention`), so
+    /// one decision sizes the pools for it.
     pub fn with_host_cpu(mut self) -> Self {
         self.host_cores = Some(contention::cores());
         self
@@ -272,9 +273,11 @@ impl SignalSource for QueueSignals {
                         factor = k,
                         "surge: planning for the service rates of a busier host"
                     );
+                    // A forecast for sizing only: the measured rates stay as they are, so the
+                    // policy's capacities (backpressure) and remembered rates are not lowered.
                     for s in functions.values_mut() {
-                        if let Some(mu) = &mut s.service_rate_per_worker {
-                            *mu *= k;
+                        if s.service_rate_per_worker.is_some() {
+                            s.contention = Some(k);
                         }
                     }
                 }

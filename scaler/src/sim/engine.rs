@@ -418,6 +418,8 @@ impl Pipeline {
                 workers: s.ready,
                 starting: s.starting.len() as u32,
                 fan_out,
+                // The simulated hosts do not share cores between functions.
+                contention: None,
             };
             s.w_arrivals = 0;
             s.w_success = 0;
