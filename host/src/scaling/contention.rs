@@ -6,7 +6,8 @@
 //! The model is a processor-sharing host: a message's occupancy is its unloaded occupancy over
 //! `1 − ρ`, ρ being the share of the host's cores in use (the larger of this process's share of
 //! the cores it may use and the whole host's busy share, since other processes slow it too). When a surge is fresh the host's
-//! CPU use is expected to grow with the throughput the surge asks for, up to
+//! CPU use is expected to grow with the throughput the surge asks for (over what the surging
+//! functions did, both measured over the last reading's interval that ended before the surge), up to
 //! [`PLANNED_UTILIZATION`], and the pools are sized for service rates `(1 − ρ') / (1 − ρ)` times
 //! the measured ones (the signals' `contention` factor; the capacities the policy's backpressure
 //! plans with stay measured, since on one host a downstream slowed by the same cores is no reason

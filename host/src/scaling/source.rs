@@ -9,7 +9,7 @@ use std::time::Duration;
 use levee_scaler::{FunctionSignals, SignalSource, Signals};
 
 use super::contention;
-use super::surge::Surges;
+use super::surge::{SHORT_WINDOW, Surges};
 use crate::queue::{Queue, QueueStats};
 use crate::worker::{EmitCounts, PoolStats, WorkerPool};
 
@@ -118,6 +118,23 @@ pub struct QueueSignals {
     /// The previous base sample: when, per function, and the CPU readings then.
     prev: Option<(Duration, BTreeMap<String, Sample>)>,
     prev_cpu: Option<CpuReading>,
+    /// The last regular readings' intervals (at most [`INTERVALS_KEPT`]), newest last: what a
+    /// surge's load is compared with is the host before the surge, not an interval it is part of.
+    intervals: std::collections::VecDeque<Interval>,
+}
+
+/// Regular readings kept for [`Interval`]s: several seconds at the surge tick.
+const INTERVALS_KEPT: usize = 32;
+
+/// What one regular reading measured over its interval.
+#[derive(Debug, Clone)]
+struct Interval {
+    /// When the interval ended.
+    ended: tokio::time::Instant,
+    /// The host's busy share over it (the larger of this process's and the whole host's).
+    rho: Option<f64>,
+    /// Messages per second each function completed over it.
+    processed: BTreeMap<String, f64>,
 }
 
 /// This process's CPU time and the host's `/proc/stat` ticks (busy, total) at one reading.
@@ -137,6 +154,7 @@ impl QueueSignals {
             host_cores: None,
             prev: None,
             prev_cpu: None,
+            intervals: Default::default(),
         }
     }
 
@@ -177,6 +195,16 @@ impl QueueSignals {
         self.edges = edges;
         self
     }
+}
+
+/// The last interval that ended a short window before a surge seen at `seen`: the step came up
+/// to a short window before the watcher saw it, so a later interval may hold some of it.
+fn before_the_surge(
+    intervals: &std::collections::VecDeque<Interval>,
+    seen: tokio::time::Instant,
+) -> Option<&Interval> {
+    let cutoff = seen.checked_sub(SHORT_WINDOW)?;
+    intervals.iter().rev().find(|iv| iv.ended <= cutoff)
 }
 
 impl SignalSource for QueueSignals {
@@ -238,29 +266,57 @@ impl SignalSource for QueueSignals {
                 (name.clone(), s)
             })
             .collect();
-        if let (Some(cores), Some(before), Some(cpu), Some(surges)) =
-            (self.host_cores, self.prev_cpu, cpu, &self.surges)
-        {
-            // The surging functions' planned throughput over what they did in the same interval
-            // the CPU was measured over: the host's load grows by about that ratio.
-            let (planned, done) = functions
-                .iter()
-                .filter_map(|(name, s)| {
-                    let rate = surges.rising(name, clock, contention::REACTING)?;
-                    Some((rate, s.processed_rate))
+        // The host's busy share over this reading's interval.
+        let rho = match (self.host_cores, self.prev_cpu, cpu) {
+            (Some(cores), Some(before), Some(cpu)) if !dt.is_zero() => {
+                let own = before
+                    .0
+                    .zip(cpu.0)
+                    .map(|(b, c)| contention::utilization(b, c, dt, cores));
+                let host = before
+                    .1
+                    .zip(cpu.1)
+                    .and_then(|(b, c)| contention::host_utilization(b, c));
+                own.into_iter().chain(host).reduce(f64::max)
+            }
+            _ => None,
+        };
+        if let (Some(_), Some(surges)) = (self.host_cores, &self.surges) {
+            let rising: Vec<(String, super::surge::Surge)> = functions
+                .keys()
+                .filter_map(|name| {
+                    let surge = surges.rising(name, clock, contention::REACTING)?;
+                    Some((name.clone(), surge))
                 })
-                .fold((0.0, 0.0), |(p, d), (rate, done)| (p + rate, d + done));
-            let own = before
-                .0
-                .zip(cpu.0)
-                .map(|(b, c)| contention::utilization(b, c, dt, cores));
-            let host = before
-                .1
-                .zip(cpu.1)
-                .and_then(|(b, c)| contention::host_utilization(b, c));
+                .collect();
+            // The surging functions' planned throughput over what they did before the surge
+            // (the last regular interval that ended a short window before it was seen, since the
+            // step itself came up to that much earlier), at the host's load then: the host's load
+            // grows by about that ratio. Without such an interval, this reading's.
+            let base = rising
+                .iter()
+                .map(|(_, s)| s.since)
+                .min()
+                .and_then(|start| before_the_surge(&self.intervals, start));
+            let planned: f64 = rising.iter().map(|(_, s)| s.rate).sum();
+            let (rho, done): (Option<f64>, f64) = match base {
+                Some(iv) => (
+                    iv.rho,
+                    rising
+                        .iter()
+                        .map(|(name, _)| iv.processed.get(name).copied().unwrap_or(0.0))
+                        .sum(),
+                ),
+                None => (
+                    rho,
+                    rising
+                        .iter()
+                        .map(|(name, _)| functions[name].processed_rate)
+                        .sum(),
+                ),
+            };
             if planned > 0.0
-                && !dt.is_zero()
-                && let Some(rho) = own.into_iter().chain(host).reduce(f64::max)
+                && let Some(rho) = rho
             {
                 let ratio = planned / done.max(1.0);
                 let k = contention::service_rate_factor(rho, ratio);
@@ -271,6 +327,7 @@ impl SignalSource for QueueSignals {
                         done,
                         load_ratio = ratio,
                         factor = k,
+                        before_the_surge = base.is_some(),
                         "surge: planning for the service rates of a busier host"
                     );
                     // A forecast for sizing only: the measured rates stay as they are, so the
@@ -287,6 +344,19 @@ impl SignalSource for QueueSignals {
         let surge_reading = generation != self.surges_seen && self.prev.is_some();
         self.surges_seen = generation;
         if !surge_reading {
+            if self.prev.is_some() && !dt.is_zero() {
+                if self.intervals.len() >= INTERVALS_KEPT {
+                    self.intervals.pop_front();
+                }
+                self.intervals.push_back(Interval {
+                    ended: clock,
+                    rho,
+                    processed: functions
+                        .iter()
+                        .map(|(n, s)| (n.clone(), s.processed_rate))
+                        .collect(),
+                });
+            }
             self.prev = Some((now, samples));
             self.prev_cpu = cpu;
         }
@@ -327,6 +397,24 @@ mod tests {
             },
             emits: EmitCounts::default(),
         }
+    }
+
+    #[test]
+    fn a_surge_is_compared_with_the_interval_before_it() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let iv = |ms: u64, rate: f64| Interval {
+            ended: at(ms),
+            rho: Some(rate / 1000.0),
+            processed: [("f".to_string(), rate)].into(),
+        };
+        let kept: std::collections::VecDeque<Interval> =
+            [iv(1_000, 250.0), iv(1_250, 251.0), iv(1_500, 900.0)].into();
+        // Seen at 1.55 s: the interval ending at 1.5 s may hold the step; the one before is taken.
+        let base = before_the_surge(&kept, at(1_550)).unwrap();
+        assert_eq!(base.processed["f"], 251.0);
+        assert_eq!(before_the_surge(&kept, at(1_300)).unwrap().ended, at(1_000));
+        assert!(before_the_surge(&kept, at(1_100)).is_none());
     }
 
     #[test]

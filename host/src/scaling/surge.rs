@@ -104,15 +104,14 @@ impl Surges {
             .map(|s| s.rate)
     }
 
-    /// The surge rate of `function` while the surge is new: within `reacting` of when it was
-    /// first seen.
-    pub fn rising(&self, function: &str, now: Instant, reacting: Duration) -> Option<f64> {
+    /// The surge of `function` while it is new: within `reacting` of when it was first seen.
+    pub fn rising(&self, function: &str, now: Instant, reacting: Duration) -> Option<Surge> {
         let st = self.inner.lock().expect("surge state");
         st.by_function
             .get(function)
             .filter(|s| now.saturating_duration_since(s.since) <= reacting)
             .filter(|s| now.saturating_duration_since(s.at) <= SURGE_HOLD)
-            .map(|s| s.rate)
+            .copied()
     }
 
     /// How many surges were recorded so far.
@@ -251,7 +250,10 @@ mod tests {
         for (ms, rate) in [(0, 100.0), (25, 130.0), (75, 170.0), (100, 250.0)] {
             assert!(surges.record("f", rate, at(ms)));
         }
-        assert_eq!(surges.rising("f", at(900), reacting), Some(250.0));
+        assert_eq!(
+            surges.rising("f", at(900), reacting).map(|s| s.rate),
+            Some(250.0)
+        );
         assert_eq!(
             surges.rising("f", at(1_100), reacting),
             None,
@@ -261,7 +263,8 @@ mod tests {
         assert!(!surges.record("f", 300.0, at(2_000)));
         // A step 9.8 s later, within SURGE_HOLD of the ramp: a new surge, rising again.
         assert!(surges.record("f", 2_500.0, at(9_900)));
-        assert_eq!(surges.rising("f", at(10_500), reacting), Some(2_500.0));
+        let step = surges.rising("f", at(10_500), reacting).unwrap();
+        assert_eq!((step.rate, step.since), (2_500.0, at(9_900)));
         assert_eq!(surges.rate("f", at(10_500)), Some(2_500.0));
     }
 
