@@ -283,7 +283,8 @@ async fn levee_sqlite(sdk: &SdkConfig, client: &Client, n: u64, w: Workers, serv
     let db = EmbeddedDb::open(dir.path().join("levee.db")).expect("open SQLite");
     let store: Arc<dyn Store> = Arc::new(db.store());
     let ledger = LedgerQueue::new(sqs, store.clone(), Arc::new(DiskBlobs::new(dir.path())));
-    let queue: Arc<dyn Queue> = Arc::new(OffloadQueue::new(ledger, DiskBlobs::new(dir.path())));
+    let offload = Arc::new(OffloadQueue::new(ledger, DiskBlobs::new(dir.path())));
+    let queue: Arc<dyn Queue> = offload.clone();
     queue
         .ensure(&QueueSpec {
             name: "noop".into(),
@@ -338,11 +339,15 @@ async fn levee_sqlite(sdk: &SdkConfig, client: &Client, n: u64, w: Workers, serv
     let _ = stop.send(true);
     pool.join().await;
     let st = pool.stats();
+    let batches = offload.inner().inner().batch_counts();
     eprintln!(
-        "    {} invocations, {:.0} µs in the handler and {:.0} µs holding a worker per invocation",
+        "    {} invocations, {:.0} µs in the handler and {:.0} µs holding a worker per invocation; \
+         {} DeleteMessageBatch calls, {:.1} entries per call",
         st.invocations,
         st.busy_micros as f64 / st.invocations.max(1) as f64,
-        st.occupied_micros as f64 / st.invocations.max(1) as f64
+        st.occupied_micros as f64 / st.invocations.max(1) as f64,
+        batches.delete_calls,
+        batches.deletes as f64 / batches.delete_calls.max(1) as f64
     );
     run
 }

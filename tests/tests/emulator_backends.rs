@@ -167,6 +167,81 @@ async fn sqs_batches_of_ten_and_batch_delete() {
     );
 }
 
+/// Commits `m` of queue `q` having written and emitted nothing: its deletion.
+async fn commit_nothing(
+    q: &SqsQueue,
+    m: &levee::ReceivedMessage,
+) -> levee::Result<levee::store::CommitOutcome> {
+    let done = levee::queue::Completion {
+        id: Some(m.id.clone()),
+        emitted: Vec::new(),
+        kv: None,
+    };
+    q.commit("q", &m.receipt, done).await
+}
+
+/// Commits of the messages one receive leased share one `DeleteMessageBatch`; a message that
+/// leaves another way (released) or never commits does not hold the others' deletes for long.
+#[tokio::test]
+async fn sqs_deletes_of_a_receive_go_in_one_batch() {
+    let emu = with_emulator!();
+    let (sdk, s) = provisioned(&emu, "sqs-delete-batch", &[spec("q", 5)]).await;
+    let q = SqsQueue::new(&sdk, &s.queue_prefix);
+    let commit = |m| commit_nothing(&q, m);
+    let ten: Vec<_> = (0..10)
+        .map(|i| OutgoingMessage::new(format!("m{i}")))
+        .collect();
+    q.send("q", ten).await.unwrap();
+    let got = receive_n(&q, "q", 10).await;
+    let before = q.batch_counts();
+    for outcome in futures::future::join_all(got.iter().map(commit)).await {
+        outcome.unwrap();
+    }
+    let after = q.batch_counts();
+    assert_eq!(
+        (
+            after.delete_calls - before.delete_calls,
+            after.deletes - before.deletes
+        ),
+        (1, 10),
+        "ten commits of one receive, one DeleteMessageBatch"
+    );
+
+    // Three received: one released, two committed; then one received and never settled while
+    // another commits. Every commit still completes (the hang guard is generous).
+    let three: Vec<_> = (0..3)
+        .map(|i| OutgoingMessage::new(format!("n{i}")))
+        .collect();
+    q.send("q", three).await.unwrap();
+    let got = receive_n(&q, "q", 3).await;
+    let guard = Duration::from_secs(20);
+    let (released, committed) = tokio::time::timeout(guard, async {
+        tokio::join!(
+            q.release("q", &got[0].receipt, Duration::from_secs(60)),
+            futures::future::join_all(got[1..].iter().map(commit))
+        )
+    })
+    .await
+    .expect("commits after a release complete");
+    released.unwrap();
+    committed.into_iter().for_each(|c| {
+        c.unwrap();
+    });
+    q.send(
+        "q",
+        vec![OutgoingMessage::new("a"), OutgoingMessage::new("b")],
+    )
+    .await
+    .unwrap();
+    let got = receive_n(&q, "q", 2).await;
+    tokio::time::timeout(guard, commit(&got[0]))
+        .await
+        .expect("a commit whose receive-mate never settles completes")
+        .unwrap();
+    let stats = q.stats("q").await.unwrap();
+    assert_eq!(stats.processed, 13);
+}
+
 #[tokio::test]
 async fn sqs_redrive_policy_moves_messages_after_max_receive_and_redrive_brings_them_back() {
     let emu = with_emulator!();

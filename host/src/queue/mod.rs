@@ -20,6 +20,7 @@ pub mod sqs;
 mod sqs_batch;
 
 pub use dead::{DeadLetterSummary, DlqPage, MAX_DLQ_PAGE, MAX_HISTORY, PREVIEW_BYTES, PastDeath};
+pub use sqs_batch::BatchCounts;
 
 /// Most messages one receive or send call handles (SQS's batch limit).
 pub const MAX_BATCH: usize = 10;

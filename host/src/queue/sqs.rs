@@ -73,7 +73,7 @@ use aws_sdk_sqs::types::{
 };
 use base64::Engine as _;
 
-use super::sqs_batch::{Batcher, Kind, is_stale_receipt};
+use super::sqs_batch::{BatchCounts, Batcher, Kind, is_stale_receipt};
 use crate::aws::errors::{ErrorContext, Resource};
 use crate::ids::now_ms;
 use crate::limits::SQS_MAX_MESSAGE_BYTES;
@@ -576,6 +576,22 @@ impl SqsQueue {
         Ok(())
     }
 
+    /// Received messages of `queue` leave without a batched delete: the batcher stops waiting
+    /// for them.
+    async fn settled(&self, queue: &str, n: usize) {
+        if let Ok((name, _)) = self.names(queue)
+            && let Ok(url) = self.url(&name).await
+        {
+            self.batch.settled(&name, &url, n);
+        }
+    }
+
+    /// `DeleteMessageBatch` and `ChangeMessageVisibilityBatch` calls made so far, with their
+    /// entries.
+    pub fn batch_counts(&self) -> BatchCounts {
+        self.batch.counts()
+    }
+
     /// Changes a message's visibility (in a `ChangeMessageVisibilityBatch` with concurrent ones).
     async fn change_visibility(&self, queue: &str, receipt: &str, secs: i32) -> Result<()> {
         let (name, _) = self.names(queue)?;
@@ -703,6 +719,7 @@ impl Queue for SqsQueue {
             )
             .await?;
         let received: Vec<ReceivedMessage> = messages.iter().map(decode_received).collect();
+        self.batch.expect(&url, received.len());
         let mut leases = self.leases.lock().expect("leases poisoned");
         // Keyed by the SQS id: two copies of one emit share a stable id but not a lease.
         for (raw, m) in messages.iter().zip(&received) {
@@ -764,6 +781,7 @@ impl Queue for SqsQueue {
         }
         // SQS cannot take a receive back: the receive count stays raised. The pool's pause
         // after an infrastructure failure is what keeps such messages from the redrive DLQ.
+        self.settled(queue, 1).await;
         self.change_visibility(queue, receipt, ceil_secs(delay))
             .await
     }
@@ -777,6 +795,7 @@ impl Queue for SqsQueue {
             self.check_fresh(r)?;
         }
         let url = self.url(&name).await?;
+        self.batch.settled(&name, &url, receipts.len());
         self.delete_receipts(&name, &url, receipts).await?;
         let mut leases = self.leases.lock().expect("leases poisoned");
         receipts.iter().for_each(|r| leases.done(r));
@@ -795,6 +814,7 @@ impl Queue for SqsQueue {
                 "retry delay must be at most {MAX_VISIBILITY:?} (SQS visibility limit), got {delay:?}"
             )));
         }
+        self.settled(queue, 1).await;
         self.change_visibility(queue, receipt, ceil_secs(delay))
             .await?;
         self.count(queue, |t| t.retried += 1);
@@ -818,6 +838,7 @@ impl Queue for SqsQueue {
         reason: &str,
     ) -> Result<()> {
         let (name, dlq) = self.names(queue)?;
+        self.settled(queue, 1).await;
         // A stale holder must not copy a message another consumer now holds into the DLQ.
         self.check_fresh(&message.receipt)?;
         let reason: String = reason
