@@ -98,17 +98,23 @@ impl Store for EmbeddedStore {
         let found: Vec<Option<(Vec<u8>, Option<i64>)>> = self
             .db
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(
+                // One read transaction for all the keys: one snapshot, and one round of locks
+                // instead of one per key.
+                let tx = conn.unchecked_transaction()?;
+                let mut stmt = tx.prepare_cached(
                     "SELECT value, expires_at FROM kv WHERE ns = ?1 AND key = ?2",
                 )?;
-                keys_owned
+                let found = keys_owned
                     .iter()
                     .map(|key| {
                         Ok(stmt
                             .query_row([&ns_owned, key], |r| Ok((r.get(0)?, r.get(1)?)))
                             .optional()?)
                     })
-                    .collect()
+                    .collect::<Result<_>>()?;
+                drop(stmt);
+                tx.commit()?;
+                Ok(found)
             })
             .await?;
         let now = now_ms();

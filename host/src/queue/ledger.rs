@@ -27,7 +27,7 @@ use crate::queue::{
     Completion, DeadLetter, DlqPage, Emitted, OutgoingMessage, Queue, QueueSpec, QueueStats,
     ReceiveOptions, ReceivedMessage,
 };
-use crate::store::{CommitOutcome, KvCommit, RECORDS_NS, Record, Store};
+use crate::store::{CommitOutcome, KvCommit, RECORDS_NS, Record, Store, in_place};
 use crate::{Error, Result};
 
 /// How long a completion record is kept: past SQS's longest retention (14 days), so no copy of
@@ -196,9 +196,10 @@ impl<Q: Queue> Queue for LedgerQueue<Q> {
             return Ok(received);
         }
         let keys: Vec<String> = received.iter().map(|m| record_key(queue, &m.id)).collect();
-        // One batch read for the whole receive. If it fails the records are unknown: the
-        // commit's own record check still stops a second effect.
-        let found = match self.store.get_many(RECORDS_NS, &keys).await {
+        // One batch read for the whole receive, in place on an embedded store (the fetcher
+        // waits for it either way). If it fails the records are unknown: the commit's own record
+        // check still stops a second effect.
+        let found = match in_place::polled(self.store.get_many(RECORDS_NS, &keys)).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::debug!(queue, error = %e, "could not check completion records at receive");

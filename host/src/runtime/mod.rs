@@ -14,7 +14,6 @@ mod host;
 mod slot;
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
@@ -347,7 +346,8 @@ impl Function {
     pub async fn invoke_speculating(&self, msg: &ReceivedMessage, speculate: bool) -> Invocation {
         let start = Instant::now();
         let run = AssertUnwindSafe(self.run(msg, speculate, start)).catch_unwind();
-        match InPlace(std::pin::pin!(run)).await {
+        // The guest waits for each of its kv reads anyway: SQLite reads are done in place.
+        match crate::store::in_place::polled(std::pin::pin!(run)).await {
             Ok(inv) => inv,
             Err(panic) => Invocation {
                 outcome: Err(Failure::Trap(format!(
@@ -427,24 +427,6 @@ impl Function {
             elapsed: start.elapsed(),
             retry_after,
         }
-    }
-}
-
-/// Polls an invocation with store reads allowed in place ([`crate::store::in_place`]): a
-/// SQLite read of a few microseconds is cheaper done during the poll than handed to the
-/// blocking pool and back (two context switches), and the guest would wait for it anyway.
-/// Scoped to each poll, so it never outlives the invocation on a thread.
-struct InPlace<F>(F);
-
-impl<F: Future + Unpin> Future for InPlace<F> {
-    type Output = F::Output;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let _in_place = crate::store::in_place::allow();
-        std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }
 

@@ -2,8 +2,11 @@
 //! calls anyway, and a backend whose reads are synchronous and short (SQLite, a few
 //! microseconds) can do them right there, during the poll of the invocation, instead of
 //! crossing to the blocking pool and back (two context switches per read on a 2-core machine).
+//! [`polled`] scopes that to the polls of one future.
 
 use std::cell::Cell;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 thread_local! {
     static ALLOWED: Cell<bool> = const { Cell::new(false) };
@@ -28,6 +31,28 @@ pub fn allowed() -> bool {
 impl Drop for InPlace {
     fn drop(&mut self) {
         ALLOWED.set(self.0);
+    }
+}
+
+/// Polls `f` with store calls allowed in place ([`allow`]), scoped to each poll so it never
+/// outlives the future on a thread. For futures whose store calls are short reads the caller
+/// would wait for anyway: an invocation (the guest waits for each kv call), or a ledger's check
+/// of the records of a receive. A SQLite read of a few microseconds is cheaper done during the
+/// poll than handed to the blocking pool and back (two context switches).
+pub fn polled<F: Future + Unpin>(f: F) -> Polled<F> {
+    Polled(f)
+}
+
+/// See [`polled`].
+#[derive(Debug)]
+pub struct Polled<F>(F);
+
+impl<F: Future + Unpin> Future for Polled<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _in_place = allow();
+        Pin::new(&mut self.0).poll(cx)
     }
 }
 
