@@ -100,8 +100,11 @@ impl Store for EmbeddedStore {
             .read(move |conn| {
                 // One read transaction for all the keys: one snapshot, and one round of locks
                 // instead of one per key.
-                let tx = conn.unchecked_transaction()?;
-                let mut stmt = tx.prepare_cached(
+                // Prepared once per connection (`unchecked_transaction` parses its BEGIN each
+                // time). A read that fails half-way leaves the transaction open, and
+                // `read_pooled` never pools such a connection.
+                conn.prepare_cached("BEGIN")?.execute([])?;
+                let mut stmt = conn.prepare_cached(
                     "SELECT value, expires_at FROM kv WHERE ns = ?1 AND key = ?2",
                 )?;
                 let found = keys_owned
@@ -112,8 +115,7 @@ impl Store for EmbeddedStore {
                             .optional()?)
                     })
                     .collect::<Result<_>>()?;
-                drop(stmt);
-                tx.commit()?;
+                conn.prepare_cached("COMMIT")?.execute([])?;
                 Ok(found)
             })
             .await?;
