@@ -302,3 +302,27 @@ fn rollback(conn: &Connection) {
         let _ = conn.execute_batch("ROLLBACK");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lingering_stops_when_it_brings_nothing_and_probes_now_and_then() {
+        let mut l = Linger::default();
+        assert!(l.worth_it(), "a writer starts out lingering");
+        for _ in 0..30 {
+            l.gained(0);
+        }
+        let tries: Vec<bool> = (0..LINGER_PROBE * 2).map(|_| l.worth_it()).collect();
+        assert_eq!(
+            tries.iter().filter(|t| **t).count(),
+            2,
+            "one probe per {LINGER_PROBE} chances"
+        );
+        for _ in 0..30 {
+            l.gained(12);
+        }
+        assert!(l.worth_it(), "lingering pays again");
+    }
+}
