@@ -34,6 +34,11 @@ pub use blobs::Blobs;
 pub use blobs::{disk::DiskBlobs, s3::S3Blobs};
 pub use embedded::{EmbeddedDb, EmbeddedQueue, EmbeddedStore};
 pub use error::{Error, Result};
+/// The global allocator of the `levee` binary (and of the benches, so they measure what it runs):
+/// mimalloc. The message path allocates small, short-lived objects on every tokio worker (SDK
+/// requests, futures, completions); glibc's malloc spent 15% of a consumer's CPU on them
+/// (`malloc_consolidate`, `unlink_chunk`), see BENCHMARKS.md.
+pub use mimalloc::MiMalloc as Allocator;
 pub use provision::{ProvisionReport, provision};
 pub use queue::{
     DeadLetter, DeadLetterSummary, DlqPage, Emitted, MAX_DLQ_PAGE, OutgoingMessage, PREVIEW_BYTES,

@@ -17,6 +17,9 @@ use levee::scaling::sim::SimOptions;
 use std::io::Write as _;
 use std::time::Duration;
 
+#[global_allocator]
+static ALLOCATOR: levee::Allocator = levee::Allocator;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     levee::telemetry::logs::init(

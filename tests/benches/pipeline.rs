@@ -26,6 +26,10 @@
 //! minimal rusqlite loop doing the same durable cycle outside Levee (`common/sqlite_cycle.rs`),
 //! alternating three rounds, and prints the ratio.
 
+// The `levee` binary's allocator, so the bench measures what it runs.
+#[global_allocator]
+static ALLOCATOR: levee::Allocator = levee::Allocator;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -465,7 +469,11 @@ fn main() {
     // The storage engine's ceiling: the no-op end to end next to what SQLite itself does for the
     // same durable cycle (common/sqlite_cycle.rs), alternating so drift hits both alike.
     if backend == Backend::Embedded && (only.is_empty() || only.contains("ceiling")) {
-        let s = noop(32, n(40_000.0));
+        // PIPELINE_BENCH_CEILING_WORKERS: the no-op's concurrency (default 32).
+        let workers: u32 = std::env::var("PIPELINE_BENCH_CEILING_WORKERS")
+            .map(|v| v.parse().expect("PIPELINE_BENCH_CEILING_WORKERS: a count"))
+            .unwrap_or(32);
+        let s = noop(workers, n(40_000.0));
         let mut pairs = Vec::new();
         for round in 0..3 {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -474,7 +482,7 @@ fn main() {
                 s.messages
             );
             let base = sqlite_cycle::rate(dir.path(), s.messages as usize);
-            eprintln!("  {base:.0} msg/s; now Levee's no-op, 32 workers");
+            eprintln!("  {base:.0} msg/s; now Levee's no-op, {workers} workers");
             let levee = rt.block_on(run(backend, &s, None)).rate;
             eprintln!(
                 "  {levee:.0} msg/s ({:.2} of the SQLite cycle)",
@@ -491,7 +499,7 @@ fn main() {
         let ratio = median(pairs.iter().map(|p| p.1 / p.0).collect());
         println!();
         println!(
-            "Storage ceiling: no-op, 32 workers, {} messages at saturation, next to the SQLite cycle (insert 10, lease 10, delete 10; WAL, synchronous=NORMAL; one transaction each), 3 rounds alternating",
+            "Storage ceiling: no-op, {workers} workers, {} messages at saturation, next to the SQLite cycle (insert 10, lease 10, delete 10; WAL, synchronous=NORMAL; one transaction each), 3 rounds alternating",
             s.messages
         );
         println!("| round | SQLite cycle msg/s | Levee no-op msg/s | ratio |");

@@ -15,6 +15,10 @@
 //! imports, so host-call overhead counts; queue and durable-store costs do not (see
 //! `benches/pipeline.rs` for those).
 
+// The `levee` binary's allocator, so the bench measures what it runs.
+#[global_allocator]
+static ALLOCATOR: levee::Allocator = levee::Allocator;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

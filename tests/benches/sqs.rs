@@ -25,6 +25,10 @@
 //! fetcher per 20), `SQS_BENCH_ROUNDS` (default 3), `SQS_BENCH_MOTO` (0 skips the moto platform),
 //! `SQS_BENCH_MOTO_MESSAGES` (default 400).
 
+// The `levee` binary's allocator, so the bench measures what it runs.
+#[global_allocator]
+static ALLOCATOR: levee::Allocator = levee::Allocator;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

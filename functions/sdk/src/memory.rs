@@ -257,7 +257,7 @@ impl Context for MemoryContext {
         Ok(self.config.get(key).cloned())
     }
 
-    fn http(&mut self, request: &Request) -> Result<Response, Error> {
+    fn outbound_http(&mut self, request: &Request) -> Result<Response, Error> {
         self.do_http(request)
     }
 }
@@ -456,7 +456,7 @@ impl Context for Transaction<'_> {
         Ok(self.base.config.get(key).cloned())
     }
 
-    fn http(&mut self, request: &Request) -> Result<Response, Error> {
+    fn outbound_http(&mut self, request: &Request) -> Result<Response, Error> {
         self.base.do_http(request)
     }
 }

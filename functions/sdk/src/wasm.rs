@@ -1,5 +1,5 @@
 //! The wasm32 side: bindings generated from `levee.wit`, the [`WasmContext`] that calls the
-//! host imports (outbound HTTP through `wasi_http.rs`), and the glue behind
+//! host imports (outbound HTTP through `wasi_http.rs`, from `dyn Context::http`), and the glue behind
 //! [`export!`](crate::export).
 
 use crate::{Context, Error, Message, Page};
@@ -78,8 +78,10 @@ impl Context for WasmContext {
         config::get(key).map_err(|e| Error::retryable(format!("config `{key}`: {e:?}")))
     }
 
-    fn http(&mut self, request: &crate::Request) -> Result<crate::Response, Error> {
-        crate::wasi_http::send(request)
+    // Not `http`: `dyn Context::http` sends through `wasi_http` itself, so that a component
+    // whose handler never calls it has no `wasi:http` imports.
+    fn host_http(&self) -> bool {
+        true
     }
 }
 
