@@ -238,7 +238,12 @@ async fn run_scraped(backend: Backend, s: &Scenario, rate: Option<f64>, scrape: 
     });
     let expected = s.messages / SENDERS * SENDERS;
     let t0 = Instant::now();
-    let sender = tokio::spawn(send_all(p.clone(), s.source, s.body, s.messages, rate));
+    let sends = send_all(p.clone(), s.source, s.body, s.messages, rate);
+    // When the last send was accepted: a saturation run can be no faster than its senders.
+    let sender = tokio::spawn(async move {
+        sends.await;
+        t0.elapsed().as_secs_f64()
+    });
     let mut last_report = Instant::now();
     loop {
         let mut done = true;
@@ -279,7 +284,7 @@ async fn run_scraped(backend: Backend, s: &Scenario, rate: Option<f64>, scrape: 
             s.label
         );
     }
-    sender.await.expect("senders");
+    let sent_secs = sender.await.expect("senders");
     let latency = p.pools()[s.last].stats();
     let per_fn: Vec<String> = p
         .pools()
@@ -296,7 +301,10 @@ async fn run_scraped(backend: Backend, s: &Scenario, rate: Option<f64>, scrape: 
             )
         })
         .collect();
-    eprintln!("    done in {secs:.1} s: {}", per_fn.join("; "));
+    eprintln!(
+        "    done in {secs:.2} s (sends done at {sent_secs:.2} s): {}",
+        per_fn.join("; ")
+    );
     let invocations = p
         .pools()
         .values()
