@@ -337,6 +337,12 @@ impl SqsQueue {
         if let Some(url) = self.urls.read().expect("url cache poisoned").get(name) {
             return Ok(url.clone());
         }
+        // Boxed: an SDK call's future is kilobytes, and every caller's future would carry (and
+        // move) that much for a lookup that is almost always cached.
+        Box::pin(self.fetch_url(name)).await
+    }
+
+    async fn fetch_url(&self, name: &str) -> Result<String> {
         let out = self
             .client
             .get_queue_url()
@@ -759,7 +765,8 @@ impl Queue for SqsQueue {
         for (target, wires) in groups {
             let (target_name, _) = self.names(&target)?;
             let target_url = self.url(&target_name).await?;
-            self.send_wires(&target_name, &target_url, wires).await?;
+            // Boxed, like `url`'s SDK call: most commits emit nothing.
+            Box::pin(self.send_wires(&target_name, &target_url, wires)).await?;
         }
         let url = self.url(&name).await?;
         self.batch

@@ -557,7 +557,9 @@ async fn run_keeping_lease(
     msg: &ReceivedMessage,
     speculate: bool,
 ) -> Invocation {
-    let mut job = std::pin::pin!(function.invoke_speculating(msg, speculate));
+    // Boxed rather than pinned in place: the handler's task would otherwise carry the whole
+    // invocation future, which `spawn` copies for every message.
+    let mut job = Box::pin(function.invoke_speculating(msg, speculate));
     let renew_every = s.cfg.lease / 2;
     loop {
         tokio::select! {
