@@ -22,7 +22,8 @@
 //! longest chain. Pools keep the latency of large bodies (above the 200 KiB offload threshold)
 //! apart, which the flood scenario reads. Progress goes to stderr, the tables to stdout.
 //!
-//! The storage ceiling (`PIPELINE_BENCH_ONLY=ceiling`) runs the no-op at saturation next to a
+//! The storage ceiling (`PIPELINE_BENCH_ONLY=ceiling`) runs the no-op at saturation (128 workers,
+//! 16 senders; `PIPELINE_BENCH_CEILING_WORKERS`, `PIPELINE_BENCH_CEILING_SENDERS`) next to a
 //! minimal rusqlite loop doing the same durable cycle outside Levee (`common/sqlite_cycle.rs`),
 //! alternating three rounds, and prints the ratio.
 
@@ -41,6 +42,7 @@ use levee_tests::{Fn, start, write_manifest};
 #[path = "common/sqlite_cycle.rs"]
 mod sqlite_cycle;
 
+/// Sender tasks of a run (the storage ceiling's can be set with PIPELINE_BENCH_CEILING_SENDERS).
 const SENDERS: u64 = 8;
 const BATCH: u64 = 10;
 const TEXTS: [&str; 4] = [
@@ -60,6 +62,8 @@ struct Scenario {
     last: &'static str,
     messages: u64,
     body: fn(u64) -> Vec<u8>,
+    /// Tasks sending the source messages.
+    senders: u64,
 }
 
 struct Outcome {
@@ -150,6 +154,7 @@ fn noop(concurrency: u32, messages: u64) -> Scenario {
         last: "noop",
         messages,
         body: noop_body,
+        senders: SENDERS,
     }
 }
 
@@ -162,20 +167,22 @@ fn pipeline(concurrency: u32, messages: u64) -> Scenario {
         last: "notify",
         messages,
         body: inbound_body,
+        senders: SENDERS,
     }
 }
 
-/// Sends `messages` source messages to `source` from [`SENDERS`] tasks in batches of 10, at most
+/// Sends `messages` source messages to `source` from `senders` tasks in batches of 10, at most
 /// `rate` per second overall (`None`: as fast as the queue accepts them).
 async fn send_all(
     p: Arc<Platform>,
     source: &'static str,
     body: fn(u64) -> Vec<u8>,
     messages: u64,
+    senders: u64,
     rate: Option<f64>,
 ) {
-    let per_sender = messages / SENDERS;
-    let tasks: Vec<_> = (0..SENDERS)
+    let per_sender = messages / senders;
+    let tasks: Vec<_> = (0..senders)
         .map(|k| {
             let p = p.clone();
             tokio::spawn(async move {
@@ -183,7 +190,7 @@ async fn send_all(
                 let mut sent = 0u64;
                 while sent < per_sender {
                     if let Some(r) = rate {
-                        let due = Duration::from_secs_f64(sent as f64 * SENDERS as f64 / r);
+                        let due = Duration::from_secs_f64(sent as f64 * senders as f64 / r);
                         tokio::time::sleep_until((start + due).into()).await;
                     }
                     let n = BATCH.min(per_sender - sent);
@@ -236,9 +243,9 @@ async fn run_scraped(backend: Backend, s: &Scenario, rate: Option<f64>, scrape: 
             }
         })
     });
-    let expected = s.messages / SENDERS * SENDERS;
+    let expected = s.messages / s.senders * s.senders;
     let t0 = Instant::now();
-    let sends = send_all(p.clone(), s.source, s.body, s.messages, rate);
+    let sends = send_all(p.clone(), s.source, s.body, s.messages, s.senders, rate);
     // When the last send was accepted: a saturation run can be no faster than its senders.
     let sender = tokio::spawn(async move {
         sends.await;
@@ -477,11 +484,18 @@ fn main() {
     // The storage engine's ceiling: the no-op end to end next to what SQLite itself does for the
     // same durable cycle (common/sqlite_cycle.rs), alternating so drift hits both alike.
     if backend == Backend::Embedded && (only.is_empty() || only.contains("ceiling")) {
-        // PIPELINE_BENCH_CEILING_WORKERS: the no-op's concurrency (default 32).
+        // PIPELINE_BENCH_CEILING_WORKERS: the no-op's concurrency (default 128). With 32, each
+        // worker holds its slot ~330 µs per 14 µs invocation (the commit's round trip through
+        // the writer), so the loop is bound by latency with a quarter of the cores idle.
         let workers: u32 = std::env::var("PIPELINE_BENCH_CEILING_WORKERS")
             .map(|v| v.parse().expect("PIPELINE_BENCH_CEILING_WORKERS: a count"))
-            .unwrap_or(32);
-        let s = noop(workers, n(40_000.0));
+            .unwrap_or(128);
+        let mut s = noop(workers, n(40_000.0));
+        // PIPELINE_BENCH_CEILING_SENDERS: its sender tasks (default 16; with 8 the sends ended
+        // just before the last completion at 128 workers, so they set the pace).
+        s.senders = std::env::var("PIPELINE_BENCH_CEILING_SENDERS")
+            .map(|v| v.parse().expect("PIPELINE_BENCH_CEILING_SENDERS: a count"))
+            .unwrap_or(16);
         let mut pairs = Vec::new();
         for round in 0..3 {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -490,7 +504,10 @@ fn main() {
                 s.messages
             );
             let base = sqlite_cycle::rate(dir.path(), s.messages as usize);
-            eprintln!("  {base:.0} msg/s; now Levee's no-op, {workers} workers");
+            eprintln!(
+                "  {base:.0} msg/s; now Levee's no-op, {workers} workers, {} senders",
+                s.senders
+            );
             let levee = rt.block_on(run(backend, &s, None)).rate;
             eprintln!(
                 "  {levee:.0} msg/s ({:.2} of the SQLite cycle)",
@@ -507,8 +524,8 @@ fn main() {
         let ratio = median(pairs.iter().map(|p| p.1 / p.0).collect());
         println!();
         println!(
-            "Storage ceiling: no-op, {workers} workers, {} messages at saturation, next to the SQLite cycle (insert 10, lease 10, delete 10; WAL, synchronous=NORMAL; one transaction each), 3 rounds alternating",
-            s.messages
+            "Storage ceiling: no-op, {workers} workers, {} senders, {} messages at saturation, next to the SQLite cycle (insert 10, lease 10, delete 10; WAL, synchronous=NORMAL; one transaction each), 3 rounds alternating",
+            s.senders, s.messages
         );
         println!("| round | SQLite cycle msg/s | Levee no-op msg/s | ratio |");
         println!("|---|---|---|---|");
