@@ -96,6 +96,12 @@ impl MemoryContext {
         &self.requests
     }
 
+    /// Sends `request` to the responder, as `http` on a `&mut dyn Context` does (so tests can
+    /// call it on the context itself).
+    pub fn http(&mut self, request: &Request) -> Result<Response, Error> {
+        self.do_http(request)
+    }
+
     fn do_http(&mut self, request: &Request) -> Result<Response, Error> {
         self.requests.push(request.clone());
         match &self.responder {
@@ -478,6 +484,21 @@ mod tests {
         ctx.delete("k").unwrap();
         assert_eq!(ctx.keys().collect::<Vec<_>>(), vec!["j"]);
         assert_eq!(ctx.writes(), 3);
+    }
+
+    #[test]
+    fn http_reaches_the_responder_on_the_context_and_through_dyn_context() {
+        let mut ctx = MemoryContext::new();
+        let req = Request::post("https://x.example/a").body("1");
+        assert!(ctx.http(&req).is_err(), "no responder set yet");
+        ctx.respond_with(|r| Ok(Response::new(200, r.url.clone())));
+        assert_eq!(ctx.http(&req).unwrap().status, 200);
+        let dyn_ctx: &mut dyn Context = &mut ctx;
+        let answer = dyn_ctx
+            .http(&Request::post("https://x.example/b").body("2"))
+            .unwrap();
+        assert_eq!(answer.body, b"https://x.example/b");
+        assert_eq!(ctx.requests().len(), 3);
     }
 
     #[test]
